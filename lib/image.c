@@ -1,0 +1,228 @@
+/* qcow2j lib: opening and closing images, and what the plugin asks of them.
+ *
+ * Opening reads the header, the active L1 table (at most 32 MiB, bounded
+ * by QEMU's limit; 16 KiB for a 1 TiB image of 64 KiB clusters, so opening
+ * is instant) and checks the snapshot table; L2 tables are only read when
+ * a request needs them.  Nothing is written: the file is opened read-only.
+ */
+#include <config.h>
+
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "format.h"
+#include "image-internal.h"
+#include "lock.h"
+#include "log.h"
+#include "minmax.h"
+
+static int
+read_l1 (struct qcow2_image *img)
+{
+  const struct qcow2_header *h = &img->hdr;
+  size_t bytes = (size_t) h->l1_size * 8;
+
+  img->l1 = malloc (bytes ? bytes : 8);
+  if (img->l1 == NULL) {
+    qerror ("malloc: %m");
+    return -1;
+  }
+  if (bytes > 0 &&
+      hostio_pread (img->file, img->l1, bytes, h->l1_table_offset) == -1) {
+    qerror ("%s: read L1 table: %m", img->file->name);
+    return -1;
+  }
+  for (uint32_t i = 0; i < h->l1_size; i++)
+    img->l1[i] = be64toh (img->l1[i]);
+  return 0;
+}
+
+struct qcow2_image *
+qcow2_open_layer (struct hostio *io, const char *dir, struct l2cache *cache,
+                  unsigned depth, struct chain_ids *ids,
+                  const struct qcow2_open_options *opts)
+{
+  struct qcow2_image *img;
+  const struct qcow2_header *h;
+  int64_t size;
+
+  img = calloc (1, sizeof *img);
+  if (img == NULL) {
+    qerror ("calloc: %m");
+    hostio_close (io);
+    return NULL;
+  }
+  img->file = io;
+  if (dir != NULL && (img->dir = strdup (dir)) == NULL) {
+    qerror ("strdup: %m");
+    goto fail;
+  }
+  if (qcow2_chain_add (ids, io) == -1)
+    goto fail;
+  if (opts->lock && hostio_file_fd (io) >= 0 &&
+      qcow2_lock_fd (hostio_file_fd (io), io->name, false) == -1)
+    goto fail;
+
+  size = hostio_size (io);
+  if (size == -1) {
+    qerror ("%s: size: %m", io->name);
+    goto fail;
+  }
+  img->file_size = size;
+  if (qcow2_header_read (io, img->file_size, &img->hdr) == -1)
+    goto fail;
+  h = &img->hdr;
+
+  img->slice_size = MIN (h->cluster_size, (uint64_t) L2CACHE_MAX_SLICE);
+  img->csize_shift = 62 - (h->cluster_bits - 8);
+  img->csize_mask = (1ULL << (h->cluster_bits - 8)) - 1;
+  img->coffset_mask = (1ULL << img->csize_shift) - 1;
+
+  if (cache == NULL) {
+    cache = l2cache_new (opts->l2_cache_bytes ? opts->l2_cache_bytes
+                         : QCOW2_DEFAULT_L2_CACHE_BYTES);
+    if (cache == NULL)
+      goto fail;
+    img->owns_cache = true;
+  }
+  img->cache = cache;
+
+  if (read_l1 (img) == -1 ||
+      qcow2_check_snapshots (img) == -1 ||
+      qcow2_open_data_file (img, opts) == -1 ||
+      qcow2_open_backing (img, depth, ids, opts) == -1)
+    goto fail;
+  return img;
+
+ fail:
+  qcow2_close (img);
+  return NULL;
+}
+
+struct qcow2_image *
+qcow2_open_hostio (struct hostio *io, const char *dir,
+                   const struct qcow2_open_options *opts)
+{
+  struct chain_ids ids = { .n = 0 };
+
+  return qcow2_open_layer (io, dir, NULL, 0, &ids, opts);
+}
+
+struct qcow2_image *
+qcow2_open (const char *path, const struct qcow2_open_options *opts)
+{
+  struct qcow2_image *img;
+  struct hostio *io;
+  char *dir;
+
+  io = hostio_file_open (path, false);
+  if (io == NULL)
+    return NULL;
+  dir = qcow2_dirname (path);
+  if (dir == NULL) {
+    hostio_close (io);
+    return NULL;
+  }
+  img = qcow2_open_hostio (io, dir, opts);
+  free (dir);
+  return img;
+}
+
+void
+qcow2_close (struct qcow2_image *img)
+{
+  int saved_errno = errno;
+
+  if (img == NULL)
+    return;
+  if (img->backing.image)
+    qcow2_close (img->backing.image);
+  hostio_close (img->backing.raw);
+  free (img->backing.path);
+  if (img->data != img->file)
+    hostio_close (img->data);
+  hostio_close (img->file);
+  if (img->owns_cache)
+    l2cache_free (img->cache);
+  free (img->l1);
+  free (img->dir);
+  qcow2_header_free (&img->hdr);
+  free (img);
+  errno = saved_errno;
+}
+
+uint64_t
+qcow2_size (const struct qcow2_image *img)
+{
+  return img->hdr.size;
+}
+
+uint64_t
+qcow2_cluster_size (const struct qcow2_image *img)
+{
+  return img->hdr.cluster_size;
+}
+
+bool
+qcow2_is_corrupt (const struct qcow2_image *img)
+{
+  return img->hdr.incompatible_features & QCOW2_INCOMPAT_CORRUPT;
+}
+
+static const char *
+basename_of (const char *path)
+{
+  const char *slash = strrchr (path, '/');
+
+  return slash ? slash + 1 : path;
+}
+
+void
+qcow2_describe (const struct qcow2_image *img, char *buf, size_t len)
+{
+  const struct qcow2_header *h = &img->hdr;
+  size_t used = 0;
+
+#define ADD(...)                                                        \
+  do {                                                                  \
+    if (used < len)                                                     \
+      used += snprintf (buf + used, len - used, __VA_ARGS__);           \
+  } while (0)
+
+  ADD ("qcow2 v%" PRIu32 ", cluster size %" PRIu64, h->version,
+       h->cluster_size);
+  if (h->l2_entry_size == 16)
+    ADD (", extended L2");
+  if (h->compression_type == QCOW2_COMPRESSION_ZSTD)
+    ADD (", zstd compression");
+  if (h->data_file)
+    ADD (", data file %s", h->data_file);
+  if (h->nb_snapshots)
+    ADD (", %" PRIu32 " snapshot%s", h->nb_snapshots,
+         h->nb_snapshots == 1 ? "" : "s");
+  if (h->incompatible_features & QCOW2_INCOMPAT_CORRUPT)
+    ADD (", marked corrupt");
+  for (const struct qcow2_image *i = img; i->backing.kind != BACKING_NONE;
+       i = i->backing.image) {
+    ADD (", backing %s (%s)", basename_of (i->backing.path),
+         i->backing.kind == BACKING_QCOW2 ? "qcow2" : "raw");
+    if (i->backing.kind == BACKING_RAW)
+      break;
+  }
+#undef ADD
+}
+
+void
+qcow2_debug_stats (struct qcow2_image *img)
+{
+  struct l2cache_stats st;
+
+  l2cache_stats (img->cache, &st);
+  qdebug ("l2 cache: %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64
+          " evictions, %" PRIu64 " slices held", st.hits, st.misses,
+          st.evictions, st.slices);
+}

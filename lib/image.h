@@ -1,0 +1,74 @@
+/* qcow2j lib: the image API that the plugin (and the tests) call.
+ *
+ * One struct qcow2_image serves every connection: all functions here are
+ * safe to call from many threads at once.
+ */
+#ifndef QCOW2J_IMAGE_H
+#define QCOW2J_IMAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hostio.h"
+
+struct qcow2_image;
+
+struct qcow2_open_options {
+  uint64_t l2_cache_bytes;      /* 0: the default (32 MiB) */
+  bool lock;                    /* take QEMU-compatible OFD locks */
+};
+
+#define QCOW2_DEFAULT_L2_CACHE_BYTES (32ULL << 20)
+
+/* Open and validate the image at path (and its backing chain and external
+ * data file), read-only.  Reports and returns NULL with errno set on
+ * error: EINVAL for a malformed image, ENOTSUP for an unsupported feature,
+ * EAGAIN when another program holds a conflicting lock. */
+extern struct qcow2_image *qcow2_open (const char *path,
+                                       const struct qcow2_open_options *opts);
+
+/* The same on an already open hostio (which the image takes over).  Any
+ * backing file is looked up relative to dir (NULL: the image may have no
+ * backing file nor external data file). */
+extern struct qcow2_image *qcow2_open_hostio (struct hostio *io,
+                                              const char *dir,
+                                              const struct qcow2_open_options *opts);
+
+extern void qcow2_close (struct qcow2_image *img);
+
+/* Virtual disk size in bytes. */
+extern uint64_t qcow2_size (const struct qcow2_image *img);
+
+/* Read count bytes at offset (the range must be inside the disk).  Returns
+ * 0, or -1 with errno set (EIO for bad metadata) after reporting. */
+extern int qcow2_pread (struct qcow2_image *img, void *buf, uint64_t count,
+                        uint64_t offset);
+
+/* Allocation status, looking through the backing chain. */
+#define QCOW2_EXTENT_HOLE 1     /* same values as NBDKIT_EXTENT_* */
+#define QCOW2_EXTENT_ZERO 2
+typedef int (*qcow2_extent_fn) (void *opaque, uint64_t offset,
+                                uint64_t length, unsigned type);
+
+/* Call fn for consecutive extents starting at offset and covering at most
+ * count bytes (clamped to the request); at least one extent is produced
+ * on success.  With one_only, stop after the first. */
+extern int qcow2_extents (struct qcow2_image *img, uint64_t count,
+                          uint64_t offset, bool one_only,
+                          qcow2_extent_fn fn, void *opaque);
+
+/* A one-line description for users: format, version, cluster size,
+ * backing chain.  Writes at most len bytes including the NUL. */
+extern void qcow2_describe (const struct qcow2_image *img, char *buf,
+                            size_t len);
+
+extern uint64_t qcow2_cluster_size (const struct qcow2_image *img);
+
+/* True if the image carries the corrupt bit (it may only be read). */
+extern bool qcow2_is_corrupt (const struct qcow2_image *img);
+
+/* Log cache statistics through the debug handler. */
+extern void qcow2_debug_stats (struct qcow2_image *img);
+
+#endif /* QCOW2J_IMAGE_H */

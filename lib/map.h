@@ -1,0 +1,31 @@
+/* qcow2j lib: translating guest offsets to host locations through the
+ * L1 and L2 tables. */
+#ifndef QCOW2J_MAP_H
+#define QCOW2J_MAP_H
+
+#include <stdint.h>
+
+#include "image-internal.h"
+
+enum qcow2_run_type {
+  RUN_DATA,                     /* host_offset in img->data */
+  RUN_ZERO,                     /* reads as zeroes */
+  RUN_UNALLOCATED,              /* falls through to the backing file */
+  RUN_COMPRESSED,               /* l2_entry describes the cluster */
+};
+
+struct qcow2_run {
+  enum qcow2_run_type type;
+  uint64_t length;              /* > 0 */
+  uint64_t host_offset;         /* RUN_DATA: host offset of the first byte */
+  uint64_t l2_entry;            /* RUN_COMPRESSED: the raw descriptor */
+};
+
+/* Describe the run of guest bytes starting at offset (inside the disk) that
+ * share one type and, for data, are contiguous on the host; its length is
+ * at most max_len.  Compressed runs never cross a cluster boundary.
+ * Returns 0, or -1 with errno EIO after reporting bad metadata. */
+extern int qcow2_map (struct qcow2_image *img, uint64_t offset,
+                      uint64_t max_len, struct qcow2_run *run);
+
+#endif /* QCOW2J_MAP_H */

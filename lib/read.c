@@ -1,0 +1,129 @@
+/* qcow2j lib: reading guest data.
+ *
+ * A read is cut into the runs qcow2_map describes: data runs are one pread
+ * each from the data file, with no lock held; zero runs are memset;
+ * unallocated runs are read from the backing file (zeroes past its end or
+ * without one); compressed clusters are read whole and inflated.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "compress.h"
+#include "format.h"
+#include "image-internal.h"
+#include "log.h"
+#include "map.h"
+#include "minmax.h"
+
+int
+qcow2_read_backing (struct qcow2_image *img, void *buf, uint64_t count,
+                    uint64_t offset)
+{
+  uint64_t avail = 0;
+
+  if (img->backing.kind != BACKING_NONE && offset < img->backing.size)
+    avail = MIN (count, img->backing.size - offset);
+
+  if (avail > 0) {
+    switch (img->backing.kind) {
+    case BACKING_QCOW2:
+      if (qcow2_pread (img->backing.image, buf, avail, offset) == -1)
+        return -1;
+      break;
+    case BACKING_RAW:
+      if (hostio_pread (img->backing.raw, buf, avail, offset) == -1) {
+        qerror ("%s: read backing file at 0x%" PRIx64 ": %m",
+                img->backing.path, offset);
+        return -1;
+      }
+      break;
+    case BACKING_NONE:
+      abort ();
+    }
+  }
+  memset ((char *) buf + avail, 0, count - avail);
+  return 0;
+}
+
+/* Read the part [offset, offset+count) of the compressed cluster whose L2
+ * entry is e. */
+static int
+read_compressed (struct qcow2_image *img, uint64_t e, void *buf,
+                 uint64_t count, uint64_t offset)
+{
+  const struct qcow2_header *h = &img->hdr;
+  uint64_t coffset = e & img->coffset_mask;
+  uint64_t nsectors = ((e >> img->csize_shift) & img->csize_mask) + 1;
+  uint64_t csize = nsectors * QCOW2_COMPRESSED_SECTOR -
+    (coffset & (QCOW2_COMPRESSED_SECTOR - 1));
+  uint64_t in_cluster = offset & (h->cluster_size - 1);
+  CLEANUP_FREE uint8_t *in = NULL;
+  CLEANUP_FREE uint8_t *out = NULL;
+
+  /* csize is at most 2^(cluster_bits-8) sectors, so at most 2 clusters:
+   * the allocation is bounded by cluster_bits. */
+  in = malloc (csize);
+  out = malloc (h->cluster_size);
+  if (in == NULL || out == NULL) {
+    qerror ("malloc: %m");
+    errno = ENOMEM;
+    return -1;
+  }
+  if (hostio_pread (img->file, in, csize, coffset) == -1) {
+    qerror ("%s: read compressed cluster at 0x%" PRIx64 ": %m",
+            img->file->name, coffset);
+    return -1;
+  }
+  if (qcow2_decompress (h->compression_type, in, csize, out,
+                        h->cluster_size) == -1) {
+    qerror ("%s: guest offset 0x%" PRIx64 ": compressed cluster at host "
+            "offset 0x%" PRIx64 " (%" PRIu64 " bytes) does not decompress "
+            "to a full cluster", img->file->name, offset, coffset, csize);
+    return -1;
+  }
+  memcpy (buf, out + in_cluster, count);
+  return 0;
+}
+
+int
+qcow2_pread (struct qcow2_image *img, void *buf, uint64_t count,
+             uint64_t offset)
+{
+  char *p = buf;
+
+  while (count > 0) {
+    struct qcow2_run run;
+
+    if (qcow2_map (img, offset, count, &run) == -1)
+      return -1;
+    switch (run.type) {
+    case RUN_DATA:
+      if (hostio_pread (img->data, p, run.length, run.host_offset) == -1) {
+        qerror ("%s: read at 0x%" PRIx64 ": %m",
+                img->data->name, run.host_offset);
+        return -1;
+      }
+      break;
+    case RUN_ZERO:
+      memset (p, 0, run.length);
+      break;
+    case RUN_UNALLOCATED:
+      if (qcow2_read_backing (img, p, run.length, offset) == -1)
+        return -1;
+      break;
+    case RUN_COMPRESSED:
+      if (read_compressed (img, run.l2_entry, p, run.length, offset) == -1)
+        return -1;
+      break;
+    }
+    p += run.length;
+    offset += run.length;
+    count -= run.length;
+  }
+  return 0;
+}

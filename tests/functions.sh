@@ -1,0 +1,71 @@
+# Sourced by every shell test (tests/test-*.sh).
+#
+# Tests run under automake's parallel harness: exit 0 is a pass, 77 a skip,
+# anything else a failure.  'make check' exports QCOW2J (the built plugin),
+# SRCDIR and BUILDDIR.  Every test gets its own scratch directory $tmp, removed
+# on exit, and runs the real nbdkit with the plugin given by path.
+
+set -eu
+set -o pipefail
+
+# nbdsh and libnbd scripts need Debian's python3 (python3-libnbd), not a
+# python3 that some version manager put first in PATH.
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
+export LC_ALL=C
+
+: "${QCOW2J:?QCOW2J must name the plugin .so: run the tests with make check}"
+: "${SRCDIR:=$(cd "$(dirname "$0")/.." && pwd)}"
+
+# requires CMD...: skip the test unless CMD succeeds.
+requires ()
+{
+    if ! "$@" >/dev/null 2>&1; then
+        echo "$0: skipped: this test needs: $*"
+        exit 77
+    fi
+}
+
+# cleanup_fn CMD ARGS...: run CMD on exit, in the order registered.
+_cleanup_hooks=()
+cleanup_fn ()
+{
+    local IFS=' '
+    _cleanup_hooks+=("$*")
+}
+_run_cleanup_hooks ()
+{
+    local status=$? h
+    set +e
+    for h in "${_cleanup_hooks[@]}"; do eval "$h"; done
+    exit $status
+}
+trap _run_cleanup_hooks EXIT
+trap 'exit 130' INT QUIT TERM
+
+tmp=$(mktemp -d /tmp/qcow2j-test.XXXXXX)
+cleanup_fn rm -rf "$tmp"
+
+# nbdkit ARGS...: the system nbdkit, run under valgrind when QCOW2J_VALGRIND=1
+# or with a sanitizer runtime preloaded when QCOW2J_PRELOAD is set (the
+# plugin is dlopen'ed by an unsanitized server, so the runtime must come
+# first).
+nbdkit ()
+{
+    if [ "${QCOW2J_VALGRIND:-0}" = 1 ]; then
+        valgrind --quiet --error-exitcode=119 --leak-check=full \
+                 --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
+                 --keep-debuginfo=yes --trace-children=no \
+                 /usr/sbin/nbdkit "$@"
+    elif [ -n "${QCOW2J_PRELOAD:-}" ]; then
+        LD_PRELOAD="$QCOW2J_PRELOAD" /usr/sbin/nbdkit "$@"
+    else
+        /usr/sbin/nbdkit "$@"
+    fi
+}
+
+# fail MESSAGE: report and exit with failure.
+fail ()
+{
+    echo "$0: FAIL: $*" >&2
+    exit 1
+}
