@@ -49,17 +49,18 @@ cleanup_fn rm -rf "$tmp"
 # or with a sanitizer runtime preloaded when QCOW2J_PRELOAD is set (the
 # plugin is dlopen'ed by an unsanitized server, so the runtime must come
 # first).
+NBDKIT_BIN=$(type -P nbdkit) || { echo "$0: nbdkit is not installed (run ./build.sh)" >&2; exit 1; }
 nbdkit ()
 {
     if [ "${QCOW2J_VALGRIND:-0}" = 1 ]; then
         valgrind --quiet --error-exitcode=119 --leak-check=full \
                  --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
                  --keep-debuginfo=yes --trace-children=no \
-                 /usr/sbin/nbdkit "$@"
+                 "$NBDKIT_BIN" "$@"
     elif [ -n "${QCOW2J_PRELOAD:-}" ]; then
-        LD_PRELOAD="$QCOW2J_PRELOAD" /usr/sbin/nbdkit "$@"
+        LD_PRELOAD="$QCOW2J_PRELOAD" "$NBDKIT_BIN" "$@"
     else
-        /usr/sbin/nbdkit "$@"
+        "$NBDKIT_BIN" "$@"
     fi
 }
 
