@@ -1,0 +1,127 @@
+/* qcow2j lib: the metadata journal.
+ *
+ * Metadata changes (L1, L2 and refcount entries, header words) are added
+ * as records to the open in-memory transaction; journal_commit makes them
+ * durable as one checksummed transaction in the ring, serving every caller
+ * waiting at that moment with one write and one flush (group commit).  A
+ * checkpoint (the caller's: it owns the metadata cache) later writes the
+ * committed state in place and calls journal_checkpointed, which moves the
+ * head and frees ring space.  At open, journal_replay re-applies what was
+ * committed and not yet checkpointed.  docs/journal-format.md specifies
+ * the format and the protocol; journal.c explains the invariants.
+ *
+ * All functions are thread-safe.
+ */
+#ifndef QCOW2J_JOURNAL_H
+#define QCOW2J_JOURNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hostio.h"
+
+struct journal;
+
+/* Called by the committing thread, with no lock held, just before a
+ * transaction is written: the image marks itself dirty here.  Returns 1 if
+ * it wrote something that must be durable before the transaction (the
+ * journal then flushes first), 0 if not, -1 with errno set on error. */
+typedef int (*journal_pre_commit_fn) (void *opaque);
+
+/* Format a new, empty journal in the area [area_offset, +area_size) of io
+ * with the given id: both superblocks, then a flush.  area_size must be a
+ * multiple of QJ_BLOCK between QJ_MIN_AREA and QJ_MAX_AREA; cluster_size
+ * is the image's (records never touch cluster 0 but for header words). */
+extern struct journal *journal_create (struct hostio *io, uint64_t area_offset,
+                                       uint64_t area_size, uint64_t id,
+                                       uint64_t cluster_size);
+
+/* Open an existing journal area (after journal_replay has run on it, or to
+ * run it).  Reads the superblocks; fails (EINVAL) if neither copy is valid
+ * for this id and size. */
+extern struct journal *journal_open (struct hostio *io, uint64_t area_offset,
+                                     uint64_t area_size, uint64_t id,
+                                     uint64_t cluster_size);
+
+extern void journal_free (struct journal *j);
+
+extern void journal_set_pre_commit (struct journal *j,
+                                    journal_pre_commit_fn fn, void *opaque);
+
+/* Add records to the open transaction.  Values are absolute final values
+ * (replay may apply them more than once).  Each raises the transaction's
+ * min_file_size to cover its target.  ZERO ranges are 512-byte aligned.
+ * -1 with ENOMEM, or EFBIG if the transaction would exceed the largest
+ * one the ring can hold (commit, then add again). */
+extern int journal_add_set64 (struct journal *j, uint64_t offset,
+                              uint64_t value);
+extern int journal_add_write (struct journal *j, uint64_t offset,
+                              const void *buf, uint32_t count);
+extern int journal_add_zero (struct journal *j, uint64_t offset,
+                             uint64_t count);
+/* The file must be at least this long once the open transaction is
+ * replayed. */
+extern void journal_need_file_size (struct journal *j, uint64_t size);
+/* The open transaction's guest data must be durable before the
+ * transaction is written (a flush before it, not only after: see the
+ * commit protocol in docs/journal-format.md). */
+extern void journal_need_ordering (struct journal *j);
+/* Free value (a cluster offset) once the head has moved durably past the
+ * transaction that is open now (rule R3); see journal_take_released. */
+extern int journal_defer_free (struct journal *j, uint64_t value);
+
+/* Make everything added so far (by any thread) durable.  Returns 0 once it
+ * is; -1 with errno EAGAIN if the ring has no room for the open
+ * transaction (checkpoint, then commit again), or with the I/O error that
+ * broke the journal (every later commit then fails too).  On return *seq,
+ * if not NULL, is the sequence number covering the caller's records. */
+extern int journal_commit (struct journal *j, uint64_t *seq);
+
+/* Checkpoint hooks. */
+extern uint64_t journal_durable_seq (struct journal *j);
+extern uint64_t journal_head_seq (struct journal *j);
+/* Bytes of ring in use by transactions not yet checkpointed. */
+extern uint64_t journal_ring_used (struct journal *j);
+extern uint64_t journal_ring_size (struct journal *j);
+/* True if nothing has been added since the last commit. */
+extern bool journal_is_idle (struct journal *j);
+/* The caller has written in place, and flushed, the effects of every
+ * transaction up to and including seq (at most journal_durable_seq).
+ * Writes a superblock moving the head past it and flushes; ring space and
+ * deferred frees of those transactions are released after that flush. */
+extern int journal_checkpointed (struct journal *j, uint64_t seq);
+/* Deferred frees whose transaction the head has durably passed: copies up
+ * to max of them to values and returns how many. */
+extern size_t journal_take_released (struct journal *j, uint64_t *values,
+                                     size_t max);
+
+/* Replay (journal-replay.c). */
+struct journal_replay_stats {
+  uint64_t transactions;        /* valid transactions applied */
+  uint64_t records;
+  uint64_t first_seq, last_seq; /* range applied (if transactions > 0) */
+  uint64_t min_file_size;       /* largest min_file_size seen */
+};
+
+/* Apply one record's effect: write count bytes of buf at offset (buf NULL
+ * means zeroes). */
+typedef int (*journal_apply_fn) (void *opaque, uint64_t offset,
+                                 const void *buf, uint64_t count);
+
+/* Walk the valid transactions from the head, in order, passing each one's
+ * records to apply (every record of a transaction is checked before any
+ * of it is applied).  Stops at the first invalid transaction.  Fails with
+ * EINVAL on a valid transaction that carries an unknown record type or a
+ * malformed record: such a journal is refused, never half-applied. */
+extern int journal_scan (struct journal *j, journal_apply_fn apply,
+                         void *opaque, struct journal_replay_stats *stats);
+
+/* journal_scan applying records to the journal's own io, then extending
+ * the file to min_file_size, flush, and moving the head past the last
+ * applied transaction (superblock, flush).  Running it again after a crash
+ * at any point gives the same bytes. */
+extern int journal_replay (struct journal *j,
+                           struct journal_replay_stats *stats);
+
+#endif /* QCOW2J_JOURNAL_H */
