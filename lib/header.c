@@ -289,11 +289,17 @@ qcow2_header_read (struct hostio *io, uint64_t file_size,
     h->autoclear_features = get_be64 (fixed + 88);
     h->refcount_order = get_be32 (fixed + 96);
     h->header_length = get_be32 (fixed + 100);
+    if (file_size < QCOW2_V3_HEADER_LENGTH)
+      return invalid (io, "file is too short for a version 3 qcow2 header "
+                      "(%" PRIu64 " bytes)", file_size);
     if (h->header_length < QCOW2_V3_HEADER_LENGTH ||
         h->header_length % 8 != 0)
       return invalid (io, "header_length %" PRIu32 " is invalid (a "
                       "multiple of 8, at least %d)", h->header_length,
                       QCOW2_V3_HEADER_LENGTH);
+    if (h->header_length > file_size)
+      return invalid (io, "file is too short (%" PRIu64 " bytes) for "
+                      "header_length %" PRIu32, file_size, h->header_length);
     if (h->header_length > h->cluster_size)
       return invalid (io, "header_length %" PRIu32 " is larger than the "
                       "cluster size (%" PRIu64 ")", h->header_length,

@@ -49,6 +49,7 @@ cleanup_fn rm -rf "$tmp"
 # or with a sanitizer runtime preloaded when QCOW2J_PRELOAD is set (the
 # plugin is dlopen'ed by an unsanitized server, so the runtime must come
 # first).
+export NBDKIT_BIN
 NBDKIT_BIN=$(type -P nbdkit) || { echo "$0: nbdkit is not installed (run ./build.sh)" >&2; exit 1; }
 nbdkit ()
 {
