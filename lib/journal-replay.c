@@ -333,6 +333,12 @@ journal_replay (struct journal *j, struct journal_replay_stats *stats)
   /* Check the whole chain before changing a byte. */
   if (walk (j, &chain, NULL, NULL, stats) == -1)
     return -1;
+  if (chain.end_seq != j->head_seq && j->sb_generation == UINT64_MAX) {
+    qerror ("%s: journal: superblock generation is exhausted: refusing to "
+            "replay", j->io->name);
+    errno = EINVAL;
+    return -1;
+  }
   if (stats->transactions > 0) {
     size = hostio_size (j->io);
     if (size == -1 ||

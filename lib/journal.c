@@ -101,6 +101,12 @@ journal_write_superblock (struct journal *j, uint64_t head, uint64_t head_seq)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->sb_lock);
   uint8_t sb[512];
 
+  if (j->sb_generation == UINT64_MAX) {
+    /* Only a hostile image gets here: generation 0 would be invalid. */
+    qerror ("%s: journal: superblock generation is exhausted", j->io->name);
+    errno = EINVAL;
+    return -1;
+  }
   memset (sb, 0, sizeof sb);
   journal_encode_superblock (j, sb, j->sb_generation + 1, head, head_seq);
   if (hostio_pwrite (j->io, sb, sizeof sb,
@@ -438,14 +444,24 @@ open_is_empty (const struct journal *j)
 
 /* Under lock: can a transaction of total bytes go at the tail?  Sets
  * *skip if it needs a SKIP filler from the tail to the end of the ring
- * first. */
+ * first, or *move_head if the ring is empty but the transaction fits
+ * neither before the end nor, after a filler, below the head: then the
+ * head moves to the ring start first (a durable superblock write), and
+ * the transaction goes there. */
 static bool
-ring_has_room (const struct journal *j, uint64_t total, bool *skip)
+ring_has_room (const struct journal *j, uint64_t total, bool *skip,
+               bool *move_head)
 {
   bool empty = j->head_seq == j->next_seq;
   bool wrapped = !empty && j->tail <= j->head;
 
   *skip = j->tail + total > j->size;
+  *move_head = false;
+  if (empty && *skip && QJ_RING_START + total > j->head) {
+    *skip = false;
+    *move_head = true;
+    return true;
+  }
   if (empty)
     return true;
   if (!*skip)
@@ -460,6 +476,7 @@ struct sealed {
   uint8_t *buf;                 /* SKIP filler header (if any) + tx */
   uint64_t skip_offset;         /* ring offset of the filler */
   bool has_skip;
+  bool move_head;               /* head to the ring start first */
   uint64_t tx_offset;           /* ring offset of the transaction */
   size_t tx_write_len;          /* bytes to write from buf + QJ_TX_HEADER */
   uint64_t seq;
@@ -517,7 +534,7 @@ seal (struct journal *j, struct sealed *s)
     errno = EFBIG;
     return -1;
   }
-  if (!ring_has_room (j, total, &s->has_skip)) {
+  if (!ring_has_room (j, total, &s->has_skip, &s->move_head)) {
     errno = EAGAIN;
     return -1;
   }
@@ -545,6 +562,8 @@ seal (struct journal *j, struct sealed *s)
     j->tail = QJ_RING_START;
   }
 
+  if (s->move_head)
+    j->tail = QJ_RING_START;
   h = s->buf + QJ_TX_HEADER;
   s->tx_offset = j->tail;
   s->tx_write_len = write_len;
@@ -588,6 +607,10 @@ write_sealed (struct journal *j, const struct sealed *s,
   /* The pre-commit write (DIRTY) must be durable before any byte of the
    * transaction is written, like ordered data. */
   if ((s->ordered || r == 1) && hostio_flush (j->io) == -1)
+    return -1;
+  /* The ring is empty: nothing is lost by moving the head, and it must be
+   * durable before the transaction is written over the old head. */
+  if (s->move_head && journal_write_superblock (j, QJ_RING_START, s->seq) == -1)
     return -1;
   if (s->has_skip &&
       hostio_pwrite (j->io, s->buf, 512, j->area + s->skip_offset) == -1)
@@ -641,6 +664,10 @@ journal_commit (struct journal *j, uint64_t *seq_out)
               strerror (j->error));
     }
     else {
+      if (s.move_head) {
+        j->head = QJ_RING_START;
+        j->head_seq = s.seq;
+      }
       j->durable_gen = j->sealed_gen;
       j->durable_seq = s.seq;
       j->commits++;
@@ -745,6 +772,8 @@ journal_take_released (struct journal *j, uint64_t *values, size_t max)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
   size_t n = MIN (max, j->nreleased);
 
+  if (n == 0)
+    return 0;
   memcpy (values, j->released, n * sizeof *values);
   memmove (j->released, j->released + n,
            (j->nreleased - n) * sizeof *j->released);

@@ -59,6 +59,7 @@ nbdkit ()
                  --keep-debuginfo=yes --trace-children=no \
                  "$NBDKIT_BIN" "$@"
     elif [ -n "${QCOW2J_PRELOAD:-}" ]; then
+        ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
         LD_PRELOAD="$QCOW2J_PRELOAD" "$NBDKIT_BIN" "$@"
     else
         "$NBDKIT_BIN" "$@"
