@@ -38,7 +38,7 @@ mem_pread (struct hostio *io, void *buf, size_t count, uint64_t offset)
 
   if (avail > count)
     avail = count;
-  m->reads++;
+  __atomic_fetch_add (&m->reads, 1, __ATOMIC_RELAXED);
   memcpy (buf, m->data + offset, avail);
   memset ((uint8_t *) buf + avail, 0, count - avail);
   return 0;
