@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 packages=(
   build-essential autoconf automake libtool pkg-config perl
   nbdkit nbdkit-plugin-dev zlib1g-dev libzstd-dev
-  qemu-utils libnbd-bin python3-libnbd fio
+  qemu-utils libnbd-bin python3-libnbd fio valgrind
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -21,7 +21,7 @@ requires python3 -c 'import nbd'
 patch="python3 $SRCDIR/tests/qcow2-patch.py"
 # timeout(1) cannot run a shell function: hand functions.sh's nbdkit wrapper
 # (and whatever it reads) to a child bash.
-export QCOW2J NBDKIT_BIN QCOW2J_VALGRIND QCOW2J_PRELOAD
+export QCOW2J NBDKIT_BIN QCOW2J_PRELOAD
 export -f nbdkit
 
 K=1024 M=$((1024 * 1024)) C=65536
@@ -122,8 +122,6 @@ serve ()
         why="timed out after 60 s (exit status $st)"
     elif [ $st -ge 128 ]; then
         why="killed by signal $((st - 128)) (exit status $st)"
-    elif [ "${QCOW2J_VALGRIND:-0}" = 1 ] && [ $st -eq 119 ]; then
-        why="valgrind reported errors"
     elif grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$err"; then
         why="sanitizer report"
     elif [ $st -ne 0 ]; then
@@ -281,8 +279,6 @@ while [ $n -lt "$iters" ] && [ $((SECONDS - start)) -lt "$budget" ]; do
         why="timed out after 20 s"
     elif [ $st -ge 128 ]; then
         why="killed by signal $((st - 128))"
-    elif [ "${QCOW2J_VALGRIND:-0}" = 1 ] && [ $st -eq 119 ]; then
-        why="valgrind reported errors"
     elif grep -qE 'AddressSanitizer|LeakSanitizer|runtime error:' "$tmp/fuzz.err"; then
         why="sanitizer report"
     fi
