@@ -143,7 +143,7 @@ read_superblock (struct journal *j, unsigned copy, uint64_t *generation,
   *head = qj_get64 (sb + QJ_SB_OFF_HEAD);
   *head_seq = qj_get64 (sb + QJ_SB_OFF_HEAD_SEQ);
   if (*head < QJ_RING_START || *head >= j->size ||
-      *head % QJ_BLOCK != 0 || *head_seq == 0 || *head_seq >= (1ULL << 62))
+      *head % QJ_BLOCK != 0 || *head_seq == 0 || *head_seq == UINT64_MAX)
     goto invalid;
   return 0;
  invalid:
