@@ -9,7 +9,7 @@
 #include "header.h"
 #include "hostio.h"
 #include "image.h"
-#include "l2cache.h"
+#include "metacache.h"
 
 /* Backing chains longer than this are refused (QEMU has no such limit, but
  * every layer costs file descriptors and memory, and a hostile chain must
@@ -28,7 +28,7 @@ struct qcow2_image {
 
   uint64_t *l1;                 /* active L1 table, host byte order */
 
-  struct l2cache *cache;        /* shared along the chain */
+  struct mcache *cache;        /* shared along the chain */
   bool owns_cache;              /* true in the top image only */
   unsigned slice_size;          /* bytes of L2 table per cache slice */
 
@@ -69,7 +69,7 @@ extern char *qcow2_dirname (const char *path);
 /* Open one image of a chain (image.c). */
 extern struct qcow2_image *qcow2_open_layer (struct hostio *io,
                                              const char *dir,
-                                             struct l2cache *cache,
+                                             struct mcache *cache,
                                              unsigned depth,
                                              struct chain_ids *ids,
                                              const struct qcow2_open_options *opts);

@@ -42,7 +42,7 @@ read_l1 (struct qcow2_image *img)
 }
 
 struct qcow2_image *
-qcow2_open_layer (struct hostio *io, const char *dir, struct l2cache *cache,
+qcow2_open_layer (struct hostio *io, const char *dir, struct mcache *cache,
                   unsigned depth, struct chain_ids *ids,
                   const struct qcow2_open_options *opts)
 {
@@ -77,13 +77,13 @@ qcow2_open_layer (struct hostio *io, const char *dir, struct l2cache *cache,
     goto fail;
   h = &img->hdr;
 
-  img->slice_size = MIN (h->cluster_size, (uint64_t) L2CACHE_MAX_SLICE);
+  img->slice_size = MIN (h->cluster_size, (uint64_t) MCACHE_MAX_SLICE);
   img->csize_shift = 62 - (h->cluster_bits - 8);
   img->csize_mask = (1ULL << (h->cluster_bits - 8)) - 1;
   img->coffset_mask = (1ULL << img->csize_shift) - 1;
 
   if (cache == NULL) {
-    cache = l2cache_new (opts->l2_cache_bytes ? opts->l2_cache_bytes
+    cache = mcache_new (opts->l2_cache_bytes ? opts->l2_cache_bytes
                          : QCOW2_DEFAULT_L2_CACHE_BYTES);
     if (cache == NULL)
       goto fail;
@@ -147,7 +147,7 @@ qcow2_close (struct qcow2_image *img)
     hostio_close (img->data);
   hostio_close (img->file);
   if (img->owns_cache)
-    l2cache_free (img->cache);
+    mcache_free (img->cache);
   free (img->l1);
   free (img->dir);
   qcow2_header_free (&img->hdr);
@@ -219,9 +219,9 @@ qcow2_describe (const struct qcow2_image *img, char *buf, size_t len)
 void
 qcow2_debug_stats (struct qcow2_image *img)
 {
-  struct l2cache_stats st;
+  struct mcache_stats st;
 
-  l2cache_stats (img->cache, &st);
+  mcache_stats (img->cache, &st);
   qdebug ("l2 cache: %" PRIu64 " hits, %" PRIu64 " misses, %" PRIu64
           " evictions, %" PRIu64 " slices held", st.hits, st.misses,
           st.evictions, st.slices);

@@ -33,8 +33,10 @@ struct journal {
 
   pthread_mutex_t lock;         /* everything below; never held over I/O */
   pthread_cond_t cond;          /* a commit finished */
-  journal_pre_commit_fn pre_commit;
-  void *pre_commit_opaque;
+  struct journal_hooks hooks;
+  void *hooks_opaque;
+  unsigned active_changes;      /* between journal_begin and journal_end */
+  bool sealing;                 /* a committer waits to seal */
 
   uint64_t head, head_seq;      /* durable head (first not checkpointed) */
   uint64_t tail, next_seq;      /* where the next transaction goes */

@@ -278,12 +278,33 @@ journal_free (struct journal *j)
 }
 
 void
-journal_set_pre_commit (struct journal *j, journal_pre_commit_fn fn,
-                        void *opaque)
+journal_set_hooks (struct journal *j, const struct journal_hooks *hooks,
+                   void *opaque)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
-  j->pre_commit = fn;
-  j->pre_commit_opaque = opaque;
+  j->hooks = *hooks;
+  j->hooks_opaque = opaque;
+}
+
+void
+journal_begin (struct journal *j)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+
+  /* A committer waiting to seal goes first (it waits for us otherwise). */
+  while (j->sealing)
+    pthread_cond_wait (&j->cond, &j->lock);
+  j->active_changes++;
+}
+
+void
+journal_end (struct journal *j)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+
+  assert (j->active_changes > 0);
+  if (--j->active_changes == 0)
+    pthread_cond_broadcast (&j->cond);
 }
 
 /* Building the open transaction ------------------------------------------- */
@@ -598,7 +619,7 @@ seal (struct journal *j, struct sealed *s)
 /* Without lock: write what seal produced and make it durable. */
 static int
 write_sealed (struct journal *j, const struct sealed *s,
-              journal_pre_commit_fn pre_commit, void *opaque)
+              int (*pre_commit) (void *), void *opaque)
 {
   int r = pre_commit ? pre_commit (opaque) : 0;
 
@@ -631,8 +652,8 @@ journal_commit (struct journal *j, uint64_t *seq_out)
 
   while (j->durable_gen < target) {
     struct sealed s;
-    journal_pre_commit_fn pre_commit = j->pre_commit;
-    void *opaque = j->pre_commit_opaque;
+    int (*pre_commit) (void *) = j->hooks.pre_commit;
+    void *opaque = j->hooks_opaque;
     int r, err;
 
     if (j->error) {
@@ -643,11 +664,22 @@ journal_commit (struct journal *j, uint64_t *seq_out)
       pthread_cond_wait (&j->cond, &j->lock);
       continue;
     }
-    /* Become the committer for everything open now. */
+    /* Become the committer for everything open now, once no change is
+     * half made. */
     assert (target == j->sealed_gen + 1);
-    if (seal (j, &s) == -1)
-      return -1;
     j->committing = true;
+    j->sealing = true;
+    while (j->active_changes > 0)
+      pthread_cond_wait (&j->cond, &j->lock);
+    r = seal (j, &s);
+    j->sealing = false;
+    pthread_cond_broadcast (&j->cond);
+    if (r == -1) {
+      j->committing = false;
+      return -1;
+    }
+    if (j->hooks.sealed)
+      j->hooks.sealed (opaque);
 
     pthread_mutex_unlock (&j->lock);
     r = write_sealed (j, &s, pre_commit, opaque);
@@ -671,6 +703,8 @@ journal_commit (struct journal *j, uint64_t *seq_out)
       j->durable_gen = j->sealed_gen;
       j->durable_seq = s.seq;
       j->commits++;
+      if (j->hooks.durable)
+        j->hooks.durable (opaque);
     }
     pthread_cond_broadcast (&j->cond);
   }

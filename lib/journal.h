@@ -23,11 +23,23 @@
 
 struct journal;
 
-/* Called by the committing thread, with no lock held, just before a
- * transaction is written: the image marks itself dirty here.  Returns 1 if
- * it wrote something that must be durable before the transaction (the
- * journal then flushes first), 0 if not, -1 with errno set on error. */
-typedef int (*journal_pre_commit_fn) (void *opaque);
+/* What the image does at points of a commit.  All optional.
+ *
+ * pre_commit: called by the committing thread, with no lock held, just
+ * before a transaction is written: the image marks itself dirty here.
+ * Returns 1 if it wrote something that must be durable before the
+ * transaction (the journal then flushes first), 0 if not, -1 with errno.
+ *
+ * sealed: the open transaction has just been sealed, at a moment when no
+ * change is half made (see journal_begin): the image snapshots what it
+ * changed.  Called with the journal's lock held: it must not call back.
+ *
+ * durable: that transaction is durable (same locking). */
+struct journal_hooks {
+  int (*pre_commit) (void *opaque);
+  void (*sealed) (void *opaque);
+  void (*durable) (void *opaque);
+};
 
 /* Format a new, empty journal in the area [area_offset, +area_size) of io
  * with the given id: both superblocks, then a flush.  area_size must be a
@@ -46,8 +58,16 @@ extern struct journal *journal_open (struct hostio *io, uint64_t area_offset,
 
 extern void journal_free (struct journal *j);
 
-extern void journal_set_pre_commit (struct journal *j,
-                                    journal_pre_commit_fn fn, void *opaque);
+extern void journal_set_hooks (struct journal *j,
+                               const struct journal_hooks *hooks,
+                               void *opaque);
+
+/* Bracket the records of one consistent change (several records that
+ * must reach the same transaction): a commit does not seal the open
+ * transaction while any change is between journal_begin and journal_end.
+ * They nest with nothing and must not be held across journal_commit. */
+extern void journal_begin (struct journal *j);
+extern void journal_end (struct journal *j);
 
 /* Add records to the open transaction.  Values are absolute final values
  * (replay may apply them more than once).  Each raises the transaction's

@@ -190,7 +190,7 @@ qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t max_len,
   const unsigned words = h->l2_entry_size / 8;
   const unsigned per_slice = img->slice_size / h->l2_entry_size;
   uint64_t l1_index, l1e, l2_offset, l2_index, slice_offset, end;
-  uint64_t entries[L2CACHE_MAX_SLICE / 8];
+  uint64_t entries[MCACHE_MAX_SLICE / 8];
   unsigned first, n;
 
   run->length = 0;
@@ -223,7 +223,7 @@ qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t max_len,
   slice_offset = l2_offset + (l2_index - first) * h->l2_entry_size;
   n = MIN ((uint64_t) per_slice - first,
            ((offset & (cs - 1)) + max_len + cs - 1) >> cb);
-  if (l2cache_read (img->cache, img->file, img, slice_offset,
+  if (mcache_read (img->cache, img->file, img, slice_offset,
                     img->slice_size, first * h->l2_entry_size, n * h->l2_entry_size,
                     entries) == -1) {
     qerror ("%s: read L2 table at 0x%" PRIx64 ": %m",

@@ -225,7 +225,10 @@ run_workload (struct trial *t, unsigned ops)
 
   t->j = journal_open (powercut_io (t->pc), AREA, AREA_SIZE, t->id, CS);
   CHECK (t->j != NULL);
-  journal_set_pre_commit (t->j, pre_commit, t);
+  {
+    const struct journal_hooks hooks = { .pre_commit = pre_commit };
+    journal_set_hooks (t->j, &hooks, t);
+  }
   t->snap[0] = calloc (1, MODEL_LEN);
   t->need[0] = 0;
 

@@ -1385,7 +1385,10 @@ test_pre_commit (void)
   uint64_t durable;
 
   CHECK (j != NULL);
-  journal_set_pre_commit (j, hook_fn, &h);
+  {
+    const struct journal_hooks hooks = { .pre_commit = hook_fn };
+    journal_set_hooks (j, &hooks, &h);
+  }
 
   /* Without a hook result or ordering: write, flush. */
   CHECK (journal_add_set64 (j, META, 1) == 0);
@@ -1473,7 +1476,10 @@ test_pre_commit (void)
   w = wrap_new (3 << 20, AREA, AREA_SIZE);
   j = journal_create (&w->io, AREA, AREA_SIZE, ID, CLUSTER);
   h = (struct hook) { .w = w, .ret = 1 };
-  journal_set_pre_commit (j, hook_fn, &h);
+  {
+    const struct journal_hooks hooks = { .pre_commit = hook_fn };
+    journal_set_hooks (j, &hooks, &h);
+  }
   CHECK (journal_add_set64 (j, META, 1) == 0);
   w->fail_flush = EDQUOT;
   expect_ops (j, w, "HF", -1, EDQUOT);

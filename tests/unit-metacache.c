@@ -4,14 +4,14 @@
 
 #include <pthread.h>
 
-#include "l2cache.h"
+#include "metacache.h"
 #include "unit.h"
 
 #define SLICE 4096
 #define NR_SLICES 256
 
 static struct mem_io *m;
-static struct l2cache *cache;
+static struct mcache *cache;
 
 static void
 fill (void)
@@ -27,7 +27,7 @@ check_entry (const void *owner, unsigned s, unsigned i)
 {
   uint8_t out[8], want[8];
 
-  CHECK (l2cache_read (cache, &m->io, owner, (uint64_t) s * SLICE, SLICE,
+  CHECK (mcache_read (cache, &m->io, owner, (uint64_t) s * SLICE, SLICE,
                        i * 8, 8, out) == 0);
   put_be64 (want, (uint64_t) s << 32 | i);
   CHECK (memcmp (out, want, 8) == 0);
@@ -48,13 +48,13 @@ reader (void *arg)
 int
 main (void)
 {
-  struct l2cache_stats st;
+  struct mcache_stats st;
   pthread_t threads[4];
 
   fill ();
 
   /* Large cache: one miss per slice, then only hits. */
-  cache = l2cache_new (64 << 20);
+  cache = mcache_new (64 << 20);
   CHECK (cache != NULL);
   for (unsigned s = 0; s < NR_SLICES; s++)
     check_entry (m, s, s % 512);
@@ -68,20 +68,20 @@ main (void)
   /* Smaller slices (512-byte clusters) share the cache. */
   {
     uint8_t out[8];
-    CHECK (l2cache_read (cache, &m->io, &fill, 512, 512, 8, 8, out) == 0);
+    CHECK (mcache_read (cache, &m->io, &fill, 512, 512, 8, 8, out) == 0);
     CHECK (out[7] == 65);       /* entry 65 of slice 0 */
   }
-  l2cache_stats (cache, &st);
+  mcache_stats (cache, &st);
   CHECK (st.evictions == 0);
-  l2cache_free (cache);
+  mcache_free (cache);
 
   /* The smallest cache (4 slots in each of 16 shards) must stay bounded
    * and still return right answers while evicting. */
-  cache = l2cache_new (0);
+  cache = mcache_new (0);
   for (int pass = 0; pass < 3; pass++)
     for (unsigned s = 0; s < NR_SLICES; s++)
       check_entry (m, s, 7);
-  l2cache_stats (cache, &st);
+  mcache_stats (cache, &st);
   CHECK (st.slices <= 64);
   CHECK (st.evictions > 0);
 
@@ -90,7 +90,7 @@ main (void)
     CHECK (pthread_create (&threads[t], NULL, reader, (void *) (t + 1)) == 0);
   for (int t = 0; t < 4; t++)
     CHECK (pthread_join (threads[t], NULL) == 0);
-  l2cache_free (cache);
+  mcache_free (cache);
 
   m->io.ops->close (&m->io);
   printf ("unit-l2cache: ok\n");
