@@ -4,7 +4,9 @@
  * qemu-img check finds nothing to say about it and every other qcow2 tool
  * accepts it: version 3, a 112-byte header (with compression_type zlib),
  * 16-bit refcounts, QEMU's feature name table, and every metadata cluster
- * counted exactly once.  The parameters are refused where QEMU refuses
+ * counted exactly once.  Like QEMU (since 5.0), the feature name table is
+ * left out with clusters of 4 KiB and less: its 392 bytes would leave next
+ * to no room in cluster 0 for a backing file name added later.  The parameters are refused where QEMU refuses
  * them, with the same limits, before the file is touched.
  *
  * QEMU builds an image by creating a tiny one and growing its L1 table,
@@ -45,6 +47,7 @@
 #include "cleanup.h"
 #include "create.h"
 #include "format.h"
+#include "header.h"
 #include "lock.h"
 #include "log.h"
 #include "minmax.h"
@@ -55,29 +58,10 @@
 #define CREATE_REFCOUNT_ORDER 4         /* 16-bit refcounts */
 #define FEATURE_ENTRY_LEN 48            /* type, bit, 46-byte name */
 
-/* QEMU's feature name table (qcow2.c feature_table), in QEMU's order and
- * with QEMU's spelling, so that qemu-img and other tools name the bits. */
-static const struct {
-  uint8_t type;                 /* 0 incompatible, 1 compatible, 2 autoclear */
-  uint8_t bit;
-  const char *name;
-} features[] = {
-  { 0, 0, "dirty bit" },
-  { 0, 1, "corrupt bit" },
-  { 0, 2, "external data file" },
-  { 0, 3, "compression type" },
-  { 0, 4, "extended L2 entries" },
-  { 1, 0, "lazy refcounts" },
-  { 2, 0, "bitmaps" },
-  { 2, 1, "raw external data" },
-};
-#define NR_FEATURES (sizeof features / sizeof features[0])
-
-/* Header, feature table and end-of-extensions marker must fit in the
- * smallest cluster; they fill it exactly. */
-_Static_assert (CREATE_HEADER_LENGTH + 8 + NR_FEATURES * FEATURE_ENTRY_LEN
-                + 8 <= 1 << QCOW2_MIN_CLUSTER_BITS,
-                "the header does not fit in a 512-byte cluster");
+/* QEMU writes the table only into clusters larger than this. */
+#define FEATURE_TABLE_MIN_CLUSTER 4096
+/* The table (8 entries) fits in a cluster above that size:
+ * 112 + 8 + 8 * 48 + 8 = 512. */
 
 struct layout {
   uint32_t cluster_bits;
@@ -235,14 +219,16 @@ fill_header (uint8_t *h, const struct layout *l, uint64_t size,
   put_be32 (h + 100, CREATE_HEADER_LENGTH);
   h[QCOW2_OFF_COMPRESSION_TYPE] = QCOW2_COMPRESSION_ZLIB;
 
-  put_be32 (ext, QCOW2_EXT_FEATURE_NAMES);
-  put_be32 (ext + 4, NR_FEATURES * FEATURE_ENTRY_LEN);
-  for (size_t i = 0; i < NR_FEATURES; i++) {
-    uint8_t *e = ext + 8 + i * FEATURE_ENTRY_LEN;
+  if (l->cluster_size > FEATURE_TABLE_MIN_CLUSTER) {
+    put_be32 (ext, QCOW2_EXT_FEATURE_NAMES);
+    put_be32 (ext + 4, qcow2_nr_qemu_features * FEATURE_ENTRY_LEN);
+    for (size_t i = 0; i < qcow2_nr_qemu_features; i++) {
+      uint8_t *e = ext + 8 + i * FEATURE_ENTRY_LEN;
 
-    e[0] = features[i].type;
-    e[1] = features[i].bit;
-    memcpy (e + 2, features[i].name, strlen (features[i].name));
+      e[0] = qcow2_qemu_features[i].type;
+      e[1] = qcow2_qemu_features[i].bit;
+      memcpy (e + 2, qcow2_qemu_features[i].name, strlen (qcow2_qemu_features[i].name));
+    }
   }
   /* Then the end-of-extensions marker: 8 zero bytes, already zero. */
 }

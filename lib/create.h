@@ -8,7 +8,7 @@
 /* Create at path an empty qcow2 version 3 image of size virtual bytes, as
  * "qemu-img create -f qcow2 -o cluster_size=N[,extended_l2=on]" would:
  * zlib compression type, 16-bit refcounts, no lazy refcounts, QEMU's
- * feature name table, no backing file.
+ * feature name table (for clusters over 4 KiB, as QEMU), no backing file.
  *
  * cluster_size must be a power of two from 512 to 2 MiB (at least 16 KiB
  * with extended_l2); size must be a non-zero multiple of 512 that QEMU's

@@ -18,8 +18,10 @@
 #include <string.h>
 
 #include "cleanup.h"
+#include "crc32c.h"
 #include "format.h"
 #include "header.h"
+#include "journal-format.h"
 #include "log.h"
 #include "minmax.h"
 
@@ -38,6 +40,19 @@ get_be64 (const uint8_t *p)
   memcpy (&v, p, 8);
   return be64toh (v);
 }
+
+const struct qcow2_known_feature qcow2_qemu_features[] = {
+  { 0, 0, "dirty bit" },
+  { 0, 1, "corrupt bit" },
+  { 0, 2, "external data file" },
+  { 0, 3, "compression type" },
+  { 0, 4, "extended L2 entries" },
+  { 1, 0, "lazy refcounts" },
+  { 2, 0, "bitmaps" },
+  { 2, 1, "raw external data" },
+};
+const size_t qcow2_nr_qemu_features =
+  sizeof qcow2_qemu_features / sizeof qcow2_qemu_features[0];
 
 /* Report a malformed image: prefix the file name, set EINVAL, return -1. */
 static int __attribute__ ((format (printf, 2, 3)))
@@ -199,10 +214,37 @@ parse_extensions (struct hostio *io, struct qcow2_header *h,
         return -1;
       break;
 
-    default:
-      /* Unknown extensions (and the crypto header pointer, whose images
-       * are refused anyway) are left alone. */
+    case QJ_EXT_MAGIC:
+      h->journal.present = true;
+      if (len == QJ_EXT_LENGTH &&
+          get_be32 (data + 28) == crc32c (0, data, 28)) {
+        h->journal.crc_ok = true;
+        h->journal.offset = get_be64 (data);
+        h->journal.size = get_be64 (data + 8);
+        h->journal.id = get_be64 (data + 16);
+        h->journal.version = get_be32 (data + 24);
+      }
       break;
+
+    default:
+      /* Others (the crypto header pointer, unknown ones) are only kept. */
+      break;
+    }
+    /* Keep every extension but those the journal rewrites. */
+    if (type != QCOW2_EXT_FEATURE_NAMES && type != QJ_EXT_MAGIC) {
+      struct qcow2_extension *v =
+        realloc (h->extensions, (h->nr_extensions + 1) * sizeof *v);
+      if (v == NULL || (v[h->nr_extensions].data = malloc (len + 1)) == NULL) {
+        qerror ("malloc: %m");
+        if (v)
+          h->extensions = v;
+        return -1;
+      }
+      h->extensions = v;
+      v[h->nr_extensions].type = type;
+      v[h->nr_extensions].length = len;
+      memcpy (v[h->nr_extensions].data, data, len);
+      h->nr_extensions++;
     }
     pos += 8 + ROUND_UP ((uint64_t) len, 8);
   }
@@ -212,7 +254,8 @@ parse_extensions (struct hostio *io, struct qcow2_header *h,
 static int
 check_features (struct hostio *io, struct qcow2_header *h)
 {
-  uint64_t unknown = h->incompatible_features & ~QCOW2_INCOMPAT_KNOWN;
+  uint64_t unknown = h->incompatible_features &
+    ~(QCOW2_INCOMPAT_KNOWN | (h->version >= 3 ? QJ_INCOMPAT_DIRTY : 0));
   char msg[1024] = "";
   size_t used = 0;
 
@@ -483,6 +526,11 @@ qcow2_header_free (struct qcow2_header *h)
   free (h->backing_format);
   free (h->data_file);
   free (h->feature_names);
+  for (size_t i = 0; i < h->nr_extensions; i++)
+    free (h->extensions[i].data);
+  free (h->extensions);
+  h->extensions = NULL;
+  h->nr_extensions = 0;
   h->backing_file = h->backing_format = h->data_file = NULL;
   h->feature_names = NULL;
   h->nr_feature_names = 0;

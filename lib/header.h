@@ -14,6 +14,22 @@ struct qcow2_feature_name {
   char name[47];                /* NUL-terminated copy */
 };
 
+/* A header extension kept verbatim, to be written back when the header
+ * extension area is rewritten. */
+struct qcow2_extension {
+  uint32_t type;
+  uint32_t length;
+  uint8_t *data;
+};
+
+/* The qcow2j journal extension (docs/journal-format.md section 3). */
+struct qcow2_journal_ext {
+  bool present;                 /* the extension exists */
+  bool crc_ok;                  /* and its crc32c matches */
+  uint64_t offset, size, id;
+  uint32_t version;
+};
+
 struct qcow2_header {
   /* Fields as stored (host byte order). */
   uint32_t version;
@@ -41,6 +57,9 @@ struct qcow2_header {
   char *data_file;              /* NULL if none */
   struct qcow2_feature_name *feature_names;
   size_t nr_feature_names;
+  struct qcow2_extension *extensions; /* all but feature names and Q2JL */
+  size_t nr_extensions;
+  struct qcow2_journal_ext journal;
   bool has_bitmaps_ext;
   uint32_t nb_bitmaps;
   uint64_t bitmap_directory_size;
@@ -52,6 +71,16 @@ struct qcow2_header {
   uint32_t l2_bits;             /* log2 of entries per L2 table */
   uint64_t subcluster_size;     /* = cluster_size without extended L2 */
 };
+
+/* QEMU's feature name table, in QEMU's order and spelling, so that tools
+ * name the bits; images qcow2j writes carry it. */
+struct qcow2_known_feature {
+  uint8_t type;                 /* 0 incompatible, 1 compatible, 2 autoclear */
+  uint8_t bit;
+  const char *name;
+};
+extern const struct qcow2_known_feature qcow2_qemu_features[];
+extern const size_t qcow2_nr_qemu_features;
 
 /* Read cluster 0 of io (file_size bytes long) and validate every field
  * against the file size and QEMU's limits.  On error reports a message that

@@ -6,9 +6,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <pthread.h>
+
 #include "header.h"
 #include "hostio.h"
 #include "image.h"
+#include "journal.h"
 #include "metacache.h"
 
 /* Backing chains longer than this are refused (QEMU has no such limit, but
@@ -46,6 +49,39 @@ struct qcow2_image {
   } backing;
 
   char *dir;                    /* directory names are relative to */
+  char *path;                   /* of the top image, for reopening */
+
+  /* ---- Write path (write.c, metadata.c, refcount.c, writable.c) ----
+   * Set up by qcow2_make_writable; only the top image of a chain. */
+  bool writable;                /* journal set up: writes go through */
+  bool write_ready;             /* writes allowed (checked, locked) */
+  pthread_mutex_t setup_lock;   /* the set-up in qcow2_make_writable */
+  bool file_rw;                 /* file opened O_RDWR */
+  bool lock_files;              /* take QEMU-compatible locks */
+  pthread_mutex_t meta_lock;    /* serializes metadata changes; held over
+                                   host I/O only when loading metadata,
+                                   growing tables or copying an L2 table */
+  pthread_cond_t inflight_done; /* an allocating write finished */
+  uint64_t *inflight;           /* guest clusters being allocated */
+  size_t nr_inflight, cap_inflight;
+  struct journal *journal;
+  uint64_t next_free;           /* host offset of the next new cluster */
+  uint64_t *reftable;           /* refcount table, host byte order */
+  uint64_t reftable_entries;
+  uint64_t refblock_entries;    /* refcounts per refcount block */
+  int failed;                   /* sticky errno: writes refused after a
+                                   metadata change failed half way */
+  pthread_mutex_t dirty_lock;   /* setting and clearing "journal dirty" */
+  bool dirty_written;           /* QJ_INCOMPAT_DIRTY has been written */
+  bool dirty_durable;           /* ... and flushed */
+
+  pthread_mutex_t checkpoint_lock; /* one checkpoint at a time */
+  pthread_mutex_t thread_lock;  /* the checkpoint thread's state */
+  pthread_cond_t thread_cond;
+  bool thread_running, thread_stop;
+  pthread_t thread;
+  uint64_t last_change;         /* monotonic ns of the last write */
+  uint64_t ring_high_water;     /* ring bytes that trigger a checkpoint */
 };
 
 /* backing.c: open the backing file (if any) and the external data file
@@ -76,6 +112,65 @@ extern struct qcow2_image *qcow2_open_layer (struct hostio *io,
 
 /* snapshot.c: walk and validate the snapshot table. */
 extern int qcow2_check_snapshots (struct qcow2_image *img);
+
+/* metadata.c: journalled metadata changes (callers hold meta_lock and are
+ * between journal_begin and journal_end). */
+extern int qcow2_meta_set64 (struct qcow2_image *img, uint64_t offset,
+                             uint64_t value, bool fresh);
+extern int qcow2_meta_read64 (struct qcow2_image *img, uint64_t offset,
+                              uint64_t *value);
+/* The L2 entry (and subcluster bitmap) of guest offset; *entry_offset is
+ * its host offset, 0 if there is no L2 table. */
+extern int qcow2_l2_lookup (struct qcow2_image *img, uint64_t guest,
+                            uint64_t *entry_offset, uint64_t *entry,
+                            uint64_t *bitmap);
+/* Make sure guest offset's L2 table exists and is not shared (allocating
+ * or copying it), and return the host offset of its entry. */
+extern int qcow2_l2_prepare (struct qcow2_image *img, uint64_t guest,
+                             uint64_t *entry_offset);
+extern int qcow2_l2_set (struct qcow2_image *img, uint64_t entry_offset,
+                         uint64_t entry, uint64_t bitmap);
+
+/* refcount.c */
+extern int qcow2_refcounts_load (struct qcow2_image *img);
+extern int qcow2_refcount_get (struct qcow2_image *img, uint64_t offset,
+                               uint64_t *value);
+extern int qcow2_refcount_set (struct qcow2_image *img, uint64_t offset,
+                               uint64_t value);
+/* Reserve n contiguous new clusters past everything in use (not yet
+ * referenced or counted: see qcow2_alloc_commit). */
+extern int qcow2_alloc_reserve (struct qcow2_image *img, uint64_t n,
+                                uint64_t *offset);
+/* Drop one reference to the cluster at offset; frees it (deferred
+ * discard) when none is left. */
+extern int qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset);
+/* The same for every host cluster a compressed cluster's data touches. */
+extern int qcow2_compressed_unref (struct qcow2_image *img, uint64_t entry);
+/* Drop what an L2 entry holds: its data cluster (refcounted unless it is
+ * in an external data file), or its compressed data. */
+extern int qcow2_release_host (struct qcow2_image *img, uint64_t entry);
+
+/* write.c */
+extern void qcow2_cluster_lock (struct qcow2_image *img, uint64_t cluster);
+extern void qcow2_cluster_unlock (struct qcow2_image *img, uint64_t cluster);
+extern int qcow2_change_failed (struct qcow2_image *img);
+extern uint64_t qcow2_now (void);
+extern int qcow2_pwrite_range (struct qcow2_image *img, const void *buf,
+                               uint64_t count, uint64_t offset);
+
+/* writable.c */
+/* Called by every write: sets up the journal at the first one.  0, or -1
+ * with errno (EROFS if the image may not be written). */
+extern int qcow2_begin_write (struct qcow2_image *img);
+extern int qcow2_commit_if_large (struct qcow2_image *img);
+extern int qcow2_close_writable (struct qcow2_image *img);
+
+/* checkpoint.c */
+extern int qcow2_checkpoint (struct qcow2_image *img);
+extern void qcow2_checkpoint_wake (struct qcow2_image *img);
+
+/* image.c */
+extern int qcow2_read_l1 (struct qcow2_image *img);
 
 /* read.c: reads through the backing chain for unallocated ranges. */
 extern int qcow2_read_backing (struct qcow2_image *img, void *buf,

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "format.h"
 #include "image-internal.h"
@@ -20,8 +21,8 @@
 #include "log.h"
 #include "minmax.h"
 
-static int
-read_l1 (struct qcow2_image *img)
+int
+qcow2_read_l1 (struct qcow2_image *img)
 {
   const struct qcow2_header *h = &img->hdr;
   size_t bytes = (size_t) h->l1_size * 8;
@@ -57,6 +58,14 @@ qcow2_open_layer (struct hostio *io, const char *dir, struct mcache *cache,
     return NULL;
   }
   img->file = io;
+  pthread_mutex_init (&img->meta_lock, NULL);
+  pthread_mutex_init (&img->setup_lock, NULL);
+  pthread_mutex_init (&img->dirty_lock, NULL);
+  pthread_mutex_init (&img->checkpoint_lock, NULL);
+  pthread_mutex_init (&img->thread_lock, NULL);
+  pthread_cond_init (&img->inflight_done, NULL);
+  pthread_cond_init (&img->thread_cond, NULL);
+  img->lock_files = opts->lock;
   if (dir != NULL && (img->dir = strdup (dir)) == NULL) {
     qerror ("strdup: %m");
     goto fail;
@@ -91,7 +100,7 @@ qcow2_open_layer (struct hostio *io, const char *dir, struct mcache *cache,
   }
   img->cache = cache;
 
-  if (read_l1 (img) == -1 ||
+  if (qcow2_read_l1 (img) == -1 ||
       qcow2_check_snapshots (img) == -1 ||
       qcow2_open_data_file (img, opts) == -1 ||
       qcow2_open_backing (img, depth, ids, opts) == -1)
@@ -117,9 +126,10 @@ qcow2_open (const char *path, const struct qcow2_open_options *opts)
 {
   struct qcow2_image *img;
   struct hostio *io;
+  bool rw = opts->writable && access (path, W_OK) == 0;
   char *dir;
 
-  io = hostio_file_open (path, false);
+  io = hostio_file_open (path, rw);
   if (io == NULL)
     return NULL;
   dir = qcow2_dirname (path);
@@ -129,16 +139,27 @@ qcow2_open (const char *path, const struct qcow2_open_options *opts)
   }
   img = qcow2_open_hostio (io, dir, opts);
   free (dir);
+  if (img)
+    img->file_rw = rw;
   return img;
 }
 
-void
+int
 qcow2_close (struct qcow2_image *img)
 {
   int saved_errno = errno;
+  int r = 0;
 
   if (img == NULL)
-    return;
+    return 0;
+  qcow2_stop_checkpointer (img);
+  if (img->writable && qcow2_close_writable (img) == -1) {
+    saved_errno = errno;
+    r = -1;
+  }
+  journal_free (img->journal);
+  free (img->reftable);
+  free (img->inflight);
   if (img->backing.image)
     qcow2_close (img->backing.image);
   hostio_close (img->backing.raw);
@@ -151,8 +172,22 @@ qcow2_close (struct qcow2_image *img)
   free (img->l1);
   free (img->dir);
   qcow2_header_free (&img->hdr);
+  pthread_mutex_destroy (&img->meta_lock);
+  pthread_mutex_destroy (&img->setup_lock);
+  pthread_mutex_destroy (&img->dirty_lock);
+  pthread_mutex_destroy (&img->checkpoint_lock);
+  pthread_mutex_destroy (&img->thread_lock);
+  pthread_cond_destroy (&img->inflight_done);
+  pthread_cond_destroy (&img->thread_cond);
   free (img);
   errno = saved_errno;
+  return r;
+}
+
+bool
+qcow2_can_write (const struct qcow2_image *img)
+{
+  return img->file_rw;
 }
 
 uint64_t

@@ -17,6 +17,9 @@ struct qcow2_image;
 struct qcow2_open_options {
   uint64_t l2_cache_bytes;      /* 0: the default (32 MiB) */
   bool lock;                    /* take QEMU-compatible OFD locks */
+  bool writable;                /* open the file read-write if permitted
+                                   (nothing is written until
+                                   qcow2_make_writable) */
 };
 
 #define QCOW2_DEFAULT_L2_CACHE_BYTES (32ULL << 20)
@@ -35,7 +38,10 @@ extern struct qcow2_image *qcow2_open_hostio (struct hostio *io,
                                               const char *dir,
                                               const struct qcow2_open_options *opts);
 
-extern void qcow2_close (struct qcow2_image *img);
+/* Close, after a clean checkpoint if the image was written: the file is
+ * then plain qcow2.  Returns -1 if that failed (the image then keeps its
+ * journal, replayed at the next writable open). */
+extern int qcow2_close (struct qcow2_image *img);
 
 /* Virtual disk size in bytes. */
 extern uint64_t qcow2_size (const struct qcow2_image *img);
@@ -67,6 +73,38 @@ extern uint64_t qcow2_cluster_size (const struct qcow2_image *img);
 
 /* True if the image carries the corrupt bit (it may only be read). */
 extern bool qcow2_is_corrupt (const struct qcow2_image *img);
+
+/* Writing (write.c, discard.c, writable.c).
+ *
+ * qcow2_prepare_writable checks that the image may be written (not v2,
+ * not corrupt, ...) and takes QEMU's writer locks, changing nothing in
+ * the file; writes, zeroes and trims fail with EROFS until it succeeded.
+ * The first of them then sets up the journal (so an image served
+ * writable but only read is never modified).  qcow2_make_writable does
+ * that set-up at once, replaying a dirty journal first: an image with a
+ * dirty journal cannot be read before.  Errors: ENOSPC when the host is
+ * full, EIO when the image cannot be trusted any more. */
+extern int qcow2_prepare_writable (struct qcow2_image *img);
+extern int qcow2_make_writable (struct qcow2_image *img);
+extern int qcow2_pwrite (struct qcow2_image *img, const void *buf,
+                         uint64_t count, uint64_t offset);
+/* may_trim: the range need not stay allocated; fast: fail with ENOTSUP
+ * at once, changing nothing, if it cannot be done without writing data. */
+extern int qcow2_zero (struct qcow2_image *img, uint64_t count,
+                       uint64_t offset, bool may_trim, bool fast);
+extern int qcow2_trim (struct qcow2_image *img, uint64_t count,
+                       uint64_t offset);
+/* Make every write completed before the call durable. */
+extern int qcow2_flush (struct qcow2_image *img);
+/* True if the image holds a journal that must be replayed before it can
+ * be read (replay needs a writable open). */
+extern bool qcow2_journal_dirty (const struct qcow2_image *img);
+/* True if the file could be opened for writing. */
+extern bool qcow2_can_write (const struct qcow2_image *img);
+
+/* The background checkpoint thread (checkpoint.c). */
+extern int qcow2_start_checkpointer (struct qcow2_image *img);
+extern void qcow2_stop_checkpointer (struct qcow2_image *img);
 
 /* Log cache statistics through the debug handler. */
 extern void qcow2_debug_stats (struct qcow2_image *img);

@@ -713,6 +713,30 @@ journal_commit (struct journal *j, uint64_t *seq_out)
   return 0;
 }
 
+void
+journal_fail (struct journal *j, int err)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+  if (j->error == 0)
+    j->error = err ? err : EIO;
+  pthread_cond_broadcast (&j->cond);
+}
+
+void
+journal_generations (struct journal *j, uint64_t *sealed, uint64_t *durable)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+  *sealed = j->sealed_gen;
+  *durable = j->durable_gen;
+}
+
+size_t
+journal_open_bytes (struct journal *j)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+  return j->open.len;
+}
+
 /* Checkpoint hooks ---------------------------------------------------------- */
 
 uint64_t

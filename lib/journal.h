@@ -98,6 +98,15 @@ extern int journal_defer_free (struct journal *j, uint64_t value);
  * if not NULL, is the sequence number covering the caller's records. */
 extern int journal_commit (struct journal *j, uint64_t *seq);
 
+/* Make every later commit fail with err: a change was left half made. */
+extern void journal_fail (struct journal *j, int err);
+/* Transactions sealed and made durable so far (by this journal object):
+ * a commit sealed after a moment M is durable once durable > sealed(M). */
+extern void journal_generations (struct journal *j, uint64_t *sealed,
+                                 uint64_t *durable);
+/* Bytes of records in the open transaction. */
+extern size_t journal_open_bytes (struct journal *j);
+
 /* Checkpoint hooks. */
 extern uint64_t journal_durable_seq (struct journal *j);
 extern uint64_t journal_head_seq (struct journal *j);

@@ -44,14 +44,17 @@ static bool
 extend_run (struct qcow2_run *run, enum qcow2_run_type type, uint64_t host,
             uint64_t len, uint64_t entry)
 {
+  bool copied = type == RUN_DATA && (entry & QCOW_OFLAG_COPIED);
+
   if (run->length == 0) {
     run->type = type;
     run->host_offset = host;
     run->l2_entry = entry;
     run->length = len;
+    run->copied = copied;
     return true;
   }
-  if (run->type != type || type == RUN_COMPRESSED)
+  if (run->type != type || type == RUN_COMPRESSED || run->copied != copied)
     return false;
   if (type == RUN_DATA && host != run->host_offset + run->length)
     return false;
@@ -90,10 +93,12 @@ static int
 check_host_in_file (struct qcow2_image *img, uint64_t guest, uint64_t e,
                     uint64_t host)
 {
-  if (host >= img->data_size)
+  uint64_t size = __atomic_load_n (&img->data_size, __ATOMIC_ACQUIRE);
+
+  if (host >= size)
     return bad_entry (img, guest, "L2 entry 0x%016" PRIx64 ": host offset "
                       "0x%" PRIx64 " is past the end of %s (%" PRIu64
-                      " bytes)", e, host, img->data->name, img->data_size);
+                      " bytes)", e, host, img->data->name, size);
   return 0;
 }
 
@@ -118,10 +123,9 @@ add_cluster (struct qcow2_image *img, uint64_t cluster_start, uint64_t from,
       return bad_entry (img, from, "compressed cluster (L2 entry 0x%016"
                         PRIx64 ") has subcluster bitmap 0x%016" PRIx64, e,
                         bitmap);
-    if (coffset >= img->file_size)
+    if (coffset >= __atomic_load_n (&img->file_size, __ATOMIC_ACQUIRE))
       return bad_entry (img, from, "compressed cluster at host offset 0x%"
-                        PRIx64 " is past the end of the file (%" PRIu64
-                        " bytes)", coffset, img->file_size);
+                        PRIx64 " is past the end of the file", coffset);
     extend_run (run, RUN_COMPRESSED, 0, to - from, e);
     return 1;                   /* compressed runs hold one cluster */
   }
@@ -199,7 +203,8 @@ qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t max_len,
   end = offset + max_len;
 
   l1_index = offset >> span_bits;
-  l1e = l1_index < h->l1_size ? img->l1[l1_index] : 0;
+  l1e = l1_index < h->l1_size ?
+    __atomic_load_n (&img->l1[l1_index], __ATOMIC_ACQUIRE) : 0;
   if (l1e & L1E_RESERVED_MASK)
     return bad_entry (img, offset, "L1 entry %" PRIu64 " (0x%016" PRIx64
                       ") has reserved bits set", l1_index, l1e);
@@ -212,10 +217,10 @@ qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t max_len,
     return bad_entry (img, offset, "L1 entry %" PRIu64 ": L2 table offset "
                       "0x%" PRIx64 " is not cluster aligned", l1_index,
                       l2_offset);
-  if (l2_offset >= img->file_size)
+  if (l2_offset >= __atomic_load_n (&img->file_size, __ATOMIC_ACQUIRE))
     return bad_entry (img, offset, "L1 entry %" PRIu64 ": L2 table offset "
-                      "0x%" PRIx64 " is past the end of the file (%" PRIu64
-                      " bytes)", l1_index, l2_offset, img->file_size);
+                      "0x%" PRIx64 " is past the end of the file",
+                      l1_index, l2_offset);
 
   /* The entries of this L2 slice that cover [offset, end). */
   l2_index = (offset >> cb) & ((1ULL << h->l2_bits) - 1);

@@ -19,6 +19,8 @@ struct qcow2_run {
   uint64_t length;              /* > 0 */
   uint64_t host_offset;         /* RUN_DATA: host offset of the first byte */
   uint64_t l2_entry;            /* RUN_COMPRESSED: the raw descriptor */
+  bool copied;                  /* RUN_DATA: the cluster's refcount is 1
+                                   (COPIED), so it may be written in place */
 };
 
 /* Describe the run of guest bytes starting at offset (inside the disk) that

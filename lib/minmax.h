@@ -13,5 +13,6 @@
 #define ROUND_DOWN(x, n) ((x) & ~((__typeof__ (x)) (n) - 1))
 #define ROUND_UP(x, n) (((x) + (n) - 1) & ~((__typeof__ (x)) (n) - 1))
 #define IS_ALIGNED(x, n) (((x) & ((n) - 1)) == 0)
+#define DIV_ROUND_UP(x, n) (((x) + (n) - 1) / (n))
 
 #endif /* QCOW2J_MINMAX_H */

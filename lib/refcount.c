@@ -1,0 +1,321 @@
+/* qcow2j lib: refcounts and cluster allocation.
+ *
+ * Allocation only ever takes new space past the end of everything in use
+ * (next_free), and never reuses a freed cluster while the image is open.
+ * That keeps the journal's reuse rules (R2, R3) trivially true, and makes
+ * every new cluster "fresh" in the sense of the one-flush commit (E2):
+ * space no durable metadata has ever pointed at, which reads as zeroes or
+ * as the data written to it.  Freed clusters are discarded on the host
+ * once the checkpoint has moved past their free; qemu-img and later opens
+ * can reuse them.
+ *
+ * A refcount of width w bits (1 to 64) is changed by journalling the
+ * whole 8-byte word that holds it, with its final value.
+ */
+#include <config.h>
+
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "format.h"
+#include "image-internal.h"
+#include "log.h"
+#include "minmax.h"
+
+int
+qcow2_refcounts_load (struct qcow2_image *img)
+{
+  const struct qcow2_header *h = &img->hdr;
+  uint64_t bytes = (uint64_t) h->refcount_table_clusters * h->cluster_size;
+
+  img->reftable = malloc (bytes);
+  if (img->reftable == NULL) {
+    qerror ("malloc: %m");
+    return -1;
+  }
+  if (hostio_pread (img->file, img->reftable, bytes,
+                    h->refcount_table_offset) == -1) {
+    qerror ("%s: read refcount table: %m", img->file->name);
+    return -1;
+  }
+  img->reftable_entries = bytes / 8;
+  for (uint64_t i = 0; i < img->reftable_entries; i++)
+    img->reftable[i] = be64toh (img->reftable[i]);
+  img->refblock_entries = h->cluster_size * 8 >> h->refcount_order;
+  return 0;
+}
+
+/* Where the refcount of the cluster at offset lives: the host offset of
+ * its 8-byte word and its bit position in the word, counted in the
+ * word's big-endian bytes.  *word = 0 if it has no refcount block. */
+static int
+locate (struct qcow2_image *img, uint64_t offset, uint64_t *word,
+        unsigned *bit)
+{
+  const struct qcow2_header *h = &img->hdr;
+  uint64_t index = offset >> h->cluster_bits;
+  uint64_t ti = index / img->refblock_entries;
+  uint64_t bi = index % img->refblock_entries;
+  uint64_t bitoff = bi << h->refcount_order, rb;
+
+  *word = 0;
+  *bit = bitoff % 64;
+  if (ti >= img->reftable_entries)
+    return 0;
+  if (img->reftable[ti] & REFT_RESERVED_MASK) {
+    qerror ("%s: refcount table entry %" PRIu64 " (0x%016" PRIx64 ") has "
+            "reserved bits set", img->file->name, ti, img->reftable[ti]);
+    errno = EIO;
+    return -1;
+  }
+  rb = img->reftable[ti] & REFT_OFFSET_MASK;
+  if (rb == 0)
+    return 0;
+  if (!IS_ALIGNED (rb, h->cluster_size) || rb >= img->next_free) {
+    qerror ("%s: refcount block %" PRIu64 " at 0x%" PRIx64 " is misaligned "
+            "or outside the image", img->file->name, ti, rb);
+    errno = EIO;
+    return -1;
+  }
+  *word = rb + bitoff / 64 * 8;
+  return 0;
+}
+
+/* Refcount at bit position bit (bits counted from the word's first
+ * big-endian byte; narrower refcounts are packed from the LSB of each
+ * byte, as QEMU does) of width w. */
+static uint64_t
+decode (uint64_t word, unsigned bit, unsigned w)
+{
+  uint8_t b[8];
+  uint64_t be = htobe64 (word), v = 0;
+
+  memcpy (b, &be, 8);
+  if (w >= 8) {
+    for (unsigned k = 0; k < w / 8; k++)
+      v = v << 8 | b[bit / 8 + k];
+    return v;
+  }
+  return (b[bit / 8] >> (bit % 8)) & ((1u << w) - 1);
+}
+
+static uint64_t
+encode (uint64_t word, unsigned bit, unsigned w, uint64_t value)
+{
+  uint8_t b[8];
+  uint64_t be = htobe64 (word);
+
+  memcpy (b, &be, 8);
+  if (w >= 8)
+    for (unsigned k = w / 8; k-- > 0; value >>= 8)
+      b[bit / 8 + k] = value & 0xff;
+  else {
+    uint8_t mask = ((1u << w) - 1) << (bit % 8);
+    b[bit / 8] = (b[bit / 8] & ~mask) | ((value << (bit % 8)) & mask);
+  }
+  memcpy (&be, b, 8);
+  return be64toh (be);
+}
+
+int
+qcow2_refcount_get (struct qcow2_image *img, uint64_t offset, uint64_t *value)
+{
+  uint64_t word_off, word;
+  unsigned bit;
+
+  if (locate (img, offset, &word_off, &bit) == -1)
+    return -1;
+  if (word_off == 0) {
+    *value = 0;
+    return 0;
+  }
+  if (qcow2_meta_read64 (img, word_off, &word) == -1)
+    return -1;
+  *value = decode (word, bit, 1u << img->hdr.refcount_order);
+  return 0;
+}
+
+int
+qcow2_alloc_reserve (struct qcow2_image *img, uint64_t n, uint64_t *offset)
+{
+  uint64_t end = img->next_free + n * img->hdr.cluster_size;
+
+  if (end > QCOW2_MAX_HOST_OFFSET) {
+    qerror ("%s: the image would grow past the qcow2 limit",
+            img->file->name);
+    errno = ENOSPC;
+    return -1;
+  }
+  /* Extend the file now, so that the new clusters read as zeroes and lie
+   * inside it; the transaction that uses them records the length too
+   * (rule R5). */
+  if ((int64_t) end > hostio_size (img->file) &&
+      img->file->ops->truncate (img->file, end) == -1) {
+    qerror ("%s: extend to %" PRIu64 " bytes: %m", img->file->name, end);
+    return -1;
+  }
+  *offset = img->next_free;
+  img->next_free = end;
+  __atomic_store_n (&img->file_size, end, __ATOMIC_RELEASE);
+  if (img->data == img->file)
+    __atomic_store_n (&img->data_size, end, __ATOMIC_RELEASE);
+  journal_need_file_size (img->journal, end);
+  return 0;
+}
+
+/* The refcount table has no entry ti: move it to a larger copy.  The copy
+ * is written outside the journal into new clusters (ordered before the
+ * transaction), then the header is switched to it by journalled header
+ * words, and the old table is freed. */
+static int
+grow_reftable (struct qcow2_image *img, uint64_t ti)
+{
+  const struct qcow2_header *h = &img->hdr;
+  const uint64_t per_cluster = h->cluster_size / 8;
+  uint64_t old_offset = h->refcount_table_offset;
+  uint64_t old_clusters = h->refcount_table_clusters;
+  uint64_t entries, clusters, offset;
+  uint64_t *table;
+  CLEANUP_FREE uint64_t *be = NULL;
+
+  /* Room for ti, the table itself and a margin, with slack to grow. */
+  entries = MAX (ti + 1, img->reftable_entries * 2);
+  clusters = DIV_ROUND_UP (entries, per_cluster) + 1;
+  entries = clusters * per_cluster;
+  if (clusters * h->cluster_size > QCOW2_MAX_REFTABLE_BYTES) {
+    qerror ("%s: the refcount table would exceed QEMU's limit",
+            img->file->name);
+    errno = ENOSPC;
+    return -1;
+  }
+  table = calloc (entries, 8);
+  be = calloc (entries, 8);
+  if (table == NULL || be == NULL) {
+    free (table);
+    qerror ("calloc: %m");
+    return -1;
+  }
+  memcpy (table, img->reftable, img->reftable_entries * 8);
+  for (uint64_t i = 0; i < entries; i++)
+    be[i] = htobe64 (table[i]);
+  if (qcow2_alloc_reserve (img, clusters, &offset) == -1 ||
+      hostio_pwrite (img->file, be, entries * 8, offset) == -1) {
+    qerror ("%s: write new refcount table: %m", img->file->name);
+    free (table);
+    return -1;
+  }
+  journal_need_ordering (img->journal);
+
+  /* Switch: header words 48-55 (offset) and 56-63 (clusters and
+   * nb_snapshots, unchanged). */
+  if (qcow2_meta_set64 (img, 48, offset, false) == -1 ||
+      qcow2_meta_set64 (img, 56, clusters << 32 | h->nb_snapshots,
+                        false) == -1) {
+    free (table);
+    return -1;
+  }
+  free (img->reftable);
+  img->reftable = table;
+  img->reftable_entries = entries;
+  img->hdr.refcount_table_offset = offset;
+  img->hdr.refcount_table_clusters = clusters;
+
+  /* Count the new table, free the old one. */
+  for (uint64_t c = 0; c < clusters; c++)
+    if (qcow2_refcount_set (img, offset + c * h->cluster_size, 1) == -1)
+      return -1;
+  for (uint64_t c = 0; c < old_clusters; c++)
+    if (qcow2_cluster_unref (img, old_offset + c * h->cluster_size) == -1)
+      return -1;
+  return 0;
+}
+
+int
+qcow2_refcount_set (struct qcow2_image *img, uint64_t offset, uint64_t value)
+{
+  const struct qcow2_header *h = &img->hdr;
+  const unsigned w = 1u << h->refcount_order;
+  uint64_t ti = (offset >> h->cluster_bits) / img->refblock_entries;
+  uint64_t word_off, word;
+  unsigned bit;
+
+  if (w < 64 && value >> w) {
+    qerror ("%s: refcount of cluster 0x%" PRIx64 " would overflow %u bits",
+            img->file->name, offset, w);
+    errno = EIO;
+    return -1;
+  }
+  if (ti >= img->reftable_entries && grow_reftable (img, ti) == -1)
+    return -1;
+  if ((img->reftable[ti] & REFT_OFFSET_MASK) == 0) {
+    /* A new refcount block, which may count itself. */
+    uint64_t rb;
+
+    if (qcow2_alloc_reserve (img, 1, &rb) == -1 ||
+        journal_add_zero (img->journal, rb, h->cluster_size) == -1 ||
+        qcow2_meta_set64 (img, h->refcount_table_offset + 8 * ti, rb,
+                          false) == -1)
+      return -1;
+    img->reftable[ti] = rb;
+    if (qcow2_refcount_set (img, rb, 1) == -1)
+      return -1;
+  }
+  if (locate (img, offset, &word_off, &bit) == -1 ||
+      qcow2_meta_read64 (img, word_off, &word) == -1)
+    return -1;
+  return qcow2_meta_set64 (img, word_off, encode (word, bit, w, value),
+                           false);
+}
+
+int
+qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset)
+{
+  uint64_t rc;
+
+  offset = ROUND_DOWN (offset, img->hdr.cluster_size);
+  if (qcow2_refcount_get (img, offset, &rc) == -1)
+    return -1;
+  if (rc == 0) {
+    qerror ("%s: refcount of cluster 0x%" PRIx64 " is already 0",
+            img->file->name, offset);
+    errno = EIO;
+    return -1;
+  }
+  if (qcow2_refcount_set (img, offset, rc - 1) == -1)
+    return -1;
+  /* Discard its bytes on the host once the free is checkpointed. */
+  if (rc == 1)
+    return journal_defer_free (img->journal, offset);
+  return 0;
+}
+
+int
+qcow2_release_host (struct qcow2_image *img, uint64_t entry)
+{
+  uint64_t host = entry & L2E_OFFSET_MASK;
+
+  if (entry & QCOW_OFLAG_COMPRESSED)
+    return qcow2_compressed_unref (img, entry);
+  /* Data clusters in an external data file are not refcounted. */
+  if (host == 0 || img->hdr.data_file != NULL)
+    return 0;
+  return qcow2_cluster_unref (img, host);
+}
+
+int
+qcow2_compressed_unref (struct qcow2_image *img, uint64_t entry)
+{
+  uint64_t coffset = (entry & img->coffset_mask) & ~511ULL;
+  uint64_t nsectors = ((entry >> img->csize_shift) & img->csize_mask) + 1;
+  uint64_t first = ROUND_DOWN (coffset, img->hdr.cluster_size);
+  uint64_t end = coffset + nsectors * 512;
+
+  for (uint64_t c = first; c < end; c += img->hdr.cluster_size)
+    if (qcow2_cluster_unref (img, c) == -1)
+      return -1;
+  return 0;
+}

@@ -1,0 +1,310 @@
+/* qcow2j lib: writing guest data.
+ *
+ * A write to a cluster the image owns alone (COPIED, refcount 1) goes
+ * straight to the host, with no lock and no metadata change.  Anything
+ * else allocates: a new host cluster past everything in use receives the
+ * guest data, filled around it with the cluster's old content where that
+ * is not zero (copy-on-write from the backing chain, a compressed cluster,
+ * a cluster shared with a snapshot), and only once that data is written
+ * does a journalled change map it and release what the entry held before.
+ * So readers never see an entry that points at data not yet written.
+ *
+ * Allocating writes to one guest cluster are serialized by marking the
+ * cluster in flight; the metadata lock is not held over the data I/O.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cleanup.h"
+#include "format.h"
+#include "image-internal.h"
+#include "log.h"
+#include "map.h"
+#include "minmax.h"
+
+/* In-flight guest clusters (under meta_lock) --------------------------- */
+
+void
+qcow2_cluster_lock (struct qcow2_image *img, uint64_t cluster)
+{
+  for (;;) {
+    bool busy = false;
+
+    for (size_t i = 0; i < img->nr_inflight; i++)
+      busy |= img->inflight[i] == cluster;
+    if (!busy)
+      break;
+    pthread_cond_wait (&img->inflight_done, &img->meta_lock);
+  }
+  if (img->nr_inflight == img->cap_inflight) {
+    size_t cap = img->cap_inflight ? img->cap_inflight * 2 : 64;
+    uint64_t *v = realloc (img->inflight, cap * sizeof *v);
+    if (v == NULL)
+      abort ();                 /* a few bytes; nothing sane to do */
+    img->inflight = v;
+    img->cap_inflight = cap;
+  }
+  img->inflight[img->nr_inflight++] = cluster;
+}
+
+void
+qcow2_cluster_unlock (struct qcow2_image *img, uint64_t cluster)
+{
+  for (size_t i = 0; i < img->nr_inflight; i++)
+    if (img->inflight[i] == cluster) {
+      img->inflight[i] = img->inflight[--img->nr_inflight];
+      break;
+    }
+  pthread_cond_broadcast (&img->inflight_done);
+}
+
+int
+qcow2_change_failed (struct qcow2_image *img)
+{
+  int err = errno ? errno : EIO;
+
+  /* The open transaction may hold half of this change: it must never be
+   * committed.  The image refuses writes from now on; what was committed
+   * before is replayed at the next open. */
+  if (img->failed == 0) {
+    img->failed = err;
+    qerror ("%s: a metadata change failed: refusing further writes "
+            "(committed data is safe)", img->file->name);
+  }
+  journal_fail (img->journal, err);
+  errno = err;
+  return -1;
+}
+
+uint64_t
+qcow2_now (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+/* Writing one piece (inside one cluster) ---------------------------------- */
+
+/* Write in place if the piece lies in clusters the image owns alone.
+ * Returns 1 if written, 0 if the slow path is needed, -1 on error. */
+static int
+write_in_place (struct qcow2_image *img, const void *buf, uint64_t count,
+                uint64_t offset)
+{
+  struct qcow2_run run;
+
+  if (qcow2_map (img, offset, count, &run) == -1)
+    return -1;
+  if (run.type != RUN_DATA || !run.copied || run.length < count)
+    return 0;
+  if (hostio_pwrite (img->data, buf, count, run.host_offset) == -1) {
+    qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name,
+            run.host_offset);
+    return -1;
+  }
+  return 1;
+}
+
+/* Does the cluster at cluster_start read as zeroes from nothing but
+ * metadata (no host data and no backing file under it)? */
+static bool
+reads_zero_without_data (struct qcow2_image *img, uint64_t cluster_start,
+                         uint64_t entry)
+{
+  uint64_t host = entry & L2E_OFFSET_MASK;
+
+  if (entry & QCOW_OFLAG_COMPRESSED || host != 0)
+    return false;
+  if (img->hdr.l2_entry_size == 8 && (entry & QCOW_OFLAG_ZERO))
+    return true;
+  return img->backing.kind == BACKING_NONE ||
+    cluster_start >= img->backing.size;
+}
+
+static int
+write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
+             uint64_t offset)
+{
+  const struct qcow2_header *h = &img->hdr;
+  const uint64_t cs = h->cluster_size;
+  const uint64_t cluster = ROUND_DOWN (offset, cs);
+  const bool extl2 = h->l2_entry_size == 16;
+  uint64_t entry_offset, entry, bitmap, host, new_entry, new_bitmap;
+  uint64_t write_from, write_to, target;
+  bool new_cluster, fill_all, ordered;
+  CLEANUP_FREE uint8_t *cbuf = NULL;
+  int r;
+
+  r = write_in_place (img, buf, count, offset);
+  if (r != 0)
+    return r;
+
+  pthread_mutex_lock (&img->meta_lock);
+  qcow2_cluster_lock (img, cluster);
+  /* Someone may have allocated it while we waited. */
+  pthread_mutex_unlock (&img->meta_lock);
+  r = write_in_place (img, buf, count, offset);
+  pthread_mutex_lock (&img->meta_lock);
+  if (r != 0)
+    goto out;
+
+  if (img->failed) {
+    errno = img->failed;
+    r = -1;
+    goto out;
+  }
+  r = qcow2_l2_lookup (img, offset, &entry_offset, &entry, &bitmap);
+  if (r == -1)
+    goto out;
+  host = entry & L2E_OFFSET_MASK;
+
+  /* Plan the data write: [write_from, write_to) of the cluster, at host
+   * cluster 'target' (new, or the existing one for subclusters). */
+  new_bitmap = bitmap;
+  if (extl2 && host != 0 && (entry & QCOW_OFLAG_COPIED) &&
+      !(entry & QCOW_OFLAG_COMPRESSED)) {
+    /* Unallocated or zero subclusters of a cluster we own: fill them in
+     * place, whole subclusters at a time. */
+    new_cluster = false;
+    target = host;
+    fill_all = false;
+  }
+  else {
+    new_cluster = true;
+    /* Old content to keep around the write, unless it is all zeroes that
+     * fresh space gives for free. */
+    fill_all = !reads_zero_without_data (img, cluster, entry) ||
+      (extl2 && (bitmap >> 32) != 0 && host != 0) ||
+      h->data_file != NULL;
+    /* An external data file maps guest offsets to the same offsets. */
+    if (h->data_file != NULL)
+      target = cluster;
+    else if (qcow2_alloc_reserve (img, 1, &target) == -1) {
+      r = -1;
+      goto out;
+    }
+  }
+  if (extl2) {
+    uint64_t sc = h->subcluster_size;
+    unsigned first = (offset - cluster) / sc;
+    unsigned last = (offset + count - 1 - cluster) / sc;
+    uint32_t touched = (uint32_t) ((2ULL << last) - (1ULL << first));
+
+    write_from = cluster + first * sc;
+    write_to = cluster + (last + 1) * sc;
+    if (new_cluster && host != 0) {
+      /* Copying a shared or compressed cluster: all of it. */
+      write_from = cluster;
+      write_to = cluster + cs;
+      new_bitmap = 0xffffffff;
+    }
+    else
+      new_bitmap = (bitmap | touched) & ~((uint64_t) touched << 32);
+    fill_all = fill_all || !new_cluster ||
+      ((bitmap >> 32) & touched) != 0 ||
+      (!new_cluster && img->backing.kind != BACKING_NONE);
+  }
+  else if (fill_all) {
+    write_from = cluster;
+    write_to = cluster + cs;
+  }
+  else {
+    write_from = offset;
+    write_to = offset + count;
+  }
+  ordered = fill_all || !new_cluster || h->data_file != NULL;
+  pthread_mutex_unlock (&img->meta_lock);
+
+  /* Data, without the lock: old content around the new bytes. */
+  cbuf = malloc (write_to - write_from);
+  if (cbuf == NULL) {
+    qerror ("malloc: %m");
+    pthread_mutex_lock (&img->meta_lock);
+    r = -1;
+    goto out;
+  }
+  r = 0;
+  if (write_to - write_from != count)
+    r = qcow2_pread (img, cbuf, write_to - write_from, write_from);
+  if (r == 0) {
+    memcpy (cbuf + (offset - write_from), buf, count);
+    r = hostio_pwrite (img->data, cbuf, write_to - write_from,
+                       target + (write_from - cluster));
+    if (r == -1)
+      qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name,
+              target + (write_from - cluster));
+  }
+  pthread_mutex_lock (&img->meta_lock);
+  if (r == -1)
+    goto out;
+  if (img->data != img->file &&
+      target + (write_to - cluster) > img->data_size)
+    __atomic_store_n (&img->data_size, target + (write_to - cluster),
+                      __ATOMIC_RELEASE);
+
+  /* Metadata: map the new data and let go of what was there. */
+  journal_begin (img->journal);
+  if (new_cluster) {
+    new_entry = target | QCOW_OFLAG_COPIED;
+    r = h->data_file ? 0 : qcow2_refcount_set (img, target, 1);
+    if (r == 0)
+      r = qcow2_l2_prepare (img, offset, &entry_offset);
+    if (r == 0)
+      r = qcow2_l2_set (img, entry_offset, new_entry, extl2 ? new_bitmap : 0);
+    if (r == 0 && (h->data_file == NULL || host != target))
+      r = qcow2_release_host (img, entry);
+  }
+  else {
+    r = qcow2_l2_prepare (img, offset, &entry_offset);
+    if (r == 0)
+      r = qcow2_l2_set (img, entry_offset, entry, new_bitmap);
+  }
+  if (r == 0 && ordered)
+    journal_need_ordering (img->journal);
+  if (r == -1)
+    qcow2_change_failed (img);
+  journal_end (img->journal);
+
+ out:
+  qcow2_cluster_unlock (img, cluster);
+  pthread_mutex_unlock (&img->meta_lock);
+  return r < 0 ? -1 : 0;
+}
+
+int
+qcow2_pwrite_range (struct qcow2_image *img, const void *buf, uint64_t count,
+                    uint64_t offset)
+{
+  const uint8_t *p = buf;
+
+  while (count > 0) {
+    uint64_t n = MIN (count, img->hdr.cluster_size -
+                      (offset & (img->hdr.cluster_size - 1)));
+
+    if (write_piece (img, p, n, offset) == -1)
+      return -1;
+    p += n;
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
+int
+qcow2_pwrite (struct qcow2_image *img, const void *buf, uint64_t count,
+              uint64_t offset)
+{
+  if (qcow2_begin_write (img) == -1)
+    return -1;
+  if (qcow2_pwrite_range (img, buf, count, offset) == -1)
+    return -1;
+  __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
+  return qcow2_commit_if_large (img);
+}
