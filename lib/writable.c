@@ -76,10 +76,67 @@ encode_journal_ext (uint8_t *d, uint64_t offset, uint64_t size, uint64_t id)
   put32 (d + 28, crc32c (0, d, 28));
 }
 
-/* Rewrite the header extension area: Q2JL first (so that its data bytes
- * sit in the first sector), the feature name table with QEMU's entries
- * and ours, then every other extension as it was, then the backing file
- * name.  The header cluster is rewritten in one write, as QEMU does. */
+/* Build cluster 0 (cs bytes, header already in c0) with the extension
+ * area: Q2JL first (so that its data bytes sit in the first sector), a
+ * feature name table (QEMU's entries and ours, or only ours, or none,
+ * whatever fits: small clusters have little room, and QEMU itself leaves
+ * the table out of them), every other extension as it was, the backing
+ * file name.  Returns false if even Q2JL does not fit. */
+static bool
+layout_extensions (struct qcow2_image *img, uint8_t *c0, size_t cs,
+                   const uint8_t *journal_ext, unsigned table)
+{
+  const struct qcow2_header *h = &img->hdr;
+  size_t pos = h->header_length;
+  size_t first = table == 2 ? 0 : qcow2_nr_qemu_features;
+  size_t nr = table == 0 ? 0 : qcow2_nr_qemu_features + 2 - first;
+  size_t need = 8 + QJ_EXT_LENGTH + (nr ? 8 + nr * 48 : 0) + 8 +
+    (h->backing_file ? strlen (h->backing_file) : 0);
+
+  for (size_t i = 0; i < h->nr_extensions; i++)
+    need += 8 + ROUND_UP (h->extensions[i].length, 8u);
+  if (pos + need > cs)
+    return false;
+
+  memset (c0 + pos, 0, cs - pos);
+  put32 (c0 + pos, QJ_EXT_MAGIC);
+  put32 (c0 + pos + 4, QJ_EXT_LENGTH);
+  memcpy (c0 + pos + 8, journal_ext, QJ_EXT_LENGTH);
+  pos += 8 + QJ_EXT_LENGTH;
+
+  if (nr > 0) {
+    put32 (c0 + pos, QCOW2_EXT_FEATURE_NAMES);
+    put32 (c0 + pos + 4, nr * 48);
+    pos += 8;
+    for (size_t i = first; i < qcow2_nr_qemu_features + 2; i++, pos += 48) {
+      bool ours = i >= qcow2_nr_qemu_features;
+      const char *name = !ours ? qcow2_qemu_features[i].name
+        : i == qcow2_nr_qemu_features ? QJ_DIRTY_NAME : QJ_VALID_NAME;
+
+      c0[pos] = !ours ? qcow2_qemu_features[i].type
+        : i == qcow2_nr_qemu_features ? 0 : 2;
+      c0[pos + 1] = !ours ? qcow2_qemu_features[i].bit : 60;
+      memcpy (c0 + pos + 2, name, strlen (name));
+    }
+  }
+  for (size_t i = 0; i < h->nr_extensions; i++) {
+    const struct qcow2_extension *e = &h->extensions[i];
+
+    put32 (c0 + pos, e->type);
+    put32 (c0 + pos + 4, e->length);
+    memcpy (c0 + pos + 8, e->data, e->length);
+    pos += 8 + ROUND_UP (e->length, 8u);
+  }
+  pos += 8;                                     /* end of extensions */
+  if (h->backing_file) {
+    memcpy (c0 + pos, h->backing_file, strlen (h->backing_file));
+    put64 (c0 + 8, pos);                        /* backing_file_offset */
+  }
+  return true;
+}
+
+/* Rewrite the header cluster with the journal extension, in one write as
+ * QEMU does. */
 static int
 write_extensions (struct qcow2_image *img, uint64_t joffset, uint64_t jsize,
                   uint64_t jid)
@@ -87,7 +144,8 @@ write_extensions (struct qcow2_image *img, uint64_t joffset, uint64_t jsize,
   const struct qcow2_header *h = &img->hdr;
   const uint64_t cs = h->cluster_size;
   CLEANUP_FREE uint8_t *c0 = calloc (1, cs);
-  size_t pos = h->header_length, nr;
+  uint8_t ext[QJ_EXT_LENGTH];
+  unsigned table = 3;
 
   if (c0 == NULL) {
     qerror ("calloc: %m");
@@ -97,72 +155,24 @@ write_extensions (struct qcow2_image *img, uint64_t joffset, uint64_t jsize,
     qerror ("%s: read header: %m", img->file->name);
     return -1;
   }
-#define NEED(n)                                                         \
-  do {                                                                  \
-    if (pos + (n) + 8 > cs) goto no_room;                               \
-  } while (0)
-
-  NEED (8 + QJ_EXT_LENGTH);
-  put32 (c0 + pos, QJ_EXT_MAGIC);
-  put32 (c0 + pos + 4, QJ_EXT_LENGTH);
-  encode_journal_ext (c0 + pos + 8, joffset, jsize, jid);
-  pos += 8 + QJ_EXT_LENGTH;
-
-  nr = qcow2_nr_qemu_features + 2;
-  NEED (8 + nr * 48);
-  put32 (c0 + pos, QCOW2_EXT_FEATURE_NAMES);
-  put32 (c0 + pos + 4, nr * 48);
-  pos += 8;
-  for (size_t i = 0; i < nr; i++, pos += 48) {
-    if (i < qcow2_nr_qemu_features) {
-      c0[pos] = qcow2_qemu_features[i].type;
-      c0[pos + 1] = qcow2_qemu_features[i].bit;
-      memcpy (c0 + pos + 2, qcow2_qemu_features[i].name,
-              strlen (qcow2_qemu_features[i].name));
-    }
-    else {
-      const char *name = i == qcow2_nr_qemu_features ? QJ_DIRTY_NAME
-        : QJ_VALID_NAME;
-      c0[pos] = i == qcow2_nr_qemu_features ? 0 : 2;
-      c0[pos + 1] = 60;
-      memcpy (c0 + pos + 2, name, strlen (name));
-    }
+  encode_journal_ext (ext, joffset, jsize, jid);
+  while (table-- > 0 && !layout_extensions (img, c0, cs, ext, table))
+    ;
+  if (table == (unsigned) -1) {
+    qerror ("%s: no room in the header cluster for the journal extension",
+            img->file->name);
+    errno = ENOSPC;
+    return -1;
   }
-
-  for (size_t i = 0; i < h->nr_extensions; i++) {
-    const struct qcow2_extension *e = &h->extensions[i];
-
-    NEED (8 + ROUND_UP (e->length, 8u));
-    put32 (c0 + pos, e->type);
-    put32 (c0 + pos + 4, e->length);
-    memcpy (c0 + pos + 8, e->data, e->length);
-    pos += 8 + ROUND_UP (e->length, 8u);
-  }
-  pos += 8;                                     /* end of extensions */
-
-  if (h->backing_file) {
-    size_t len = strlen (h->backing_file);
-
-    if (pos + len > cs)
-      goto no_room;
-    memcpy (c0 + pos, h->backing_file, len);
-    put64 (c0 + 8, pos);                        /* backing_file_offset */
-    img->hdr.backing_file_offset = pos;
-  }
-#undef NEED
-
   if (hostio_pwrite (img->file, c0, cs, 0) == -1 ||
       hostio_flush (img->file) == -1) {
     qerror ("%s: write header: %m", img->file->name);
     return -1;
   }
+  if (h->backing_file)
+    img->hdr.backing_file_offset =
+      be64toh (*(uint64_t *) (c0 + 8));
   return 0;
-
- no_room:
-  qerror ("%s: no room in the header cluster for the journal extension",
-          img->file->name);
-  errno = ENOSPC;
-  return -1;
 }
 
 /* Journal hooks ---------------------------------------------------------- */
@@ -286,6 +296,7 @@ reusable_area (struct qcow2_image *img)
 
   if (!e->crc_ok || e->size < QJ_MIN_AREA || e->size > QJ_MAX_AREA ||
       e->size % QJ_BLOCK != 0 || !IS_ALIGNED (e->offset, cs) ||
+      e->offset % QJ_BLOCK != 0 ||
       !IS_ALIGNED (e->size, cs) || e->offset < cs ||
       e->offset > img->next_free || e->size > img->next_free - e->offset)
     return false;
@@ -363,7 +374,8 @@ make_writable (struct qcow2_image *img)
   else {
     jsize = MAX (ROUND_UP (JOURNAL_SIZE, cs), (uint64_t) QJ_MIN_AREA);
     jsize = ROUND_UP (jsize, (uint64_t) QJ_BLOCK);
-    jarea = img->next_free;
+    /* Blocks of the journal are 4 KiB aligned, whatever the clusters. */
+    jarea = ROUND_UP (img->next_free, MAX (cs, (uint64_t) QJ_BLOCK));
     img->next_free = jarea + jsize;
     if (img->file->ops->truncate (img->file, img->next_free) == -1) {
       qerror ("%s: extend for the journal: %m", img->file->name);
