@@ -165,6 +165,9 @@ extern int qcow2_begin_write (struct qcow2_image *img);
 extern int qcow2_commit_if_large (struct qcow2_image *img);
 extern int qcow2_close_writable (struct qcow2_image *img);
 
+/* bitmaps.c: mark every persistent bitmap in use (before a first write). */
+extern int qcow2_bitmaps_mark_in_use (struct qcow2_image *img);
+
 /* checkpoint.c */
 extern int qcow2_checkpoint (struct qcow2_image *img);
 extern void qcow2_checkpoint_wake (struct qcow2_image *img);

@@ -334,10 +334,6 @@ qcow2_prepare_writable (struct qcow2_image *img)
     return refuse (img, ENOTSUP, "its refcounts are not up to date (lazy "
                    "refcounts after an unclean stop); "
                    "repair it with: qemu-img check -r all");
-  if ((img->hdr.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) &&
-      img->hdr.nb_bitmaps > 0)
-    return refuse (img, ENOTSUP, "it has persistent dirty bitmaps, which "
-                   "this version would not keep up to date");
 
   fd = hostio_file_fd (img->file);
   if (img->lock_files && fd >= 0 &&
@@ -361,6 +357,8 @@ make_writable (struct qcow2_image *img)
     return -1;
   if ((img->hdr.incompatible_features & QJ_INCOMPAT_DIRTY) &&
       replay (img) == -1)
+    return -1;
+  if (qcow2_bitmaps_mark_in_use (img) == -1)
     return -1;
 
   /* The journal area: the previous one if its clusters are still free,
