@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "format.h"
 #include "image-internal.h"
@@ -171,9 +172,10 @@ qcow2_open_backing (struct qcow2_image *img, unsigned depth,
 }
 
 int
-qcow2_open_data_file (struct qcow2_image *img,
+qcow2_open_data_file (struct qcow2_image *img, bool top,
                       const struct qcow2_open_options *opts)
 {
+  bool rw;
   char *path;
   int64_t size;
 
@@ -185,7 +187,10 @@ qcow2_open_data_file (struct qcow2_image *img,
   path = resolve (img->dir, img->hdr.data_file);
   if (path == NULL)
     return -1;
-  img->data = hostio_file_open (path, false);
+  /* Only the top image is ever written. */
+  rw = top && opts->writable && access (path, W_OK) == 0;
+  img->data = hostio_file_open (path, rw);
+  img->data_rw = rw;
   free (path);
   if (img->data == NULL) {
     qerror ("%s: cannot open its external data file \"%s\"",

@@ -57,6 +57,7 @@ struct qcow2_image {
   bool write_ready;             /* writes allowed (checked, locked) */
   pthread_mutex_t setup_lock;   /* the set-up in qcow2_make_writable */
   bool file_rw;                 /* file opened O_RDWR */
+  bool data_rw;                 /* external data file opened O_RDWR */
   bool lock_files;              /* take QEMU-compatible locks */
   pthread_mutex_t meta_lock;    /* serializes metadata changes; held over
                                    host I/O only when loading metadata,
@@ -95,7 +96,7 @@ struct chain_ids {
 extern int qcow2_open_backing (struct qcow2_image *img, unsigned depth,
                                struct chain_ids *ids,
                                const struct qcow2_open_options *opts);
-extern int qcow2_open_data_file (struct qcow2_image *img,
+extern int qcow2_open_data_file (struct qcow2_image *img, bool top,
                                  const struct qcow2_open_options *opts);
 /* Record io's file identity in ids; fails with ELOOP if already there. */
 extern int qcow2_chain_add (struct chain_ids *ids, struct hostio *io);

@@ -102,7 +102,7 @@ qcow2_open_layer (struct hostio *io, const char *dir, struct mcache *cache,
 
   if (qcow2_read_l1 (img) == -1 ||
       qcow2_check_snapshots (img) == -1 ||
-      qcow2_open_data_file (img, opts) == -1 ||
+      qcow2_open_data_file (img, depth == 0, opts) == -1 ||
       qcow2_open_backing (img, depth, ids, opts) == -1)
     goto fail;
   return img;

@@ -324,6 +324,8 @@ qcow2_prepare_writable (struct qcow2_image *img)
     return 0;
   if (!img->file_rw)
     return refuse (img, EROFS, "it is open read-only");
+  if (img->data != img->file && !img->data_rw)
+    return refuse (img, EROFS, "its external data file is read-only");
   if (img->hdr.version < 3)
     return refuse (img, ENOTSUP, "version 2 images are served read-only; "
                    "upgrade it with: qemu-img amend -o compat=1.1");
@@ -338,6 +340,10 @@ qcow2_prepare_writable (struct qcow2_image *img)
   fd = hostio_file_fd (img->file);
   if (img->lock_files && fd >= 0 &&
       qcow2_lock_fd (fd, img->file->name, true) == -1)
+    return -1;
+  fd = hostio_file_fd (img->data);
+  if (img->lock_files && img->data != img->file && fd >= 0 &&
+      qcow2_lock_fd (fd, img->data->name, true) == -1)
     return -1;
   img->write_ready = true;
   return 0;

@@ -22,7 +22,8 @@
 # for it, so the image could still be open when qemu-img check runs.
 #
 # For developing the tests without a working write path,
-# QCOW2J_STANDIN=qemu-nbd serves with 'qemu-nbd -t --shared=0 -f qcow2'
+# QCOW2J_STANDIN=qemu-nbd serves with 'qemu-nbd -t --shared=0 -f qcow2
+# --discard=unmap' (so that trims do something)
 # instead ('-e 4' when RW_MULTI=1; readonly=true becomes -r).
 
 if ! declare -F qio >/dev/null; then
@@ -49,7 +50,7 @@ serve_start ()
     rm -f "$sock"
     : > "$server_log"
     if [ "$standin" = qemu-nbd ]; then
-        local opts=(-t -f qcow2 -k "$sock") p
+        local opts=(-t -f qcow2 --discard=unmap -k "$sock") p
         if [ "${RW_MULTI:-0}" = 1 ]; then opts+=(-e 4); else opts+=(--shared=0); fi
         for p in "$@"; do
             case "$p" in
@@ -92,19 +93,26 @@ serve_stop ()
     server_rc=
     [ -n "$server_pid" ] || return 0
     kill -s "$sig" "$server_pid" 2>/dev/null || :
-    for i in $(seq 600); do
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    if kill -0 "$server_pid" 2>/dev/null; then
-        kill -9 "$server_pid" 2>/dev/null
-        wait "$server_pid" 2>/dev/null || :
+    # (stderr off: bash reports a job killed by a signal as "Killed".)
+    {
+        for i in $(seq 600); do
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        if kill -0 "$server_pid" 2>/dev/null; then
+            kill -9 "$server_pid"
+            wait "$server_pid" || :
+            server_rc=timeout
+        else
+            server_rc=0
+            wait "$server_pid" || server_rc=$?
+        fi
+    } 2>/dev/null
+    if [ "$server_rc" = timeout ]; then
         server_pid=
         cat "$server_log" >&2
         fail "the server did not exit within 30 s of SIG$sig"
     fi
-    server_rc=0
-    wait "$server_pid" 2>/dev/null || server_rc=$?
     server_pid=
     if [ "$sig" = TERM ] && [ "$server_rc" != 0 ]; then
         cat "$server_log" >&2

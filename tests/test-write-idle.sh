@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# A server that goes idle checkpoints and clears "qcow2j journal dirty":
+# killed with SIGKILL then, it leaves an image that QEMU opens and checks
+# clean, with every flushed write in it.  Busy, the same kill leaves the
+# image refused by QEMU with our feature's name, and the recovery command
+# of the man page replays it.
+source "$SRCDIR/tests/functions.sh"
+requires qemu-img --version
+requires nbdsh --version
+cd "$tmp"
+
+sock=$tmp/sock
+qemu-img create -q -f qcow2 img.qcow2 64M
+"$NBDKIT_BIN" -f -U "$sock" "$QCOW2J" file=img.qcow2 &
+pid=$!
+cleanup_fn "kill -9 $pid 2>/dev/null"
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+uri="nbd+unix:///?socket=$sock"
+
+nbdsh -u "$uri" -c 'h.pwrite(b"\x17" * 65536 * 4, 1 << 20)' -c 'h.flush()'
+# Busy: the journal holds the change; QEMU must refuse the image.
+info=$(qemu-img info -U img.qcow2 2>&1) && fail "qemu-img opened a dirty image: $info"
+echo "$info" | grep -q 'qcow2j journal dirty' || fail "no feature name: $info"
+
+# Idle for longer than the checkpoint's idle delay.
+sleep 8
+kill -9 $pid
+wait $pid 2>/dev/null || :
+qemu-img check img.qcow2 || fail "idle then killed: qemu-img check failed"
+qemu-io -f qcow2 -c 'read -P 0x17 1M 256k' img.qcow2 >/dev/null ||
+    fail "idle then killed: flushed data missing"
+
+# Busy kill, then the documented recovery.
+rm -f "$sock"
+"$NBDKIT_BIN" -f -U "$sock" "$QCOW2J" file=img.qcow2 &
+pid=$!
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+nbdsh -u "$uri" -c 'h.pwrite(b"\x29" * 65536, 8 << 20)' -c 'h.flush()'
+kill -9 $pid
+wait $pid 2>/dev/null || :
+! qemu-img info img.qcow2 >/dev/null 2>&1 || fail "busy kill: image not dirty"
+# Read-only serving refuses it (it would have to modify the file).
+! nbdkit -r -U - "$QCOW2J" file=img.qcow2 --run 'nbdinfo "$uri"' 2>err >/dev/null ||
+    fail "a dirty image was served read-only"
+grep -q 'dirty qcow2j journal' err || fail "read-only refusal: $(cat err)"
+nbdkit -U - "$QCOW2J" file=img.qcow2 --run 'nbdinfo --size "$uri"' >/dev/null
+qemu-img check img.qcow2 || fail "after recovery: qemu-img check failed"
+qemu-io -f qcow2 -c 'read -P 0x29 8M 64k' -c 'read -P 0x17 1M 256k' img.qcow2 \
+    >/dev/null || fail "after recovery: flushed data missing"
