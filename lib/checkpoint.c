@@ -45,6 +45,24 @@ discard_released (struct qcow2_image *img)
         qdebug ("%s: discard 0x%" PRIx64 ": %m", img->file->name, v[i]);
 }
 
+/* A failed checkpoint leaves the journal holding everything (in-place
+ * state is a mix of committed states, which replay repairs), but writes
+ * stop: the ring could only fill up, and the host is failing. */
+static int
+checkpoint_failed (struct qcow2_image *img)
+{
+  int err = errno ? errno : EIO;
+
+  if (img->failed == 0) {
+    img->failed = err;
+    qerror ("%s: checkpoint failed: refusing further writes (the journal "
+            "keeps every committed change)", img->file->name);
+  }
+  journal_fail (img->journal, err);
+  errno = err;
+  return -1;
+}
+
 int
 qcow2_checkpoint (struct qcow2_image *img)
 {
@@ -56,7 +74,7 @@ qcow2_checkpoint (struct qcow2_image *img)
   n = mcache_collect (img->cache, img, &d);
   if (n == -1) {
     qerror ("%s: checkpoint: %m", img->file->name);
-    return -1;
+    return checkpoint_failed (img);
   }
   for (ssize_t i = 0; i < n; i++) {
     int r;
@@ -68,16 +86,16 @@ qcow2_checkpoint (struct qcow2_image *img)
     if (r == -1) {
       qerror ("%s: checkpoint: write at 0x%" PRIx64 ": %m",
               img->file->name, d[i].offset);
-      return -1;
+      return checkpoint_failed (img);
     }
   }
   if (n > 0 && hostio_flush (img->file) == -1) {
     qerror ("%s: checkpoint: flush: %m", img->file->name);
-    return -1;
+    return checkpoint_failed (img);
   }
   if (seq >= journal_head_seq (img->journal) &&
       journal_checkpointed (img->journal, seq) == -1)
-    return -1;
+    return checkpoint_failed (img);
   for (ssize_t i = 0; i < n; i++)
     mcache_cleaned (img->cache, &d[i]);
   discard_released (img);
