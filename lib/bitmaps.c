@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "byteorder.h"
 #include "cleanup.h"
 #include "format.h"
 #include "image-internal.h"
@@ -23,22 +24,6 @@
 
 #define BME_FLAG_IN_USE 1u
 #define BITMAP_ENTRY_HEADER 24          /* fixed part of a directory entry */
-
-static uint32_t
-get32 (const uint8_t *p)
-{
-  uint32_t v;
-  memcpy (&v, p, 4);
-  return be32toh (v);
-}
-
-static uint16_t
-get16 (const uint8_t *p)
-{
-  uint16_t v;
-  memcpy (&v, p, 2);
-  return be16toh (v);
-}
 
 int
 qcow2_bitmaps_mark_in_use (struct qcow2_image *img)
@@ -67,14 +52,13 @@ qcow2_bitmaps_mark_in_use (struct qcow2_image *img)
 
     if (size - pos < BITMAP_ENTRY_HEADER)
       goto bad;
-    flags = get32 (dir + pos + 12);
-    name = get16 (dir + pos + 18);
-    extra = get32 (dir + pos + 20);
+    flags = get_be32 (dir + pos + 12);
+    name = get_be16 (dir + pos + 18);
+    extra = get_be32 (dir + pos + 20);
     if (extra > size || size - pos - BITMAP_ENTRY_HEADER < (uint64_t) extra + name)
       goto bad;
     if (!(flags & BME_FLAG_IN_USE)) {
-      flags = htobe32 (flags | BME_FLAG_IN_USE);
-      memcpy (dir + pos + 12, &flags, 4);
+      put_be32 (dir + pos + 12, flags | BME_FLAG_IN_USE);
       changed = true;
     }
     pos += ROUND_UP (BITMAP_ENTRY_HEADER + (uint64_t) extra + name, 8);

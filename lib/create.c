@@ -44,6 +44,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "byteorder.h"
 #include "cleanup.h"
 #include "create.h"
 #include "format.h"
@@ -75,27 +76,6 @@ struct layout {
   uint64_t refblock_offset;
   uint64_t l1_offset;
 };
-
-static void
-put_be16 (uint8_t *p, uint16_t v)
-{
-  v = htobe16 (v);
-  memcpy (p, &v, 2);
-}
-
-static void
-put_be32 (uint8_t *p, uint32_t v)
-{
-  v = htobe32 (v);
-  memcpy (p, &v, 4);
-}
-
-static void
-put_be64 (uint8_t *p, uint64_t v)
-{
-  v = htobe64 (v);
-  memcpy (p, &v, 8);
-}
 
 /* Report refused parameters: prefix the file name, set EINVAL, return -1. */
 static int __attribute__ ((format (printf, 2, 3)))

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "byteorder.h"
 #include "cleanup.h"
 #include "crc32c.h"
 #include "format.h"
@@ -24,22 +25,6 @@
 #include "journal-format.h"
 #include "log.h"
 #include "minmax.h"
-
-static uint32_t
-get_be32 (const uint8_t *p)
-{
-  uint32_t v;
-  memcpy (&v, p, 4);
-  return be32toh (v);
-}
-
-static uint64_t
-get_be64 (const uint8_t *p)
-{
-  uint64_t v;
-  memcpy (&v, p, 8);
-  return be64toh (v);
-}
 
 const struct qcow2_known_feature qcow2_qemu_features[] = {
   { 0, 0, "dirty bit" },

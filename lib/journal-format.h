@@ -15,9 +15,9 @@
 #ifndef QCOW2J_JOURNAL_FORMAT_H
 #define QCOW2J_JOURNAL_FORMAT_H
 
-#include <endian.h>
 #include <stdint.h>
-#include <string.h>
+
+#include "byteorder.h"
 
 /* Feature bits in the qcow2 header, and the header extension. */
 #define QJ_INCOMPAT_DIRTY   (1ULL << 60)     /* "qcow2j journal dirty" */
@@ -72,18 +72,5 @@
 /* Nothing a record touches may lie at or past this host offset (QEMU's
  * limit on host offsets). */
 #define QJ_MAX_TARGET       (1ULL << 56)
-
-static inline uint16_t qj_get16 (const uint8_t *p)
-{ uint16_t v; memcpy (&v, p, 2); return be16toh (v); }
-static inline uint32_t qj_get32 (const uint8_t *p)
-{ uint32_t v; memcpy (&v, p, 4); return be32toh (v); }
-static inline uint64_t qj_get64 (const uint8_t *p)
-{ uint64_t v; memcpy (&v, p, 8); return be64toh (v); }
-static inline void qj_put16 (uint8_t *p, uint16_t v)
-{ v = htobe16 (v); memcpy (p, &v, 2); }
-static inline void qj_put32 (uint8_t *p, uint32_t v)
-{ v = htobe32 (v); memcpy (p, &v, 4); }
-static inline void qj_put64 (uint8_t *p, uint64_t v)
-{ v = htobe64 (v); memcpy (p, &v, 8); }
 
 #endif /* QCOW2J_JOURNAL_FORMAT_H */

@@ -38,13 +38,13 @@ header_valid (const struct journal *j, const uint8_t *h, uint64_t off,
               uint64_t seq, uint32_t *payload, uint32_t *total,
               uint32_t *flags)
 {
-  *payload = qj_get32 (h + QJ_TX_OFF_PAYLOAD);
-  *total = qj_get32 (h + QJ_TX_OFF_TOTAL);
-  *flags = qj_get32 (h + QJ_TX_OFF_FLAGS);
+  *payload = get_be32 (h + QJ_TX_OFF_PAYLOAD);
+  *total = get_be32 (h + QJ_TX_OFF_TOTAL);
+  *flags = get_be32 (h + QJ_TX_OFF_FLAGS);
 
   if (memcmp (h + QJ_TX_OFF_MAGIC, QJ_TX_MAGIC, 4) != 0 ||
-      qj_get64 (h + QJ_TX_OFF_ID) != j->id ||
-      qj_get64 (h + QJ_TX_OFF_SEQ) != seq)
+      get_be64 (h + QJ_TX_OFF_ID) != j->id ||
+      get_be64 (h + QJ_TX_OFF_SEQ) != seq)
     return false;
   if (*payload < QJ_TX_HEADER || *payload % 8 != 0 || *payload > *total ||
       *total < QJ_BLOCK || *total % QJ_BLOCK != 0 ||
@@ -89,9 +89,9 @@ static int
 check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
                    uint32_t payload)
 {
-  uint32_t flags = qj_get32 (tx + QJ_TX_OFF_FLAGS);
-  uint32_t nr_records = qj_get32 (tx + QJ_TX_OFF_NR_RECORDS);
-  uint64_t min_file = qj_get64 (tx + QJ_TX_OFF_MIN_FILE);
+  uint32_t flags = get_be32 (tx + QJ_TX_OFF_FLAGS);
+  uint32_t nr_records = get_be32 (tx + QJ_TX_OFF_NR_RECORDS);
+  uint64_t min_file = get_be64 (tx + QJ_TX_OFF_MIN_FILE);
   const uint8_t *p = tx + QJ_TX_HEADER;
   uint32_t len = payload - QJ_TX_HEADER, n = 0;
 
@@ -114,9 +114,9 @@ check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
 
     if (len < QJ_REC_HEADER)
       return refuse (j, seq, "truncated record header");
-    type = qj_get16 (p);
-    rflags = qj_get16 (p + 2);
-    rlen = qj_get32 (p + 4);
+    type = get_be16 (p);
+    rflags = get_be16 (p + 2);
+    rlen = get_be32 (p + 4);
     if (rlen < QJ_REC_HEADER || rlen % 8 != 0 || rlen > len)
       return refuse (j, seq, "record %" PRIu32 " has bad length %" PRIu32,
                      n, rlen);
@@ -132,8 +132,8 @@ check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
         return refuse (j, seq, "record %" PRIu32 " (type %u) has bad "
                        "length %" PRIu32, n, type, rlen);
       for (uint32_t i = QJ_REC_HEADER; i < rlen; i += 16) {
-        uint64_t off = qj_get64 (p + i);
-        uint64_t count = type == QJ_REC_SET64 ? 8 : qj_get64 (p + i + 8);
+        uint64_t off = get_be64 (p + i);
+        uint64_t count = type == QJ_REC_SET64 ? 8 : get_be64 (p + i + 8);
 
         if (type == QJ_REC_SET64 ? off % 8 != 0 :
             off % 512 != 0 || count % 512 != 0 || count > QJ_MAX_ZERO)
@@ -151,9 +151,9 @@ check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
 
       if (rlen < QJ_REC_HEADER + 16)
         return refuse (j, seq, "record %" PRIu32 " (write) is too short", n);
-      off = qj_get64 (p + 8);
-      count = qj_get32 (p + 16);
-      if (count == 0 || qj_get32 (p + 20) != 0 ||
+      off = get_be64 (p + 8);
+      count = get_be32 (p + 16);
+      if (count == 0 || get_be32 (p + 20) != 0 ||
           ROUND_UP (count, 8) != rlen - QJ_REC_HEADER - 16)
         return refuse (j, seq, "record %" PRIu32 " (write of %" PRIu64
                        " bytes) is malformed", n, count);
@@ -185,22 +185,22 @@ apply_records (const uint8_t *p, uint32_t len, journal_apply_fn apply,
                void *opaque, uint64_t *nr)
 {
   while (len > 0) {
-    uint16_t type = qj_get16 (p);
-    uint32_t rlen = qj_get32 (p + 4);
+    uint16_t type = get_be16 (p);
+    uint32_t rlen = get_be32 (p + 4);
 
     switch (type) {
     case QJ_REC_SET64:
       for (uint32_t i = QJ_REC_HEADER; i < rlen; i += 16)
-        if (apply (opaque, qj_get64 (p + i), p + i + 8, 8) == -1)
+        if (apply (opaque, get_be64 (p + i), p + i + 8, 8) == -1)
           return -1;
       break;
     case QJ_REC_ZERO:
       for (uint32_t i = QJ_REC_HEADER; i < rlen; i += 16)
-        if (apply (opaque, qj_get64 (p + i), NULL, qj_get64 (p + i + 8)) == -1)
+        if (apply (opaque, get_be64 (p + i), NULL, get_be64 (p + i + 8)) == -1)
           return -1;
       break;
     case QJ_REC_WRITE:
-      if (apply (opaque, qj_get64 (p + 8), p + 24, qj_get32 (p + 16)) == -1)
+      if (apply (opaque, get_be64 (p + 8), p + 24, get_be32 (p + 16)) == -1)
         return -1;
       break;
     }
@@ -249,8 +249,8 @@ walk (struct journal *j, struct chain *chain, journal_apply_fn apply,
     }
     if (hostio_pread (j->io, buf, payload, j->area + off) == -1)
       goto io_error;
-    crc = qj_get32 (buf + QJ_TX_OFF_CRC);
-    qj_put32 (buf + QJ_TX_OFF_CRC, 0);
+    crc = get_be32 (buf + QJ_TX_OFF_CRC);
+    put_be32 (buf + QJ_TX_OFF_CRC, 0);
     if (crc32c (0, buf, payload) != crc)
       break;
 
@@ -265,7 +265,7 @@ walk (struct journal *j, struct chain *chain, journal_apply_fn apply,
         stats->transactions++;
         stats->last_seq = seq;
         stats->min_file_size = MAX (stats->min_file_size,
-                                    qj_get64 (buf + QJ_TX_OFF_MIN_FILE));
+                                    get_be64 (buf + QJ_TX_OFF_MIN_FILE));
       }
     }
     else if (!(flags & QJ_TX_FLAG_SKIP) &&

@@ -82,15 +82,15 @@ journal_encode_superblock (const struct journal *j, uint8_t *sb,
 {
   memset (sb, 0, QJ_SB_USED);
   memcpy (sb + QJ_SB_OFF_MAGIC, QJ_SB_MAGIC, 8);
-  qj_put32 (sb + QJ_SB_OFF_VERSION, QJ_VERSION);
-  qj_put32 (sb + QJ_SB_OFF_BLOCK_SIZE, QJ_BLOCK);
-  qj_put64 (sb + QJ_SB_OFF_ID, j->id);
-  qj_put64 (sb + QJ_SB_OFF_GENERATION, generation);
-  qj_put64 (sb + QJ_SB_OFF_AREA_SIZE, j->size);
-  qj_put64 (sb + QJ_SB_OFF_HEAD, head);
-  qj_put64 (sb + QJ_SB_OFF_HEAD_SEQ, head_seq);
-  qj_put32 (sb + QJ_SB_OFF_FLAGS, 0);
-  qj_put32 (sb + QJ_SB_OFF_CRC, crc32c (0, sb, QJ_SB_OFF_CRC));
+  put_be32 (sb + QJ_SB_OFF_VERSION, QJ_VERSION);
+  put_be32 (sb + QJ_SB_OFF_BLOCK_SIZE, QJ_BLOCK);
+  put_be64 (sb + QJ_SB_OFF_ID, j->id);
+  put_be64 (sb + QJ_SB_OFF_GENERATION, generation);
+  put_be64 (sb + QJ_SB_OFF_AREA_SIZE, j->size);
+  put_be64 (sb + QJ_SB_OFF_HEAD, head);
+  put_be64 (sb + QJ_SB_OFF_HEAD_SEQ, head_seq);
+  put_be32 (sb + QJ_SB_OFF_FLAGS, 0);
+  put_be32 (sb + QJ_SB_OFF_CRC, crc32c (0, sb, QJ_SB_OFF_CRC));
 }
 
 /* Write the next superblock copy recording head, and flush.  The head in
@@ -130,18 +130,18 @@ read_superblock (struct journal *j, unsigned copy, uint64_t *generation,
   if (hostio_pread (j->io, sb, sizeof sb, j->area + copy * QJ_BLOCK) == -1)
     return -1;
   if (memcmp (sb + QJ_SB_OFF_MAGIC, QJ_SB_MAGIC, 8) != 0 ||
-      qj_get32 (sb + QJ_SB_OFF_CRC) != crc32c (0, sb, QJ_SB_OFF_CRC) ||
-      qj_get32 (sb + QJ_SB_OFF_VERSION) != QJ_VERSION ||
-      qj_get32 (sb + QJ_SB_OFF_BLOCK_SIZE) != QJ_BLOCK ||
-      qj_get64 (sb + QJ_SB_OFF_ID) != j->id ||
-      qj_get64 (sb + QJ_SB_OFF_AREA_SIZE) != j->size ||
-      qj_get32 (sb + QJ_SB_OFF_FLAGS) != 0)
+      get_be32 (sb + QJ_SB_OFF_CRC) != crc32c (0, sb, QJ_SB_OFF_CRC) ||
+      get_be32 (sb + QJ_SB_OFF_VERSION) != QJ_VERSION ||
+      get_be32 (sb + QJ_SB_OFF_BLOCK_SIZE) != QJ_BLOCK ||
+      get_be64 (sb + QJ_SB_OFF_ID) != j->id ||
+      get_be64 (sb + QJ_SB_OFF_AREA_SIZE) != j->size ||
+      get_be32 (sb + QJ_SB_OFF_FLAGS) != 0)
     goto invalid;
-  *generation = qj_get64 (sb + QJ_SB_OFF_GENERATION);
+  *generation = get_be64 (sb + QJ_SB_OFF_GENERATION);
   if (*generation == 0)
     goto invalid;
-  *head = qj_get64 (sb + QJ_SB_OFF_HEAD);
-  *head_seq = qj_get64 (sb + QJ_SB_OFF_HEAD_SEQ);
+  *head = get_be64 (sb + QJ_SB_OFF_HEAD);
+  *head_seq = get_be64 (sb + QJ_SB_OFF_HEAD_SEQ);
   if (*head < QJ_RING_START || *head >= j->size ||
       *head % QJ_BLOCK != 0 || *head_seq == 0 || *head_seq == UINT64_MAX)
     goto invalid;
@@ -353,13 +353,13 @@ journal_add_set64 (struct journal *j, uint64_t offset, uint64_t value)
 
   assert (offset % 8 == 0 && offset < QJ_MAX_TARGET);
   /* Extend the last record if it is a SET64: 16 bytes per entry. */
-  if (t->has_last_set64 && t->last_set64 + qj_get32 (t->buf + t->last_set64 + 4)
+  if (t->has_last_set64 && t->last_set64 + get_be32 (t->buf + t->last_set64 + 4)
       == t->len) {
     p = open_append (j, 16);
     if (p == NULL)
       return -1;
-    qj_put32 (t->buf + t->last_set64 + 4,
-              qj_get32 (t->buf + t->last_set64 + 4) + 16);
+    put_be32 (t->buf + t->last_set64 + 4,
+              get_be32 (t->buf + t->last_set64 + 4) + 16);
   }
   else {
     p = open_append (j, QJ_REC_HEADER + 16);
@@ -367,14 +367,14 @@ journal_add_set64 (struct journal *j, uint64_t offset, uint64_t value)
       return -1;
     t->last_set64 = p - t->buf;
     t->has_last_set64 = true;
-    qj_put16 (p, QJ_REC_SET64);
-    qj_put16 (p + 2, 0);
-    qj_put32 (p + 4, QJ_REC_HEADER + 16);
+    put_be16 (p, QJ_REC_SET64);
+    put_be16 (p + 2, 0);
+    put_be32 (p + 4, QJ_REC_HEADER + 16);
     p += QJ_REC_HEADER;
     t->nr_records++;
   }
-  qj_put64 (p, offset);
-  qj_put64 (p + 8, value);
+  put_be64 (p, offset);
+  put_be64 (p + 8, value);
   raise_min_file_size (j, offset + 8);
   return 0;
 }
@@ -392,10 +392,10 @@ journal_add_write (struct journal *j, uint64_t offset, const void *buf,
   if (p == NULL)
     return -1;
   memset (p, 0, len);
-  qj_put16 (p, QJ_REC_WRITE);
-  qj_put32 (p + 4, len);
-  qj_put64 (p + 8, offset);
-  qj_put32 (p + 16, count);
+  put_be16 (p, QJ_REC_WRITE);
+  put_be32 (p + 4, len);
+  put_be64 (p + 8, offset);
+  put_be32 (p + 16, count);
   memcpy (p + 24, buf, count);
   j->open.nr_records++;
   raise_min_file_size (j, offset + count);
@@ -415,11 +415,11 @@ journal_add_zero (struct journal *j, uint64_t offset, uint64_t count)
 
     if (p == NULL)
       return -1;
-    qj_put16 (p, QJ_REC_ZERO);
-    qj_put16 (p + 2, 0);
-    qj_put32 (p + 4, QJ_REC_HEADER + 16);
-    qj_put64 (p + 8, offset);
-    qj_put64 (p + 16, n);
+    put_be16 (p, QJ_REC_ZERO);
+    put_be16 (p + 2, 0);
+    put_be32 (p + 4, QJ_REC_HEADER + 16);
+    put_be64 (p + 8, offset);
+    put_be64 (p + 16, n);
     j->open.nr_records++;
     raise_min_file_size (j, offset + n);
     offset += n;
@@ -511,20 +511,20 @@ encode_tx_header (const struct journal *j, uint8_t *h, uint64_t seq,
 {
   memset (h, 0, QJ_TX_HEADER);
   memcpy (h + QJ_TX_OFF_MAGIC, QJ_TX_MAGIC, 4);
-  qj_put64 (h + QJ_TX_OFF_ID, j->id);
-  qj_put64 (h + QJ_TX_OFF_SEQ, seq);
-  qj_put32 (h + QJ_TX_OFF_PAYLOAD, payload);
-  qj_put32 (h + QJ_TX_OFF_TOTAL, total);
-  qj_put32 (h + QJ_TX_OFF_NR_RECORDS, nr_records);
-  qj_put32 (h + QJ_TX_OFF_FLAGS, flags);
-  qj_put64 (h + QJ_TX_OFF_MIN_FILE, min_file_size);
+  put_be64 (h + QJ_TX_OFF_ID, j->id);
+  put_be64 (h + QJ_TX_OFF_SEQ, seq);
+  put_be32 (h + QJ_TX_OFF_PAYLOAD, payload);
+  put_be32 (h + QJ_TX_OFF_TOTAL, total);
+  put_be32 (h + QJ_TX_OFF_NR_RECORDS, nr_records);
+  put_be32 (h + QJ_TX_OFF_FLAGS, flags);
+  put_be64 (h + QJ_TX_OFF_MIN_FILE, min_file_size);
 }
 
 static void
 seal_crc (uint8_t *h, uint32_t payload)
 {
-  qj_put32 (h + QJ_TX_OFF_CRC, 0);
-  qj_put32 (h + QJ_TX_OFF_CRC, crc32c (0, h, payload));
+  put_be32 (h + QJ_TX_OFF_CRC, 0);
+  put_be32 (h + QJ_TX_OFF_CRC, crc32c (0, h, payload));
 }
 
 /* Under lock, with room reserved: remember where transaction seq ends. */

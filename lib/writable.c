@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "byteorder.h"
 #include "cleanup.h"
 #include "crc32c.h"
 #include "format.h"
@@ -33,27 +34,13 @@
 #define QJ_DIRTY_NAME "qcow2j journal dirty"
 #define QJ_VALID_NAME "qcow2j journal valid"
 
-static void
-put32 (uint8_t *p, uint32_t v)
-{
-  v = htobe32 (v);
-  memcpy (p, &v, 4);
-}
-
-static void
-put64 (uint8_t *p, uint64_t v)
-{
-  v = htobe64 (v);
-  memcpy (p, &v, 8);
-}
-
 /* Write an 8-byte header word (a feature word) and flush. */
 static int
 write_header_word (struct qcow2_image *img, uint64_t offset, uint64_t value)
 {
   uint8_t b[8];
 
-  put64 (b, value);
+  put_be64 (b, value);
   if (hostio_pwrite (img->file, b, 8, offset) == -1 ||
       hostio_flush (img->file) == -1) {
     qerror ("%s: write header: %m", img->file->name);
@@ -68,12 +55,12 @@ encode_journal_ext (uint8_t *d, uint64_t offset, uint64_t size, uint64_t id)
 {
   memset (d, 0, QJ_EXT_LENGTH);
   if (size != 0) {
-    put64 (d, offset);
-    put64 (d + 8, size);
-    put64 (d + 16, id);
-    put32 (d + 24, QJ_VERSION);
+    put_be64 (d, offset);
+    put_be64 (d + 8, size);
+    put_be64 (d + 16, id);
+    put_be32 (d + 24, QJ_VERSION);
   }
-  put32 (d + 28, crc32c (0, d, 28));
+  put_be32 (d + 28, crc32c (0, d, 28));
 }
 
 /* Build cluster 0 (cs bytes, header already in c0) with the extension
@@ -99,14 +86,14 @@ layout_extensions (struct qcow2_image *img, uint8_t *c0, size_t cs,
     return false;
 
   memset (c0 + pos, 0, cs - pos);
-  put32 (c0 + pos, QJ_EXT_MAGIC);
-  put32 (c0 + pos + 4, QJ_EXT_LENGTH);
+  put_be32 (c0 + pos, QJ_EXT_MAGIC);
+  put_be32 (c0 + pos + 4, QJ_EXT_LENGTH);
   memcpy (c0 + pos + 8, journal_ext, QJ_EXT_LENGTH);
   pos += 8 + QJ_EXT_LENGTH;
 
   if (nr > 0) {
-    put32 (c0 + pos, QCOW2_EXT_FEATURE_NAMES);
-    put32 (c0 + pos + 4, nr * 48);
+    put_be32 (c0 + pos, QCOW2_EXT_FEATURE_NAMES);
+    put_be32 (c0 + pos + 4, nr * 48);
     pos += 8;
     for (size_t i = first; i < qcow2_nr_qemu_features + 2; i++, pos += 48) {
       bool ours = i >= qcow2_nr_qemu_features;
@@ -122,15 +109,15 @@ layout_extensions (struct qcow2_image *img, uint8_t *c0, size_t cs,
   for (size_t i = 0; i < h->nr_extensions; i++) {
     const struct qcow2_extension *e = &h->extensions[i];
 
-    put32 (c0 + pos, e->type);
-    put32 (c0 + pos + 4, e->length);
+    put_be32 (c0 + pos, e->type);
+    put_be32 (c0 + pos + 4, e->length);
     memcpy (c0 + pos + 8, e->data, e->length);
     pos += 8 + ROUND_UP (e->length, 8u);
   }
   pos += 8;                                     /* end of extensions */
   if (h->backing_file) {
     memcpy (c0 + pos, h->backing_file, strlen (h->backing_file));
-    put64 (c0 + 8, pos);                        /* backing_file_offset */
+    put_be64 (c0 + 8, pos);                        /* backing_file_offset */
   }
   return true;
 }
@@ -171,7 +158,7 @@ write_extensions (struct qcow2_image *img, uint64_t joffset, uint64_t jsize,
   }
   if (h->backing_file)
     img->hdr.backing_file_offset =
-      be64toh (*(uint64_t *) (c0 + 8));
+      get_be64 (c0 + 8);
   return 0;
 }
 
@@ -193,7 +180,7 @@ pre_commit (void *opaque)
   if (!img->dirty_durable && !img->dirty_written) {
     uint8_t b[8];
 
-    put64 (b, img->hdr.incompatible_features | QJ_INCOMPAT_DIRTY);
+    put_be64 (b, img->hdr.incompatible_features | QJ_INCOMPAT_DIRTY);
     if (hostio_pwrite (img->file, b, 8, QCOW2_OFF_INCOMPATIBLE) == -1) {
       qerror ("%s: set the journal dirty bit: %m", img->file->name);
       r = -1;

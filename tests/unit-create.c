@@ -70,15 +70,6 @@ slurp (const char *path, uint64_t *len)
 }
 
 static uint64_t
-get_be64 (const uint8_t *p)
-{
-  uint64_t v = 0;
-  for (int i = 0; i < 8; i++)
-    v = v << 8 | p[i];
-  return v;
-}
-
-static uint64_t
 json_number (const char *json, const char *key)
 {
   char pat[64];

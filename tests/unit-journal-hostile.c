@@ -134,16 +134,16 @@ build_base (bool checkpoint, size_t *n)
   journal_free (j);
 
   /* The layout the cases rely on. */
-  CHECK (qj_get64 (m->data + TX2 + QJ_TX_OFF_SEQ) == 2);
-  CHECK (qj_get32 (m->data + TX2 + QJ_TX_OFF_PAYLOAD) == TX2_PAYLOAD);
-  CHECK (qj_get32 (m->data + TX2 + QJ_TX_OFF_NR_RECORDS) == 3);
-  CHECK (qj_get16 (m->data + TX2 + R_SET) == QJ_REC_SET64);
-  CHECK (qj_get32 (m->data + TX2 + R_SET + 4) == 40);
-  CHECK (qj_get16 (m->data + TX2 + R_WRITE) == QJ_REC_WRITE);
-  CHECK (qj_get32 (m->data + TX2 + R_WRITE + 4) == 40);
-  CHECK (qj_get16 (m->data + TX2 + R_ZERO) == QJ_REC_ZERO);
-  CHECK (qj_get64 (m->data + TX2 + QJ_TX_OFF_MIN_FILE) == mf[1]);
-  CHECK (qj_get64 (m->data + TX3 + QJ_TX_OFF_SEQ) == 3);
+  CHECK (get_be64 (m->data + TX2 + QJ_TX_OFF_SEQ) == 2);
+  CHECK (get_be32 (m->data + TX2 + QJ_TX_OFF_PAYLOAD) == TX2_PAYLOAD);
+  CHECK (get_be32 (m->data + TX2 + QJ_TX_OFF_NR_RECORDS) == 3);
+  CHECK (get_be16 (m->data + TX2 + R_SET) == QJ_REC_SET64);
+  CHECK (get_be32 (m->data + TX2 + R_SET + 4) == 40);
+  CHECK (get_be16 (m->data + TX2 + R_WRITE) == QJ_REC_WRITE);
+  CHECK (get_be32 (m->data + TX2 + R_WRITE + 4) == 40);
+  CHECK (get_be16 (m->data + TX2 + R_ZERO) == QJ_REC_ZERO);
+  CHECK (get_be64 (m->data + TX2 + QJ_TX_OFF_MIN_FILE) == mf[1]);
+  CHECK (get_be64 (m->data + TX3 + QJ_TX_OFF_SEQ) == 3);
   CHECK (m->size == AREA + QJ_RING_START + 3 * QJ_BLOCK ||
          m->size == FILE0);
 
@@ -173,7 +173,7 @@ expected (const uint8_t *b, size_t bn, unsigned mask, size_t *n)
     for (int i = 0; i < 4 && txops[t][i].kind; i++) {
       const struct op *o = &txops[t][i];
       if (o->kind == 's')
-        qj_put64 (e + o->off, o->v);
+        put_be64 (e + o->off, o->v);
       else if (o->kind == 'w')
         memcpy (e + o->off, o->data, o->count);
       else
@@ -199,21 +199,21 @@ dup_img (const uint8_t *b, size_t n)
 static void
 reseal_len (uint8_t *d, uint64_t off, uint32_t len)
 {
-  qj_put32 (d + off + QJ_TX_OFF_CRC, 0);
-  qj_put32 (d + off + QJ_TX_OFF_CRC, crc32c (0, d + off, len));
+  put_be32 (d + off + QJ_TX_OFF_CRC, 0);
+  put_be32 (d + off + QJ_TX_OFF_CRC, crc32c (0, d + off, len));
 }
 
 static void
 reseal (uint8_t *d, uint64_t off)
 {
-  reseal_len (d, off, qj_get32 (d + off + QJ_TX_OFF_PAYLOAD));
+  reseal_len (d, off, get_be32 (d + off + QJ_TX_OFF_PAYLOAD));
 }
 
 static void
 sb_reseal (uint8_t *d, unsigned copy)
 {
   uint8_t *sb = d + AREA + copy * QJ_BLOCK;
-  qj_put32 (sb + QJ_SB_OFF_CRC, crc32c (0, sb, QJ_SB_OFF_CRC));
+  put_be32 (sb + QJ_SB_OFF_CRC, crc32c (0, sb, QJ_SB_OFF_CRC));
 }
 
 /* Running replay on an image. -------------------------------------------- */
@@ -345,7 +345,7 @@ expect_accept (const char *name, uint8_t *img, size_t n, uint64_t off,
   run (img, n, &o);
   EXPECT (o.opened && o.r == 0);
   EXPECT (o.st.transactions == 3);
-  EXPECT (off + 8 <= o.n && qj_get64 (o.d + off) == v);
+  EXPECT (off + 8 <= o.n && get_be64 (o.d + off) == v);
   if (case_failed)
     fprintf (stderr, "  [%s] replay = %d, errno %d, message \"%s\"\n",
              name, o.r, o.err, o.msg);
@@ -377,7 +377,7 @@ static uint8_t *
 tx2_put32 (uint32_t at, uint32_t v)
 {
   uint8_t *d = dup_img (base1, base1_n);
-  qj_put32 (d + TX2 + at, v);
+  put_be32 (d + TX2 + at, v);
   reseal (d, TX2);
   return d;
 }
@@ -386,7 +386,7 @@ static uint8_t *
 tx2_put64 (uint32_t at, uint64_t v)
 {
   uint8_t *d = dup_img (base1, base1_n);
-  qj_put64 (d + TX2 + at, v);
+  put_be64 (d + TX2 + at, v);
   reseal (d, TX2);
   return d;
 }
@@ -395,7 +395,7 @@ static uint8_t *
 tx2_put16 (uint32_t at, uint16_t v)
 {
   uint8_t *d = dup_img (base1, base1_n);
-  qj_put16 (d + TX2 + at, v);
+  put_be16 (d + TX2 + at, v);
   reseal (d, TX2);
   return d;
 }
@@ -443,22 +443,22 @@ chain_cases (void)
 
   /* Lengths. */
   d = dup_img (B1);
-  qj_put32 (d + TX2 + QJ_TX_OFF_PAYLOAD, TX2_PAYLOAD + 4);
+  put_be32 (d + TX2 + QJ_TX_OFF_PAYLOAD, TX2_PAYLOAD + 4);
   reseal_len (d, TX2, TX2_PAYLOAD + 4);
   expect_prefix ("payload_length not a multiple of 8", d, base1_n, B1, 1, 2);
   d = dup_img (B1);
-  qj_put32 (d + TX2 + QJ_TX_OFF_PAYLOAD, 56);
+  put_be32 (d + TX2 + QJ_TX_OFF_PAYLOAD, 56);
   reseal_len (d, TX2, 56);
   expect_prefix ("payload_length < 64", d, base1_n, B1, 1, 2);
   d = dup_img (B1);
-  qj_put32 (d + TX2 + QJ_TX_OFF_PAYLOAD, QJ_BLOCK + 8);
+  put_be32 (d + TX2 + QJ_TX_OFF_PAYLOAD, QJ_BLOCK + 8);
   reseal_len (d, TX2, QJ_BLOCK + 8);
   expect_prefix ("payload_length > total_length", d, base1_n, B1, 1, 2);
   d = dup_img (B1);
-  qj_put32 (d + TX2 + QJ_TX_OFF_PAYLOAD, 0xfffffff8);
+  put_be32 (d + TX2 + QJ_TX_OFF_PAYLOAD, 0xfffffff8);
   expect_prefix ("payload_length 4 GiB", d, base1_n, B1, 1, 2);
   d = dup_img (B1);
-  qj_put32 (d + TX2 + QJ_TX_OFF_PAYLOAD, 0);
+  put_be32 (d + TX2 + QJ_TX_OFF_PAYLOAD, 0);
   reseal_len (d, TX2, 8);
   expect_prefix ("payload_length 0", d, base1_n, B1, 1, 2);
   expect_prefix ("total_length 0", tx2_put32 (QJ_TX_OFF_TOTAL, 0),
@@ -483,11 +483,11 @@ chain_cases (void)
    * chain then wraps to the ring start and finds tx 1: lower seq, end);
    * one block more is past the area. */
   d = dup_img (B1);
-  qj_put32 (d + TX3 + QJ_TX_OFF_TOTAL, AREA + AREA_SIZE - TX3);
+  put_be32 (d + TX3 + QJ_TX_OFF_TOTAL, AREA + AREA_SIZE - TX3);
   reseal (d, TX3);
   expect_prefix ("tx 3 reaching the end of the area", d, base1_n, B1, 7, 4);
   d = dup_img (B1);
-  qj_put32 (d + TX3 + QJ_TX_OFF_TOTAL, AREA + AREA_SIZE - TX3 + QJ_BLOCK);
+  put_be32 (d + TX3 + QJ_TX_OFF_TOTAL, AREA + AREA_SIZE - TX3 + QJ_BLOCK);
   reseal (d, TX3);
   expect_prefix ("tx 3 past the end of the area", d, base1_n, B1, 3, 3);
   /* Tx 1 invalid: nothing. */
@@ -507,7 +507,7 @@ refuse_cases (void)
   expect_refuse ("record type 65535", tx2_put16 (R_WRITE, 0xffff), base1_n, 2);
   /* A refusal in tx 3 after two good ones: nothing of 1 or 2 applied. */
   d = dup_img (B1);
-  qj_put16 (d + TX3 + 64, 9);
+  put_be16 (d + TX3 + 64, 9);
   reseal (d, TX3);
   expect_refuse ("unknown record type in tx 3", d, base1_n, 3);
 
@@ -532,11 +532,11 @@ refuse_cases (void)
   d = dup_img (B1);
   /* The payload reaches into the zero bytes after the records (a PAD of
    * length 0). */
-  qj_put32 (d + TX2 + QJ_TX_OFF_PAYLOAD, TX2_PAYLOAD + 8);
+  put_be32 (d + TX2 + QJ_TX_OFF_PAYLOAD, TX2_PAYLOAD + 8);
   reseal (d, TX2);
   expect_refuse ("payload longer than the records", d, base1_n, 2);
   d = dup_img (B1);
-  qj_put32 (d + TX2 + QJ_TX_OFF_PAYLOAD, QJ_BLOCK);
+  put_be32 (d + TX2 + QJ_TX_OFF_PAYLOAD, QJ_BLOCK);
   reseal (d, TX2);
   expect_refuse ("payload = total_length over zeroes", d, base1_n, 2);
   expect_refuse ("record flags", tx2_put16 (R_WRITE + 2, 1), base1_n, 2);
@@ -623,14 +623,14 @@ refuse_cases (void)
 
   /* ZERO. */
   d = dup_img (B1);
-  qj_put64 (d + TX2 + R_ZERO + 16, 64 << 20);
-  qj_put64 (d + TX2 + QJ_TX_OFF_MIN_FILE, ROUNDUP (META + 0x8000 +
+  put_be64 (d + TX2 + R_ZERO + 16, 64 << 20);
+  put_be64 (d + TX2 + QJ_TX_OFF_MIN_FILE, ROUNDUP (META + 0x8000 +
                                                   (64 << 20), 512));
   reseal (d, TX2);
   expect_refuse ("ZERO count 64 MiB", d, base1_n, 2);
   d = dup_img (B1);
-  qj_put64 (d + TX2 + R_ZERO + 16, QJ_MAX_ZERO + 512);
-  qj_put64 (d + TX2 + QJ_TX_OFF_MIN_FILE, ROUNDUP (META + 0x8000 +
+  put_be64 (d + TX2 + R_ZERO + 16, QJ_MAX_ZERO + 512);
+  put_be64 (d + TX2 + QJ_TX_OFF_MIN_FILE, ROUNDUP (META + 0x8000 +
                                                   (64 << 20), 512));
   reseal (d, TX2);
   expect_refuse ("ZERO count 32 MiB + 512", d, base1_n, 2);
@@ -670,19 +670,19 @@ accept_cases (void)
                  tx2_put64 (SET0_OFF, CLUSTER), base1_n, CLUSTER, v);
   d = dup_img (B1);
   /* (tx 2's ZERO, which covers the end of min_file_size, moved away) */
-  qj_put64 (d + TX2 + SET0_OFF, mf[1] - 8);
-  qj_put64 (d + TX2 + R_ZERO + 8, META + 0x7000);
+  put_be64 (d + TX2 + SET0_OFF, mf[1] - 8);
+  put_be64 (d + TX2 + R_ZERO + 8, META + 0x7000);
   reseal (d, TX2);
   expect_accept ("SET64 ending at min_file_size", d, base1_n, mf[1] - 8, v);
   d = dup_img (B1);
-  qj_put64 (d + TX2 + R_WRITE + 8, 36);
+  put_be64 (d + TX2 + R_WRITE + 8, 36);
   reseal (d, TX2);
   expect_accept ("WRITE on header bytes 36-48", d, base1_n, 32,
-                 qj_get64 ((const uint8_t *) "\0\0\0\0tx2-"));
+                 get_be64 ((const uint8_t *) "\0\0\0\0tx2-"));
   d = dup_img (B1);
   /* A 32 MiB ZERO (the limit), with a min_file_size to match. */
-  qj_put64 (d + TX2 + R_ZERO + 16, QJ_MAX_ZERO);
-  qj_put64 (d + TX2 + QJ_TX_OFF_MIN_FILE, META + 0x8000 + QJ_MAX_ZERO);
+  put_be64 (d + TX2 + R_ZERO + 16, QJ_MAX_ZERO);
+  put_be64 (d + TX2 + QJ_TX_OFF_MIN_FILE, META + 0x8000 + QJ_MAX_ZERO);
   reseal (d, TX2);
   expect_accept ("ZERO of 32 MiB", d, base1_n, META + 8, v);
   /* A record turned into PAD is ignored (its body is not checked). */
@@ -712,8 +712,8 @@ superblock_cases (void)
   };
 
   /* base2: SB0 generation 3, head tx 2; SB1 generation 2, head tx 1. */
-  CHECK (qj_get64 (base2 + AREA + QJ_SB_OFF_GENERATION) == 3);
-  CHECK (qj_get64 (base2 + AREA + QJ_BLOCK + QJ_SB_OFF_GENERATION) == 2);
+  CHECK (get_be64 (base2 + AREA + QJ_SB_OFF_GENERATION) == 3);
+  CHECK (get_be64 (base2 + AREA + QJ_BLOCK + QJ_SB_OFF_GENERATION) == 2);
 
   d = dup_img (B2);
   d[AREA + 20] ^= 1;
@@ -731,9 +731,9 @@ superblock_cases (void)
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     d = dup_img (B2);
     if (bad[i].width == 8)
-      qj_put64 (d + AREA + bad[i].off, bad[i].v);
+      put_be64 (d + AREA + bad[i].off, bad[i].v);
     else
-      qj_put32 (d + AREA + bad[i].off, bad[i].v);
+      put_be32 (d + AREA + bad[i].off, bad[i].v);
     sb_reseal (d, 0);
     expect_prefix (bad[i].name, d, base2_n, B2, 7, 4);
   }
@@ -744,12 +744,12 @@ superblock_cases (void)
 
   /* Controls: a valid resealed head is followed. */
   d = dup_img (B2);
-  qj_put64 (d + AREA + QJ_SB_OFF_HEAD, TX3 - AREA);
-  qj_put64 (d + AREA + QJ_SB_OFF_HEAD_SEQ, 3);
+  put_be64 (d + AREA + QJ_SB_OFF_HEAD, TX3 - AREA);
+  put_be64 (d + AREA + QJ_SB_OFF_HEAD_SEQ, 3);
   sb_reseal (d, 0);
   expect_prefix ("sb0 head moved to tx 3", d, base2_n, B2, 4, 4);
   d = dup_img (B2);
-  qj_put64 (d + AREA + QJ_SB_OFF_HEAD_SEQ, 5);
+  put_be64 (d + AREA + QJ_SB_OFF_HEAD_SEQ, 5);
   sb_reseal (d, 0);
   expect_prefix ("sb0 head_seq not found at the head", d, base2_n, B2, 0, 5);
   d = dup_img (B2);
@@ -760,7 +760,7 @@ superblock_cases (void)
    * head can no longer move (generation 0 is invalid), so a replay that
    * has something to apply is refused before it changes a byte. */
   d = dup_img (B2);
-  qj_put64 (d + AREA + QJ_SB_OFF_GENERATION, UINT64_MAX);
+  put_be64 (d + AREA + QJ_SB_OFF_GENERATION, UINT64_MAX);
   sb_reseal (d, 0);
   {
     struct outcome o;
@@ -777,7 +777,7 @@ superblock_cases (void)
 
   /* Same generation, different contents: neither can be trusted. */
   d = dup_img (B2);
-  qj_put64 (d + AREA + QJ_BLOCK + QJ_SB_OFF_GENERATION, 3);
+  put_be64 (d + AREA + QJ_BLOCK + QJ_SB_OFF_GENERATION, 3);
   sb_reseal (d, 1);
   expect_open_fails ("same generation, different heads", d, base2_n);
   d = dup_img (B2);
@@ -785,7 +785,7 @@ superblock_cases (void)
   expect_prefix ("same generation, same contents", d, base2_n, B2, 6, 4);
   /* The newer generation wins wherever it is. */
   d = dup_img (B2);
-  qj_put64 (d + AREA + QJ_BLOCK + QJ_SB_OFF_GENERATION, 4);
+  put_be64 (d + AREA + QJ_BLOCK + QJ_SB_OFF_GENERATION, 4);
   sb_reseal (d, 1);
   expect_prefix ("sb1 made newest", d, base2_n, B2, 7, 4);
 }
@@ -962,7 +962,7 @@ build_wrapped_base (size_t *n)
   CHECK (journal_add_write (j, META + 0x20000, buf, QJ_BLOCK + 100) == 0);
   CHECK (journal_add_zero (j, META + 0x30000, 4096) == 0);
   CHECK (journal_commit (j, &seq) == 0);
-  CHECK (qj_get32 (m->data + AREA + AREA_SIZE - QJ_BLOCK + QJ_TX_OFF_FLAGS)
+  CHECK (get_be32 (m->data + AREA + AREA_SIZE - QJ_BLOCK + QJ_TX_OFF_FLAGS)
          == QJ_TX_FLAG_SKIP);
   journal_free (j);
   out = malloc (m->size);
@@ -977,16 +977,16 @@ build_wrapped_base (size_t *n)
 static size_t
 chain_of (const uint8_t *b, uint64_t *offs, size_t max)
 {
-  unsigned best = qj_get64 (b + AREA + QJ_BLOCK + QJ_SB_OFF_GENERATION) >
-    qj_get64 (b + AREA + QJ_SB_OFF_GENERATION);
-  uint64_t off = qj_get64 (b + AREA + best * QJ_BLOCK + QJ_SB_OFF_HEAD);
-  uint64_t seq = qj_get64 (b + AREA + best * QJ_BLOCK + QJ_SB_OFF_HEAD_SEQ);
+  unsigned best = get_be64 (b + AREA + QJ_BLOCK + QJ_SB_OFF_GENERATION) >
+    get_be64 (b + AREA + QJ_SB_OFF_GENERATION);
+  uint64_t off = get_be64 (b + AREA + best * QJ_BLOCK + QJ_SB_OFF_HEAD);
+  uint64_t seq = get_be64 (b + AREA + best * QJ_BLOCK + QJ_SB_OFF_HEAD_SEQ);
   size_t n = 0;
 
   while (n < max && memcmp (b + AREA + off, QJ_TX_MAGIC, 4) == 0 &&
-         qj_get64 (b + AREA + off + QJ_TX_OFF_SEQ) == seq) {
+         get_be64 (b + AREA + off + QJ_TX_OFF_SEQ) == seq) {
     offs[n++] = AREA + off;
-    off += qj_get32 (b + AREA + off + QJ_TX_OFF_TOTAL);
+    off += get_be32 (b + AREA + off + QJ_TX_OFF_TOTAL);
     if (off >= AREA_SIZE)
       off = QJ_RING_START;
     seq++;
@@ -1048,9 +1048,9 @@ fuzz (unsigned iters, uint64_t seed)
                                              sizeof interesting[0])];
         where &= ~7ULL;
         if (frand () % 2)
-          qj_put32 (cp->data + where + 4 * (frand () % 2), v);
+          put_be32 (cp->data + where + 4 * (frand () % 2), v);
         else
-          qj_put64 (cp->data + where, v);
+          put_be64 (cp->data + where, v);
       }
       else
         cp->data[where] ^= 1 << (frand () % 8);
@@ -1059,7 +1059,7 @@ fuzz (unsigned iters, uint64_t seed)
       /* Get past the checksums, to reach the checks behind them. */
       for (size_t i = 0; i < nchain[b]; i++) {
         uint64_t t = chains[b][i];
-        uint32_t payload = qj_get32 (cp->data + t + QJ_TX_OFF_PAYLOAD);
+        uint32_t payload = get_be32 (cp->data + t + QJ_TX_OFF_PAYLOAD);
         if (payload >= 8 && payload <= AREA + AREA_SIZE - t)
           reseal_len (cp->data, t, payload);
       }
@@ -1118,9 +1118,9 @@ fuzz (unsigned iters, uint64_t seed)
         const uint8_t *sb = cp->data + AREA + k * QJ_BLOCK;
         fprintf (stderr, "  sb%u: generation %" PRIu64 " head 0x%" PRIx64
                  " head_seq %" PRIu64 "\n", k,
-                 qj_get64 (sb + QJ_SB_OFF_GENERATION),
-                 qj_get64 (sb + QJ_SB_OFF_HEAD),
-                 qj_get64 (sb + QJ_SB_OFF_HEAD_SEQ));
+                 get_be64 (sb + QJ_SB_OFF_GENERATION),
+                 get_be64 (sb + QJ_SB_OFF_HEAD),
+                 get_be64 (sb + QJ_SB_OFF_HEAD_SEQ));
       }
     }
     CHECK (st.transactions == 0);

@@ -107,19 +107,19 @@ note_markers (struct wrap_io *w, const uint8_t *b, size_t count,
   if (offset < w->area + QJ_RING_START || offset >= w->area + w->area_size ||
       count < QJ_TX_HEADER || memcmp (b, QJ_TX_MAGIC, 4) != 0)
     return;
-  seq = qj_get64 (b + QJ_TX_OFF_SEQ);
-  payload = qj_get32 (b + QJ_TX_OFF_PAYLOAD);
-  flags = qj_get32 (b + QJ_TX_OFF_FLAGS);
+  seq = get_be64 (b + QJ_TX_OFF_SEQ);
+  payload = get_be32 (b + QJ_TX_OFF_PAYLOAD);
+  flags = get_be32 (b + QJ_TX_OFF_FLAGS);
   if (w->marker_seq && !(flags & QJ_TX_FLAG_SKIP) && payload <= count) {
     for (uint32_t p = QJ_TX_HEADER; p + QJ_REC_HEADER <= payload; ) {
-      uint16_t type = qj_get16 (b + p);
-      uint32_t len = qj_get32 (b + p + 4);
+      uint16_t type = get_be16 (b + p);
+      uint32_t len = get_be32 (b + p + 4);
 
       if (len < QJ_REC_HEADER || p + len > payload)
         break;
       if (type == QJ_REC_SET64)
         for (uint32_t i = QJ_REC_HEADER; i + 16 <= len; i += 16) {
-          uint64_t off = qj_get64 (b + p + i);
+          uint64_t off = get_be64 (b + p + i);
 
           if (off >= w->marker_base &&
               off < w->marker_base + 8 * w->nmarkers) {
@@ -266,14 +266,14 @@ static uint64_t
 get64_at (const struct mem_io *m, uint64_t off)
 {
   CHECK (off + 8 <= m->size);
-  return qj_get64 (m->data + off);
+  return get_be64 (m->data + off);
 }
 
 static void
 put64_at (struct mem_io *m, uint64_t off, uint64_t v)
 {
   uint8_t b[8];
-  qj_put64 (b, v);
+  put_be64 (b, v);
   CHECK (hostio_pwrite (&m->io, b, 8, off) == 0);
 }
 
@@ -284,7 +284,7 @@ sb_generation (const struct mem_io *m, unsigned c)
   const uint8_t *sb = m->data + AREA + c * QJ_BLOCK;
   if (memcmp (sb, QJ_SB_MAGIC, 8) != 0)
     return 0;
-  return qj_get64 (sb + QJ_SB_OFF_GENERATION);
+  return get_be64 (sb + QJ_SB_OFF_GENERATION);
 }
 
 static void
@@ -397,13 +397,13 @@ test_replay_basic (void)
     CHECK (m->data[META + (2 << 20) + i] == 0xaa);
   /* Transaction headers where the format says (5.2). */
   CHECK (memcmp (m->data + AREA + QJ_RING_START, QJ_TX_MAGIC, 4) == 0);
-  CHECK (qj_get64 (m->data + AREA + QJ_RING_START + QJ_TX_OFF_SEQ) == 1);
-  CHECK (qj_get64 (m->data + AREA + QJ_RING_START + QJ_TX_OFF_MIN_FILE) ==
+  CHECK (get_be64 (m->data + AREA + QJ_RING_START + QJ_TX_OFF_SEQ) == 1);
+  CHECK (get_be64 (m->data + AREA + QJ_RING_START + QJ_TX_OFF_MIN_FILE) ==
          (9 << 20) + 512);
-  CHECK (qj_get64 (m->data + AREA + QJ_RING_START + QJ_BLOCK + QJ_TX_OFF_SEQ)
+  CHECK (get_be64 (m->data + AREA + QJ_RING_START + QJ_BLOCK + QJ_TX_OFF_SEQ)
          == 2);
-  nrec = qj_get32 (m->data + AREA + QJ_RING_START + QJ_TX_OFF_NR_RECORDS) +
-    qj_get32 (m->data + AREA + QJ_RING_START + QJ_BLOCK +
+  nrec = get_be32 (m->data + AREA + QJ_RING_START + QJ_TX_OFF_NR_RECORDS) +
+    get_be32 (m->data + AREA + QJ_RING_START + QJ_BLOCK +
               QJ_TX_OFF_NR_RECORDS);
   journal_free (j);
 
@@ -427,7 +427,7 @@ test_replay_basic (void)
   CHECK (st.transactions == 2 && st.first_seq == 1 && st.last_seq == 2);
   CHECK (sl.n == 9);
   CHECK (sl.r[0].off == META && sl.r[0].count == 8 &&
-         qj_get64 (sl.r[0].data) == 0x1111111111111111ULL);
+         get_be64 (sl.r[0].data) == 0x1111111111111111ULL);
   CHECK (sl.r[1].off == META + 8);
   CHECK (sl.r[2].off == META + (1 << 20));
   CHECK (sl.r[3].off == META + 100003 && sl.r[3].count == 13 &&
@@ -438,7 +438,7 @@ test_replay_basic (void)
   CHECK (sl.r[6].off == 24);
   CHECK (sl.r[7].off == 36 && sl.r[7].count == 12);
   CHECK (sl.r[8].off == META &&
-         qj_get64 (sl.r[8].data) == 0x6666666666666666ULL);
+         get_be64 (sl.r[8].data) == 0x6666666666666666ULL);
 
   /* Replay. */
   memset (&st, 0xff, sizeof st);
@@ -456,20 +456,20 @@ test_replay_basic (void)
   memcpy (before + 36, hdr, 12);
   before = realloc (before, m->size);
   memset (before + before_size, 0, m->size - before_size);
-  qj_put64 (before + META, 0x6666666666666666ULL);
-  qj_put64 (before + META + 8, 0x2222222222222222ULL);
-  qj_put64 (before + META + (1 << 20), 0x3333333333333333ULL);
+  put_be64 (before + META, 0x6666666666666666ULL);
+  put_be64 (before + META + 8, 0x2222222222222222ULL);
+  put_be64 (before + META + (1 << 20), 0x3333333333333333ULL);
   memcpy (before + META + 100003, hello, 13);
   memset (before + META + (2 << 20) + 32768, 0, 65536);
-  qj_put64 (before + META_END - 8, 0x4444444444444444ULL);
+  put_be64 (before + META_END - 8, 0x4444444444444444ULL);
   CHECK (memcmp (m->data, before, AREA) == 0);
   CHECK (memcmp (m->data + AREA + QJ_RING_START, before + AREA + QJ_RING_START,
                  m->size - AREA - QJ_RING_START) == 0);
   /* The head moved in a new superblock (generation 3, copy 0). */
   CHECK (sb_generation (m, 0) == 3);
-  CHECK (qj_get64 (m->data + AREA + QJ_SB_OFF_HEAD) == QJ_RING_START +
+  CHECK (get_be64 (m->data + AREA + QJ_SB_OFF_HEAD) == QJ_RING_START +
          2 * QJ_BLOCK);
-  CHECK (qj_get64 (m->data + AREA + QJ_SB_OFF_HEAD_SEQ) == 3);
+  CHECK (get_be64 (m->data + AREA + QJ_SB_OFF_HEAD_SEQ) == 3);
   journal_free (j);
 
   /* A second open + replay is a no-op: identical bytes. */
@@ -487,7 +487,7 @@ test_replay_basic (void)
    * replayed journal: transaction 3 goes right after the old chain. */
   CHECK (journal_add_set64 (j, META + 16, 0x7777777777777777ULL) == 0);
   CHECK (journal_commit (j, &seq) == 0 && seq == 3);
-  CHECK (qj_get64 (m->data + AREA + QJ_RING_START + 2 * QJ_BLOCK +
+  CHECK (get_be64 (m->data + AREA + QJ_RING_START + 2 * QJ_BLOCK +
                    QJ_TX_OFF_SEQ) == 3);
   journal_free (j);
   put64_at (m, META, 0x9999999999999999ULL);   /* not replayed again */
@@ -549,9 +549,9 @@ test_checkpoint (void)
   CHECK (journal_ring_used (j) == 2 * QJ_BLOCK);
   /* Written to the older copy (4.4), generation 3. */
   CHECK (sb_generation (m, 0) == 3 && sb_generation (m, 1) == 2);
-  CHECK (qj_get64 (m->data + AREA + QJ_SB_OFF_HEAD) ==
+  CHECK (get_be64 (m->data + AREA + QJ_SB_OFF_HEAD) ==
          QJ_RING_START + 3 * QJ_BLOCK);
-  CHECK (qj_get64 (m->data + AREA + QJ_SB_OFF_HEAD_SEQ) == 4);
+  CHECK (get_be64 (m->data + AREA + QJ_SB_OFF_HEAD_SEQ) == 4);
   /* Checkpointing an older seq again is a no-op. */
   log_clear (w);
   w->logging = true;
@@ -662,7 +662,7 @@ tx_apply (uint8_t *dst, uint64_t base, const struct mtx *t)
   if (t->skip)
     return;
   fill_pattern (dst + t->woff - base, t->wcount, t->wseed);
-  qj_put64 (dst + t->soff - base, t->sval);
+  put_be64 (dst + t->soff - base, t->sval);
 }
 
 /* Write in place the effects of pending transactions up to seq, then
@@ -696,8 +696,8 @@ model_checkpoint (struct model *md, struct journal *j, struct mem_io *m,
   {
     unsigned c = sb_generation (m, 1) > sb_generation (m, 0);
     const uint8_t *sb = m->data + AREA + c * QJ_BLOCK;
-    CHECK (qj_get64 (sb + QJ_SB_OFF_HEAD) == md->head);
-    CHECK (qj_get64 (sb + QJ_SB_OFF_HEAD_SEQ) == md->head_seq);
+    CHECK (get_be64 (sb + QJ_SB_OFF_HEAD) == md->head);
+    CHECK (get_be64 (sb + QJ_SB_OFF_HEAD_SEQ) == md->head_seq);
   }
 }
 
@@ -781,9 +781,9 @@ model_commit (struct model *md, struct journal *j, struct mem_io *m,
   if (skip) {
     const uint8_t *h = m->data + AREA + old_tail;
     CHECK (memcmp (h, QJ_TX_MAGIC, 4) == 0);
-    CHECK (qj_get64 (h + QJ_TX_OFF_SEQ) == md->next_seq);
-    CHECK (qj_get32 (h + QJ_TX_OFF_FLAGS) == QJ_TX_FLAG_SKIP);
-    CHECK (qj_get32 (h + QJ_TX_OFF_TOTAL) == AREA_SIZE - old_tail);
+    CHECK (get_be64 (h + QJ_TX_OFF_SEQ) == md->next_seq);
+    CHECK (get_be32 (h + QJ_TX_OFF_FLAGS) == QJ_TX_FLAG_SKIP);
+    CHECK (get_be32 (h + QJ_TX_OFF_TOTAL) == AREA_SIZE - old_tail);
     md->p[md->n++] = (struct mtx) {
       .seq = md->next_seq++, .start = old_tail,
       .bytes = AREA_SIZE - old_tail, .skip = true };
@@ -794,10 +794,10 @@ model_commit (struct model *md, struct journal *j, struct mem_io *m,
   {
     const uint8_t *h = m->data + AREA + md->tail;
     CHECK (memcmp (h, QJ_TX_MAGIC, 4) == 0);
-    CHECK (qj_get64 (h + QJ_TX_OFF_SEQ) == md->next_seq);
-    CHECK (qj_get32 (h + QJ_TX_OFF_TOTAL) == t.bytes);
-    CHECK (qj_get32 (h + QJ_TX_OFF_PAYLOAD) == payload);
-    CHECK (qj_get32 (h + QJ_TX_OFF_FLAGS) == 0);
+    CHECK (get_be64 (h + QJ_TX_OFF_SEQ) == md->next_seq);
+    CHECK (get_be32 (h + QJ_TX_OFF_TOTAL) == t.bytes);
+    CHECK (get_be32 (h + QJ_TX_OFF_PAYLOAD) == payload);
+    CHECK (get_be32 (h + QJ_TX_OFF_FLAGS) == 0);
   }
   t.seq = md->next_seq++;
   t.start = md->tail;
@@ -910,7 +910,7 @@ test_ring_full (void)
   CHECK (journal_ring_used (j) == (n - 10) * QJ_BLOCK);
   CHECK (journal_commit (j, &seq) == 0);
   CHECK (seq == n + 1);
-  CHECK (qj_get64 (m->data + AREA + QJ_RING_START + QJ_TX_OFF_SEQ) == n + 1);
+  CHECK (get_be64 (m->data + AREA + QJ_RING_START + QJ_TX_OFF_SEQ) == n + 1);
   CHECK (journal_ring_used (j) == (n - 9) * QJ_BLOCK);
 
   /* A 10-block transaction does not fit in the 9 free blocks. */
@@ -969,7 +969,7 @@ test_efbig (void)
   CHECK (journal_add_set64 (j, META_END - 8, 1) == -1 && errno == EFBIG);
   CHECK (journal_commit (j, &seq) == 0 && seq == 1);
   CHECK (journal_ring_used (j) == RING);
-  CHECK (qj_get32 (m->data + AREA + QJ_RING_START + QJ_TX_OFF_TOTAL) == RING);
+  CHECK (get_be32 (m->data + AREA + QJ_RING_START + QJ_TX_OFF_TOTAL) == RING);
 
   /* Full. */
   CHECK (journal_add_set64 (j, META_END - 8, 2) == 0);
@@ -1515,9 +1515,9 @@ test_skip_ops (void)
   CHECK (seq == k + 1);
   CHECK (journal_ring_used (j) == (k - 11) * QJ_BLOCK + 2 * QJ_BLOCK +
          3 * QJ_BLOCK);
-  CHECK (qj_get32 (w->mem->data + AREA + AREA_SIZE - 2 * QJ_BLOCK +
+  CHECK (get_be32 (w->mem->data + AREA + AREA_SIZE - 2 * QJ_BLOCK +
                    QJ_TX_OFF_FLAGS) == QJ_TX_FLAG_SKIP);
-  CHECK (qj_get64 (w->mem->data + AREA + QJ_RING_START + QJ_TX_OFF_SEQ) ==
+  CHECK (get_be64 (w->mem->data + AREA + QJ_RING_START + QJ_TX_OFF_SEQ) ==
          k + 1);
   free (buf);
   journal_free (j);

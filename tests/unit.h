@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "byteorder.h"
 #include "hostio.h"
 
 #define CHECK(expr)                                                     \
@@ -99,19 +100,6 @@ mem_io_new (const char *name, uint64_t size)
   m->data = calloc (1, size ? size : 1);
   m->size = size;
   return m;
-}
-
-static inline void
-put_be32 (uint8_t *p, uint32_t v)
-{
-  p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
-}
-
-static inline void
-put_be64 (uint8_t *p, uint64_t v)
-{
-  put_be32 (p, v >> 32);
-  put_be32 (p + 4, v);
 }
 
 #endif /* QCOW2J_UNIT_H */
