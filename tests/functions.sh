@@ -51,11 +51,20 @@ cleanup_fn rm -rf "$tmp"
 # test-valgrind.sh's business.
 export NBDKIT_BIN
 NBDKIT_BIN=$(type -P nbdkit) || { echo "$0: nbdkit is not installed (run ./build.sh)" >&2; exit 1; }
+# NBDKIT_CMD is the same as a command (for servers run in the background,
+# whose pid must be nbdkit's own).
+NBDKIT_CMD=("$NBDKIT_BIN")
+if [ -n "${QCOW2J_PRELOAD:-}" ]; then
+    NBDKIT_CMD=(env "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+                "LD_PRELOAD=$QCOW2J_PRELOAD" "$NBDKIT_BIN")
+fi
+# (The function does not use the array, so that tests can export it to a
+# child shell.)
 nbdkit ()
 {
     if [ -n "${QCOW2J_PRELOAD:-}" ]; then
-        ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
-        LD_PRELOAD="$QCOW2J_PRELOAD" "$NBDKIT_BIN" "$@"
+        env "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" \
+            "LD_PRELOAD=$QCOW2J_PRELOAD" "$NBDKIT_BIN" "$@"
     else
         "$NBDKIT_BIN" "$@"
     fi

@@ -11,7 +11,7 @@ cd "$tmp"
 
 sock=$tmp/sock
 qemu-img create -q -f qcow2 img.qcow2 64M
-"$NBDKIT_BIN" -f -U "$sock" "$QCOW2J" file=img.qcow2 &
+"${NBDKIT_CMD[@]}" -f -U "$sock" "$QCOW2J" file=img.qcow2 &
 pid=$!
 cleanup_fn "kill -9 $pid 2>/dev/null"
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
@@ -32,7 +32,7 @@ qemu-io -f qcow2 -c 'read -P 0x17 1M 256k' img.qcow2 >/dev/null ||
 
 # Busy kill, then the documented recovery.
 rm -f "$sock"
-"$NBDKIT_BIN" -f -U "$sock" "$QCOW2J" file=img.qcow2 &
+"${NBDKIT_CMD[@]}" -f -U "$sock" "$QCOW2J" file=img.qcow2 &
 pid=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 nbdsh -u "$uri" -c 'h.pwrite(b"\x29" * 65536, 8 << 20)' -c 'h.flush()'

@@ -61,12 +61,7 @@ serve_start ()
         qemu-nbd "${opts[@]}" "$img" 2>>"$server_log" &
         server_pid=$!
     else
-        local pre=()
-        if [ -n "${QCOW2J_PRELOAD:-}" ]; then
-            pre=(env "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-                 "LD_PRELOAD=$QCOW2J_PRELOAD")
-        fi
-        "${pre[@]}" "$NBDKIT_BIN" -f -U "$sock" "$QCOW2J" file="$img" "$@" \
+        "${NBDKIT_CMD[@]}" -f -U "$sock" "$QCOW2J" file="$img" "$@" \
             2>>"$server_log" &
         server_pid=$!
     fi
