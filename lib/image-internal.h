@@ -166,6 +166,11 @@ extern int qcow2_begin_write (struct qcow2_image *img);
 extern int qcow2_commit_if_large (struct qcow2_image *img);
 extern int qcow2_close_writable (struct qcow2_image *img);
 
+/* rebuild.c: recount every cluster below file_end and fix what differs
+ * (through the journal), with the active tables' COPIED flags. */
+extern int qcow2_rebuild_refcounts (struct qcow2_image *img,
+                                    uint64_t file_end);
+
 /* bitmaps.c: mark every persistent bitmap in use (before a first write). */
 extern int qcow2_bitmaps_mark_in_use (struct qcow2_image *img);
 

@@ -319,10 +319,6 @@ qcow2_prepare_writable (struct qcow2_image *img)
   if (img->hdr.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
     return refuse (img, EROFS, "it is marked corrupt; "
                    "repair it with: qemu-img check -r all");
-  if (img->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY)
-    return refuse (img, ENOTSUP, "its refcounts are not up to date (lazy "
-                   "refcounts after an unclean stop); "
-                   "repair it with: qemu-img check -r all");
 
   fd = hostio_file_fd (img->file);
   if (img->lock_files && fd >= 0 &&
@@ -337,11 +333,27 @@ qcow2_prepare_writable (struct qcow2_image *img)
 }
 
 /* Under setup_lock. */
+static int commit (struct qcow2_image *img, bool *covered);
+
+/* After the refcounts are rebuilt and checkpointed: clear QEMU's dirty
+ * bit (keeping ours as it is). */
+static int
+clear_qemu_dirty (struct qcow2_image *img)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->dirty_lock);
+
+  img->hdr.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
+  return write_header_word (img, QCOW2_OFF_INCOMPATIBLE,
+                            img->hdr.incompatible_features |
+                            (img->dirty_written ? QJ_INCOMPAT_DIRTY : 0));
+}
+
 static int
 make_writable (struct qcow2_image *img)
 {
   const uint64_t cs = img->hdr.cluster_size;
-  uint64_t jsize, jarea, jid;
+  uint64_t jsize, jarea, jid, old_end;
+  bool stale_refcounts, covered;
 
   if (img->writable)
     return 0;
@@ -353,12 +365,17 @@ make_writable (struct qcow2_image *img)
     return -1;
   if (qcow2_bitmaps_mark_in_use (img) == -1)
     return -1;
+  /* QEMU's dirty bit: refcounts lag (lazy refcounts); rebuilt below,
+   * once the journal exists.  Until then nothing may trust them, not
+   * even to reuse an old journal area. */
+  stale_refcounts = img->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY;
+  old_end = img->file_size;
 
   /* The journal area: the previous one if its clusters are still free,
    * else new space past everything in use.  Allocation starts past both
    * the area and the end of the file. */
   img->next_free = ROUND_UP (MAX (img->file_size, cs), cs);
-  if (reusable_area (img)) {
+  if (!stale_refcounts && reusable_area (img)) {
     jarea = img->hdr.journal.offset;
     jsize = img->hdr.journal.size;
   }
@@ -403,6 +420,14 @@ make_writable (struct qcow2_image *img)
   }
   img->ring_high_water = journal_ring_size (img->journal) / 2;
   img->last_change = qcow2_now ();
+  if (stale_refcounts) {
+    qdebug ("%s: rebuilding refcounts left stale by QEMU", img->file->name);
+    if (qcow2_rebuild_refcounts (img, old_end) == -1 ||
+        commit (img, &covered) == -1 ||
+        qcow2_checkpoint (img) == -1 ||
+        clear_qemu_dirty (img) == -1)
+      return -1;
+  }
   __atomic_store_n (&img->writable, true, __ATOMIC_RELEASE);
   return 0;
 }

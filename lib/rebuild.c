@@ -1,0 +1,289 @@
+/* qcow2j lib: rebuilding the refcounts of an image QEMU left with lazy
+ * refcounts after an unclean stop (incompatible bit 0, "dirty bit").
+ *
+ * Such an image's refcounts lag its L1/L2 tables, and writing to it could
+ * hand out a cluster still in use.  Before its first write, qcow2j counts
+ * every reference QEMU's checker counts (the header, the active and every
+ * snapshot's L1 and L2 tables and the data they map, the snapshot table,
+ * the refcount table and blocks, the bitmap directory, tables and data),
+ * sets every refcount that differs through the journal, fixes the COPIED
+ * flags of the active tables, checkpoints, and only then clears the dirty
+ * bit.  A crash on the way leaves the bit set, and the rebuild runs again.
+ */
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "byteorder.h"
+#include "cleanup.h"
+#include "format.h"
+#include "image-internal.h"
+#include "log.h"
+#include "minmax.h"
+
+struct counts {
+  uint16_t *v;                  /* expected refcount of each cluster */
+  uint64_t n;                   /* clusters in the file */
+};
+
+static int
+bad (struct qcow2_image *img, const char *what, uint64_t offset)
+{
+  qerror ("%s: rebuilding refcounts: %s at 0x%" PRIx64 " lies outside the "
+          "file or is misaligned", img->file->name, what, offset);
+  errno = EIO;
+  return -1;
+}
+
+/* One more reference to every cluster of [offset, offset+len). */
+static int
+add (struct qcow2_image *img, struct counts *c, uint64_t offset,
+     uint64_t len, const char *what)
+{
+  const unsigned cb = img->hdr.cluster_bits;
+
+  if (len == 0)
+    return 0;
+  if (offset + len < offset || ((offset + len - 1) >> cb) >= c->n)
+    return bad (img, what, offset);
+  for (uint64_t i = offset >> cb; i <= (offset + len - 1) >> cb; i++)
+    if (c->v[i] < UINT16_MAX)
+      c->v[i]++;
+  return 0;
+}
+
+static int
+read_table (struct qcow2_image *img, uint64_t offset, uint64_t len,
+            uint8_t **out)
+{
+  *out = malloc (len ? len : 1);
+  if (*out == NULL) {
+    qerror ("malloc: %m");
+    return -1;
+  }
+  if (hostio_pread (img->file, *out, len, offset) == -1) {
+    qerror ("%s: rebuilding refcounts: read at 0x%" PRIx64 ": %m",
+            img->file->name, offset);
+    free (*out);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+count_l2 (struct qcow2_image *img, struct counts *c, uint64_t l2)
+{
+  const struct qcow2_header *h = &img->hdr;
+  CLEANUP_FREE uint8_t *t = NULL;
+
+  if (read_table (img, l2, h->cluster_size, &t) == -1)
+    return -1;
+  for (uint64_t i = 0; i < h->cluster_size; i += h->l2_entry_size) {
+    uint64_t e = get_be64 (t + i), host = e & L2E_OFFSET_MASK;
+
+    if (e & QCOW_OFLAG_COMPRESSED) {
+      uint64_t coffset = (e & img->coffset_mask) & ~511ULL;
+      uint64_t nsectors = ((e >> img->csize_shift) & img->csize_mask) + 1;
+
+      if (add (img, c, coffset, nsectors * 512, "compressed data") == -1)
+        return -1;
+    }
+    else if (host != 0 && h->data_file == NULL &&
+             (!IS_ALIGNED (host, h->cluster_size) ||
+              add (img, c, host, h->cluster_size, "a data cluster") == -1))
+      return bad (img, "a data cluster", host);
+  }
+  return 0;
+}
+
+static int
+count_l1 (struct qcow2_image *img, struct counts *c, uint64_t l1,
+          uint32_t l1_size)
+{
+  const uint64_t cs = img->hdr.cluster_size;
+  CLEANUP_FREE uint8_t *t = NULL;
+
+  if (add (img, c, l1, (uint64_t) l1_size * 8, "an L1 table") == -1 ||
+      read_table (img, l1, (uint64_t) l1_size * 8, &t) == -1)
+    return -1;
+  for (uint32_t i = 0; i < l1_size; i++) {
+    uint64_t l2 = get_be64 (t + 8 * i) & L1E_OFFSET_MASK;
+
+    if (l2 == 0)
+      continue;
+    if (!IS_ALIGNED (l2, cs) || add (img, c, l2, cs, "an L2 table") == -1 ||
+        count_l2 (img, c, l2) == -1)
+      return bad (img, "an L2 table", l2);
+  }
+  return 0;
+}
+
+static int
+count_snapshots (struct qcow2_image *img, struct counts *c)
+{
+  const struct qcow2_header *h = &img->hdr;
+  uint64_t pos = h->snapshots_offset;
+
+  for (uint32_t i = 0; i < h->nb_snapshots; i++) {
+    uint8_t e[40];
+
+    /* snapshot.c validated the table at open. */
+    if (hostio_pread (img->file, e, sizeof e, pos) == -1) {
+      qerror ("%s: read snapshot table: %m", img->file->name);
+      return -1;
+    }
+    if (count_l1 (img, c, get_be64 (e), get_be32 (e + 8)) == -1)
+      return -1;
+    pos += ROUND_UP (40 + (uint64_t) get_be32 (e + 36) + get_be16 (e + 12) +
+                     get_be16 (e + 14), 8);
+  }
+  return add (img, c, h->snapshots_offset, pos - h->snapshots_offset,
+              "the snapshot table");
+}
+
+static int
+count_bitmaps (struct qcow2_image *img, struct counts *c)
+{
+  const struct qcow2_header *h = &img->hdr;
+  CLEANUP_FREE uint8_t *dir = NULL;
+  uint64_t pos = 0;
+
+  if (!h->has_bitmaps_ext || !(h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS))
+    return 0;
+  if (add (img, c, h->bitmap_directory_offset, h->bitmap_directory_size,
+           "the bitmap directory") == -1 ||
+      read_table (img, h->bitmap_directory_offset, h->bitmap_directory_size,
+                  &dir) == -1)
+    return -1;
+  for (uint32_t i = 0; i < h->nb_bitmaps; i++) {
+    CLEANUP_FREE uint8_t *t = NULL;
+    uint64_t table, size;
+
+    if (h->bitmap_directory_size - pos < 24)
+      return bad (img, "the bitmap directory", h->bitmap_directory_offset);
+    table = get_be64 (dir + pos);
+    size = get_be32 (dir + pos + 8);
+    if (size > (64u << 20) / 8 ||
+        add (img, c, table, size * 8, "a bitmap table") == -1 ||
+        read_table (img, table, size * 8, &t) == -1)
+      return -1;
+    for (uint64_t k = 0; k < size; k++) {
+      uint64_t data = get_be64 (t + 8 * k) & 0x00fffffffffffe00ULL;
+
+      if (data && add (img, c, data, h->cluster_size, "bitmap data") == -1)
+        return -1;
+    }
+    pos += ROUND_UP (24 + (uint64_t) get_be32 (dir + pos + 20) +
+                     get_be16 (dir + pos + 18), 8);
+  }
+  return 0;
+}
+
+/* The active tables' COPIED flags must say "refcount is 1". */
+static int
+fix_copied (struct qcow2_image *img)
+{
+  const struct qcow2_header *h = &img->hdr;
+  const unsigned words = h->l2_entry_size / 8;
+
+  for (uint32_t i = 0; i < h->l1_size; i++) {
+    uint64_t l1e = img->l1[i], l2 = l1e & L1E_OFFSET_MASK, rc, want;
+
+    if (l2 == 0)
+      continue;
+    if (qcow2_refcount_get (img, l2, &rc) == -1)
+      return -1;
+    want = rc == 1 ? l1e | QCOW_OFLAG_COPIED : l1e & ~QCOW_OFLAG_COPIED;
+    if (want != l1e) {
+      if (qcow2_meta_set64 (img, h->l1_table_offset + 8 * i, want,
+                            false) == -1)
+        return -1;
+      img->l1[i] = want;
+    }
+    for (uint64_t k = 0; k < h->cluster_size / 8; k += words) {
+      uint64_t e, host;
+
+      if (qcow2_meta_read64 (img, l2 + 8 * k, &e) == -1)
+        return -1;
+      host = e & L2E_OFFSET_MASK;
+      if ((e & QCOW_OFLAG_COMPRESSED) || (host == 0 && !(e & QCOW_OFLAG_COPIED)))
+        continue;
+      if (h->data_file)
+        continue;               /* not refcounted: COPIED as written */
+      if (qcow2_refcount_get (img, host, &rc) == -1)
+        return -1;
+      want = rc == 1 ? e | QCOW_OFLAG_COPIED : e & ~QCOW_OFLAG_COPIED;
+      if (want != e &&
+          qcow2_meta_set64 (img, l2 + 8 * k, want, false) == -1)
+        return -1;
+    }
+  }
+  return 0;
+}
+
+int
+qcow2_rebuild_refcounts (struct qcow2_image *img, uint64_t file_end)
+{
+  const struct qcow2_header *h = &img->hdr;
+  const uint64_t cs = h->cluster_size;
+  struct counts c;
+  int r = 0;
+
+  c.n = DIV_ROUND_UP (file_end, cs);
+  c.v = calloc (c.n ? c.n : 1, sizeof *c.v);
+  if (c.v == NULL) {
+    qerror ("%s: rebuilding refcounts: calloc: %m", img->file->name);
+    return -1;
+  }
+  if (add (img, &c, 0, cs, "the header") == -1 ||
+      count_l1 (img, &c, h->l1_table_offset, h->l1_size) == -1 ||
+      count_snapshots (img, &c) == -1 ||
+      count_bitmaps (img, &c) == -1 ||
+      add (img, &c, h->refcount_table_offset,
+           (uint64_t) h->refcount_table_clusters * cs,
+           "the refcount table") == -1)
+    goto fail;
+  for (uint64_t i = 0; i < img->reftable_entries; i++) {
+    uint64_t rb = img->reftable[i] & REFT_OFFSET_MASK;
+
+    if (rb && (!IS_ALIGNED (rb, cs) ||
+               add (img, &c, rb, cs, "a refcount block") == -1))
+      goto fail;
+  }
+
+  /* Set what differs, committing as transactions grow. */
+  pthread_mutex_lock (&img->meta_lock);
+  for (uint64_t i = 0; i < c.n && r == 0; i++) {
+    uint64_t rc;
+
+    journal_begin (img->journal);
+    r = qcow2_refcount_get (img, i * cs, &rc);
+    if (r == 0 && rc != c.v[i])
+      r = qcow2_refcount_set (img, i * cs, c.v[i]);
+    if (r == -1)
+      qcow2_change_failed (img);
+    journal_end (img->journal);
+    if (r == 0 && i % 4096 == 4095) {
+      pthread_mutex_unlock (&img->meta_lock);
+      r = qcow2_commit_if_large (img);
+      pthread_mutex_lock (&img->meta_lock);
+    }
+  }
+  if (r == 0) {
+    journal_begin (img->journal);
+    r = fix_copied (img);
+    if (r == -1)
+      qcow2_change_failed (img);
+    journal_end (img->journal);
+  }
+  pthread_mutex_unlock (&img->meta_lock);
+  free (c.v);
+  return r;
+
+ fail:
+  free (c.v);
+  return -1;
+}
