@@ -117,8 +117,12 @@ qcow2_open_hostio (struct hostio *io, const char *dir,
                    const struct qcow2_open_options *opts)
 {
   struct chain_ids ids = { .n = 0 };
+  struct qcow2_image *img = qcow2_open_layer (io, dir, NULL, 0, &ids, opts);
 
-  return qcow2_open_layer (io, dir, NULL, 0, &ids, opts);
+  /* The caller opened io: writable if it says so. */
+  if (img)
+    img->file_rw = opts->writable;
+  return img;
 }
 
 struct qcow2_image *
@@ -137,10 +141,13 @@ qcow2_open (const char *path, const struct qcow2_open_options *opts)
     hostio_close (io);
     return NULL;
   }
-  img = qcow2_open_hostio (io, dir, opts);
+  {
+    struct qcow2_open_options o = *opts;
+
+    o.writable = rw;
+    img = qcow2_open_hostio (io, dir, &o);
+  }
   free (dir);
-  if (img)
-    img->file_rw = rw;
   return img;
 }
 

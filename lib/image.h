@@ -31,9 +31,10 @@ struct qcow2_open_options {
 extern struct qcow2_image *qcow2_open (const char *path,
                                        const struct qcow2_open_options *opts);
 
-/* The same on an already open hostio (which the image takes over).  Any
- * backing file is looked up relative to dir (NULL: the image may have no
- * backing file nor external data file). */
+/* The same on an already open hostio (which the image takes over; it
+ * may be written if opts->writable).  Any backing file is looked up
+ * relative to dir (NULL: the image may have no backing file nor external
+ * data file). */
 extern struct qcow2_image *qcow2_open_hostio (struct hostio *io,
                                               const char *dir,
                                               const struct qcow2_open_options *opts);
