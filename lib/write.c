@@ -181,7 +181,6 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
     /* Old content to keep around the write, unless it is all zeroes that
      * fresh space gives for free. */
     fill_all = !reads_zero_without_data (img, cluster, entry) ||
-      (extl2 && (bitmap >> 32) != 0 && host != 0) ||
       h->data_file != NULL;
     /* An external data file maps guest offsets to the same offsets. */
     if (h->data_file != NULL)
@@ -207,9 +206,9 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
     }
     else
       new_bitmap = (bitmap | touched) & ~((uint64_t) touched << 32);
-    fill_all = fill_all || !new_cluster ||
-      ((bitmap >> 32) & touched) != 0 ||
-      (!new_cluster && img->backing.kind != BACKING_NONE);
+    /* Whole subclusters are written: the rest of each comes from the old
+     * content (in place, it is not fresh space). */
+    fill_all = fill_all || !new_cluster;
   }
   else if (fill_all) {
     write_from = cluster;
