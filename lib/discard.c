@@ -192,6 +192,15 @@ qcow2_zero (struct qcow2_image *img, uint64_t count, uint64_t offset,
       int z;
 
       metadata_part (img, pos, n, &ms, &ml);
+      if (ml > 0 && ml < h->cluster_size) {
+        /* Part of a compressed cluster can only be zeroed by writing. */
+        struct qcow2_run run;
+
+        if (qcow2_map (img, ms, ml, &run) == -1)
+          return -1;
+        if (run.type == RUN_COMPRESSED)
+          ml = 0;
+      }
       if (ml != n || (v2 && backing_under (img, ROUND_DOWN (pos, h->cluster_size))) ||
           (h->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
         z = reads_zero (img, pos, n);
@@ -227,7 +236,8 @@ qcow2_zero (struct qcow2_image *img, uint64_t count, uint64_t offset,
         return -1;
       r = change_entry (img, ms, ml, v2 ? UNMAP :
                         may_trim ? ZERO_RELEASE : ZERO_KEEP);
-      if (r == -1 || (r == 1 && zero_data (img, ms, ml) == -1))
+      if (r == -1 || (r == 1 && zero_data (img, ms, ml) == -1) ||
+          qcow2_commit_if_large (img) == -1)
         return -1;
       if (ms + ml < offset + n &&
           zero_data (img, ms + ml, offset + n - ms - ml) == -1)
@@ -237,7 +247,7 @@ qcow2_zero (struct qcow2_image *img, uint64_t count, uint64_t offset,
     count -= n;
   }
   __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
-  return qcow2_commit_if_large (img);
+  return 0;
 }
 
 int
@@ -258,11 +268,12 @@ qcow2_trim (struct qcow2_image *img, uint64_t count, uint64_t offset)
     /* Over a backing file a v2 image cannot hide it: leave it. */
     if (ml > 0 && !(h->version < 3 &&
                     backing_under (img, ROUND_DOWN (offset, h->cluster_size))) &&
-        change_entry (img, ms, ml, UNMAP) == -1)
+        (change_entry (img, ms, ml, UNMAP) == -1 ||
+         qcow2_commit_if_large (img) == -1))
       return -1;
     offset += n;
     count -= n;
   }
   __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
-  return qcow2_commit_if_large (img);
+  return 0;
 }

@@ -671,13 +671,21 @@ journal_commit (struct journal *j, uint64_t *seq_out)
     j->sealing = true;
     while (j->active_changes > 0)
       pthread_cond_wait (&j->cond, &j->lock);
-    r = seal (j, &s);
+    /* A change that failed half way poisons the journal (journal_fail)
+     * before it ends: its records must never be sealed. */
+    if (j->error) {
+      errno = j->error;
+      r = -1;
+    }
+    else
+      r = seal (j, &s);
     j->sealing = false;
-    pthread_cond_broadcast (&j->cond);
     if (r == -1) {
       j->committing = false;
+      pthread_cond_broadcast (&j->cond);
       return -1;
     }
+    pthread_cond_broadcast (&j->cond);
     if (j->hooks.sealed)
       j->hooks.sealed (opaque);
 

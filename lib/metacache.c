@@ -255,6 +255,7 @@ mcache_read (struct mcache *c, struct hostio *io, const void *owner,
   uint64_t h = hash_key (owner, slice_offset);
   struct shard *s = shard_of (c, h);
   uint8_t buf[MCACHE_MAX_SLICE];
+  uint64_t evictions;
 
   assert (owner != NULL);
   assert (slice_size > 0 && slice_size <= MCACHE_MAX_SLICE &&
@@ -271,6 +272,7 @@ mcache_read (struct mcache *c, struct hostio *io, const void *owner,
       return 0;
     }
     s->misses++;
+    evictions = s->evictions;
   }
 
   /* Miss: read without holding the lock. */
@@ -282,11 +284,15 @@ mcache_read (struct mcache *c, struct hostio *io, const void *owner,
     struct slot *slot = lookup (s, h, owner, slice_offset);
 
     /* Another thread may have inserted (and even changed) it meanwhile:
-     * its bytes are the newer ones. */
-    if (slot == NULL)
-      insert (s, h, owner, slice_offset, slice_size, buf);
-    else
+     * its bytes are the newer ones.  And if the shard evicted anything
+     * during the read, this very slice may have been changed, written
+     * back and evicted, and the bytes read may predate that: answer
+     * with them (this read was concurrent with the change) but do not
+     * cache them. */
+    if (slot)
       memcpy (buf, slot->data, slice_size);
+    else if (s->evictions == evictions)
+      insert (s, h, owner, slice_offset, slice_size, buf);
   }
   memcpy (out, buf + start, count);
   return 0;

@@ -178,10 +178,21 @@ int
 qcow2_l2_set (struct qcow2_image *img, uint64_t entry_offset, uint64_t entry,
               uint64_t bitmap)
 {
-  if (qcow2_meta_set64 (img, entry_offset, entry, false) == -1)
+  uint64_t slice = ROUND_DOWN (entry_offset, (uint64_t) img->slice_size);
+  uint64_t be[2] = { htobe64 (entry), htobe64 (bitmap) };
+  unsigned len = img->hdr.l2_entry_size;
+
+  /* Both halves of an extended entry change in one step: a reader never
+   * sees the new entry with the old bitmap. */
+  if (mcache_write (img->cache, img->file, img, slice, img->slice_size,
+                    entry_offset - slice, len, be, false) == -1) {
+    qerror ("%s: change metadata at 0x%" PRIx64 ": %m", img->file->name,
+            entry_offset);
     return -1;
-  if (img->hdr.l2_entry_size == 16 &&
-      qcow2_meta_set64 (img, entry_offset + 8, bitmap, false) == -1)
+  }
+  if (journal_add_set64 (img->journal, entry_offset, entry) == -1 ||
+      (len == 16 &&
+       journal_add_set64 (img->journal, entry_offset + 8, bitmap) == -1))
     return -1;
   return 0;
 }

@@ -182,18 +182,40 @@ count_bitmaps (struct qcow2_image *img, struct counts *c)
   return 0;
 }
 
-/* The active tables' COPIED flags must say "refcount is 1". */
+static int fix_copied_l2 (struct qcow2_image *img, uint32_t i);
+
+/* The active tables' COPIED flags must say "refcount is 1": one L2 table
+ * per change, committing as transactions grow. */
 static int
 fix_copied (struct qcow2_image *img)
+{
+  for (uint32_t i = 0; i < img->hdr.l1_size; i++) {
+    int r;
+
+    pthread_mutex_lock (&img->meta_lock);
+    journal_begin (img->journal);
+    r = fix_copied_l2 (img, i);
+    if (r == -1)
+      qcow2_change_failed (img);
+    journal_end (img->journal);
+    pthread_mutex_unlock (&img->meta_lock);
+    if (r == -1 || qcow2_commit_if_large (img) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+static int
+fix_copied_l2 (struct qcow2_image *img, uint32_t i)
 {
   const struct qcow2_header *h = &img->hdr;
   const unsigned words = h->l2_entry_size / 8;
 
-  for (uint32_t i = 0; i < h->l1_size; i++) {
+  {
     uint64_t l1e = img->l1[i], l2 = l1e & L1E_OFFSET_MASK, rc, want;
 
     if (l2 == 0)
-      continue;
+      return 0;
     if (qcow2_refcount_get (img, l2, &rc) == -1)
       return -1;
     want = rc == 1 ? l1e | QCOW_OFLAG_COPIED : l1e & ~QCOW_OFLAG_COPIED;
@@ -254,15 +276,22 @@ qcow2_rebuild_refcounts (struct qcow2_image *img, uint64_t file_end)
       goto fail;
   }
 
-  /* Set what differs, committing as transactions grow. */
+  /* Set what differs, committing as transactions grow.  If the refcount
+   * table has to move meanwhile, its old clusters are free. */
   pthread_mutex_lock (&img->meta_lock);
+  const uint64_t old_table = h->refcount_table_offset;
+  const uint64_t old_table_end = old_table +
+    (uint64_t) h->refcount_table_clusters * cs;
   for (uint64_t i = 0; i < c.n && r == 0; i++) {
-    uint64_t rc;
+    uint64_t rc, want = c.v[i];
 
+    if (h->refcount_table_offset != old_table &&
+        i * cs >= old_table && i * cs < old_table_end)
+      want = 0;
     journal_begin (img->journal);
     r = qcow2_refcount_get (img, i * cs, &rc);
-    if (r == 0 && rc != c.v[i])
-      r = qcow2_refcount_set (img, i * cs, c.v[i]);
+    if (r == 0 && rc != want)
+      r = qcow2_refcount_set (img, i * cs, want);
     if (r == -1)
       qcow2_change_failed (img);
     journal_end (img->journal);
@@ -272,14 +301,9 @@ qcow2_rebuild_refcounts (struct qcow2_image *img, uint64_t file_end)
       pthread_mutex_lock (&img->meta_lock);
     }
   }
-  if (r == 0) {
-    journal_begin (img->journal);
-    r = fix_copied (img);
-    if (r == -1)
-      qcow2_change_failed (img);
-    journal_end (img->journal);
-  }
   pthread_mutex_unlock (&img->meta_lock);
+  if (r == 0)
+    r = fix_copied (img);
   free (c.v);
   return r;
 

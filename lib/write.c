@@ -128,6 +128,62 @@ reads_zero_without_data (struct qcow2_image *img, uint64_t cluster_start,
     cluster_start >= img->backing.size;
 }
 
+/* Write [from, to) at host offset 'host': the client's bytes (count at
+ * offset) with the old content of the guest range around them. */
+static int
+write_filled (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
+              uint64_t offset, uint64_t from, uint64_t to, uint64_t host)
+{
+  CLEANUP_FREE uint8_t *cbuf = malloc (to - from);
+
+  if (cbuf == NULL) {
+    qerror ("malloc: %m");
+    return -1;
+  }
+  if (to - from != count && qcow2_pread (img, cbuf, to - from, from) == -1)
+    return -1;
+  memcpy (cbuf + (offset - from), buf, count);
+  if (hostio_pwrite (img->data, cbuf, to - from, host) == -1) {
+    qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name, host);
+    return -1;
+  }
+  return 0;
+}
+
+/* Extended L2, a cluster we own: the client's bytes go straight to the
+ * subclusters already allocated (never rewriting their other bytes, which
+ * a concurrent in-place write may be changing), and the unallocated or
+ * zero subclusters it touches are written whole, filled with their old
+ * content (backing data or zeroes). */
+static int
+fill_subclusters (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
+                  uint64_t offset, uint64_t cluster, uint64_t host,
+                  uint64_t bitmap)
+{
+  const uint64_t sc = img->hdr.subcluster_size;
+  const uint64_t end = offset + count;
+
+  for (uint64_t from = ROUND_DOWN (offset, sc); from < end; from += sc) {
+    unsigned k = (from - cluster) / sc;
+    uint64_t a = MAX (from, offset), b = MIN (from + sc, end);
+    int r;
+
+    if (bitmap & (1ULL << k)) {
+      r = hostio_pwrite (img->data, buf + (a - offset), b - a,
+                         host + (a - cluster));
+      if (r == -1)
+        qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name,
+                host + (a - cluster));
+    }
+    else
+      r = write_filled (img, buf + (a - offset), b - a, a, from, from + sc,
+                        host + (from - cluster));
+    if (r == -1)
+      return -1;
+  }
+  return 0;
+}
+
 static int
 write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
              uint64_t offset)
@@ -139,7 +195,6 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   uint64_t entry_offset, entry, bitmap, host, new_entry, new_bitmap;
   uint64_t write_from, write_to, target;
   bool new_cluster, fill_all, ordered;
-  CLEANUP_FREE uint8_t *cbuf = NULL;
   int r;
 
   r = write_in_place (img, buf, count, offset);
@@ -222,24 +277,11 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   pthread_mutex_unlock (&img->meta_lock);
 
   /* Data, without the lock: old content around the new bytes. */
-  cbuf = malloc (write_to - write_from);
-  if (cbuf == NULL) {
-    qerror ("malloc: %m");
-    pthread_mutex_lock (&img->meta_lock);
-    r = -1;
-    goto out;
-  }
-  r = 0;
-  if (write_to - write_from != count)
-    r = qcow2_pread (img, cbuf, write_to - write_from, write_from);
-  if (r == 0) {
-    memcpy (cbuf + (offset - write_from), buf, count);
-    r = hostio_pwrite (img->data, cbuf, write_to - write_from,
-                       target + (write_from - cluster));
-    if (r == -1)
-      qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name,
-              target + (write_from - cluster));
-  }
+  if (new_cluster)
+    r = write_filled (img, buf, count, offset, write_from, write_to,
+                      target + (write_from - cluster));
+  else
+    r = fill_subclusters (img, buf, count, offset, cluster, target, bitmap);
   pthread_mutex_lock (&img->meta_lock);
   if (r == -1)
     goto out;
@@ -287,7 +329,9 @@ qcow2_pwrite_range (struct qcow2_image *img, const void *buf, uint64_t count,
     uint64_t n = MIN (count, img->hdr.cluster_size -
                       (offset & (img->hdr.cluster_size - 1)));
 
-    if (write_piece (img, p, n, offset) == -1)
+    /* Keep the open transaction small, whatever the request's size. */
+    if (write_piece (img, p, n, offset) == -1 ||
+        qcow2_commit_if_large (img) == -1)
       return -1;
     p += n;
     offset += n;
@@ -305,5 +349,5 @@ qcow2_pwrite (struct qcow2_image *img, const void *buf, uint64_t count,
   if (qcow2_pwrite_range (img, buf, count, offset) == -1)
     return -1;
   __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
-  return qcow2_commit_if_large (img);
+  return 0;
 }

@@ -222,8 +222,9 @@ qcow2j_open (int readonly_connection)
   }
   if (qcow2_journal_dirty (image)) {
     nbdkit_error ("%s: the image has a dirty qcow2j journal: serve it "
-                  "writable once to replay it (for example: nbdkit qcow2j "
-                  "file=%s --run true)", filename, filename);
+                  "writable once to replay it (for example: nbdkit -U - "
+                  "qcow2j file=%s --run 'nbdinfo --size \"$uri\"')",
+                  filename, filename);
     return NULL;
   }
   return NBDKIT_HANDLE_NOT_NEEDED;

@@ -1,0 +1,1031 @@
+/* The whole write path under power cuts.
+ *
+ * Each trial creates a small image (qcow2_create), loads it into the
+ * power-cut simulator, opens it writable with qcow2_open_hostio and runs
+ * a random workload of qcow2_pwrite (random data, 512 bytes to 200 KiB,
+ * cluster-, sector- and byte-aligned), qcow2_zero (may_trim both ways,
+ * sometimes fast), qcow2_trim and qcow2_flush, keeping a model of the
+ * guest content: for every 512-byte sector, each version the client gave
+ * it.  The checkpoint thread does not run, so checkpoints happen when the
+ * journal ring fills (the long trials fill it) and in qcow2_close, which
+ * ends half of the trials.
+ *
+ * Then, for sampled moments of the run (evenly spaced ones, every moment
+ * just before a host flush completes, and every moment of the operations
+ * that wrote a journal superblock or closed the image: the journal set-up,
+ * checkpoints, the close sequence), it builds a file a power cut could
+ * leave, opens it writable (qcow2_make_writable replays the journal),
+ * reads the whole disk and checks, per sector, the guarantee of
+ * docs/journal-format.md section 8:
+ *
+ * - a sector holds what it held when the last acknowledged qcow2_flush
+ *   (or qcow2_close) was called, or a version the client wrote after
+ *   that flush, by a call already started at the cut;
+ * - a sector never written reads as zeroes;
+ * - after a trim the sector may also keep what it held before the trim.
+ *
+ * (The simulator applies a write smaller than a sector on its own, as no
+ * disk would: a sector written in part by two calls since the last flush
+ * may then mix their bytes.  Only such sectors are checked byte by byte,
+ * every byte coming from one of the allowed versions.)
+ *
+ * The recovered image must then close cleanly; some of them are reopened
+ * read-only (same content, journal not dirty) and checked by
+ * "qemu-img check" (exit 0: no leak, no corruption).  For some states the
+ * power is cut again during the recovery itself (replay, journal set-up,
+ * close), and recovering from that must give exactly the same disk.
+ *
+ * QCOW2J_SLOW=1 runs ten times as many trials.  QCOW2J_SEED=N repeats one.
+ */
+#include <config.h>
+
+#include <fcntl.h>
+#include <inttypes.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "create.h"
+#include "image.h"
+#include "journal-format.h"
+#include "log.h"
+#include "powercut.h"
+#include "unit.h"
+
+extern char **environ;
+
+#define SECTOR ((uint64_t) 512)
+#define KiB ((uint64_t) 1024)
+#define MiB (1024 * KiB)
+#define MAX_IO (200 * KiB)
+
+enum content { C_ZERO, C_GEN, C_STORED };
+
+/* One version of a sector. */
+struct entry {
+  uint32_t op;                  /* the call that wrote it */
+  uint8_t kind;                 /* enum content */
+  bool trim;                    /* a trim: what it held before may stay */
+  bool partial;                 /* the call wrote part of the sector */
+  uint32_t data;                /* C_GEN: generating op; C_STORED: index */
+  uint64_t hash;
+};
+
+struct hist {
+  struct entry *e;
+  uint32_t n, cap;
+};
+
+enum op_type { OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_CLOSE };
+
+struct op {
+  enum op_type type;
+  uint64_t start, end;          /* moments before and after the call */
+  uint64_t offset, len;
+  bool dense;                   /* check every moment inside */
+};
+
+struct config {
+  uint64_t cs, size;
+  bool extl2, long_run;
+};
+
+static const struct config configs[] = {
+  { 4 * KiB, 8 * MiB, false, true },
+  { 64 * KiB, 16 * MiB, false, false },
+  { 64 * KiB, 8 * MiB, true, false },
+  { 4 * KiB, 16 * MiB, false, false },
+  { 32 * KiB, 8 * MiB, true, true },
+  { 64 * KiB, 8 * MiB, false, true },
+};
+#define NR_CONFIGS (sizeof configs / sizeof configs[0])
+
+/* A hostio in front of the simulator that notices journal superblock
+ * writes (set-up, checkpoints, moving the head). */
+struct tap {
+  struct hostio io;
+  struct hostio *inner;
+  uint64_t sb_writes, small_sb_writes;
+};
+
+struct trial {
+  uint64_t seed, rng;
+  struct config cfg;
+  bool close_at_end;
+  uint64_t nsect;
+  struct powercut *pc;
+  struct tap tap;
+  struct qcow2_image *img;
+  uint8_t *model;               /* the disk as the client sees it */
+  struct hist *hist;
+  uint8_t (*store)[SECTOR];
+  uint32_t nstore, cap_store;
+  struct op *ops;
+  uint32_t nops, cap_ops;
+  uint8_t *disk;                /* a recovered disk */
+  uint64_t *first_hash;         /* the sector hashes of that disk */
+  unsigned printed;
+  uint64_t states;
+};
+
+static char dir[256];
+static uint64_t nr_trials, states, qemu_checks, failures, ring_checkpoints;
+static uint64_t recovery_cuts, byte_checked, ops_total;
+static uint64_t zero_hash;
+static bool have_qemu_img;
+static unsigned qemu_every = 8;
+
+static void
+quiet (const char *fs, va_list args)
+{
+  /* Errors the library reports are expected in no trial: print them. */
+  fprintf (stderr, "qcow2j: ");
+  vfprintf (stderr, fs, args);
+  fputc ('\n', stderr);
+}
+
+/* Sector content ------------------------------------------------------- */
+
+static uint64_t
+hash_sector (const uint8_t *p)
+{
+  uint64_t h = 0x243f6a8885a308d3ULL;
+
+  for (unsigned i = 0; i < SECTOR; i += 8) {
+    uint64_t w;
+    memcpy (&w, p + i, 8);
+    h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+    h ^= h >> 29;
+  }
+  return h;
+}
+
+static bool
+is_zero (const uint8_t *p, uint64_t n)
+{
+  for (uint64_t i = 0; i < n; i++)
+    if (p[i])
+      return false;
+  return true;
+}
+
+/* The data op writes to a sector (or the part of it that it covers). */
+static void
+gen_sector (const struct trial *t, uint32_t op, uint64_t sector, uint8_t *out)
+{
+  uint64_t r = t->seed * 0xd1b54a32d192ed03ULL ^ (uint64_t) op << 40 ^ sector;
+
+  for (unsigned i = 0; i < SECTOR; i += 8) {
+    uint64_t w = pc_rand (&r);
+    memcpy (out + i, &w, 8);
+  }
+}
+
+static void
+entry_content (const struct trial *t, const struct entry *e, uint64_t sector,
+               uint8_t *out)
+{
+  if (e == NULL || e->kind == C_ZERO)
+    memset (out, 0, SECTOR);
+  else if (e->kind == C_GEN)
+    gen_sector (t, e->data, sector, out);
+  else
+    memcpy (out, t->store[e->data], SECTOR);
+}
+
+static void
+push_entry (struct trial *t, uint64_t s, struct entry e)
+{
+  struct hist *h = &t->hist[s];
+
+  if (h->n == h->cap) {
+    h->cap = h->cap ? h->cap * 2 : 4;
+    h->e = realloc (h->e, h->cap * sizeof *h->e);
+    CHECK (h->e != NULL);
+  }
+  h->e[h->n++] = e;
+}
+
+/* Record the model's sector s as the version op wrote. */
+static void
+note_sector (struct trial *t, uint64_t s, uint32_t op, bool full, bool gen,
+             bool trim)
+{
+  const uint8_t *p = t->model + s * SECTOR;
+  struct entry e = { .op = op, .trim = trim, .partial = !full,
+                     .hash = hash_sector (p) };
+
+  if (e.hash == zero_hash && is_zero (p, SECTOR))
+    e.kind = C_ZERO;
+  else if (full && gen) {
+    e.kind = C_GEN;
+    e.data = op;
+  }
+  else {
+    if (t->nstore == t->cap_store) {
+      t->cap_store = t->cap_store ? t->cap_store * 2 : 64;
+      t->store = realloc (t->store, t->cap_store * sizeof *t->store);
+      CHECK (t->store != NULL);
+    }
+    memcpy (t->store[t->nstore], p, SECTOR);
+    e.kind = C_STORED;
+    e.data = t->nstore++;
+  }
+  push_entry (t, s, e);
+}
+
+/* The tap --------------------------------------------------------------- */
+
+static int
+tap_pread (struct hostio *io, void *buf, size_t count, uint64_t offset)
+{
+  return hostio_pread (((struct tap *) io)->inner, buf, count, offset);
+}
+
+static int
+tap_pwrite (struct hostio *io, const void *buf, size_t count, uint64_t offset)
+{
+  struct tap *tp = (struct tap *) io;
+
+  if (count >= 8 && memcmp (buf, QJ_SB_MAGIC, 8) == 0) {
+    tp->sb_writes++;
+    if (count < QJ_BLOCK)
+      tp->small_sb_writes++;    /* not journal_create */
+  }
+  return hostio_pwrite (tp->inner, buf, count, offset);
+}
+
+static int
+tap_flush (struct hostio *io)
+{
+  return hostio_flush (((struct tap *) io)->inner);
+}
+
+static int
+tap_punch (struct hostio *io, uint64_t offset, uint64_t count)
+{
+  struct hostio *in = ((struct tap *) io)->inner;
+  return in->ops->punch (in, offset, count);
+}
+
+static int
+tap_truncate (struct hostio *io, uint64_t size)
+{
+  struct hostio *in = ((struct tap *) io)->inner;
+  return in->ops->truncate (in, size);
+}
+
+static int64_t
+tap_size (struct hostio *io)
+{
+  return hostio_size (((struct tap *) io)->inner);
+}
+
+static int
+tap_block_status (struct hostio *io, uint64_t offset, uint64_t count,
+                  bool *is_data, uint64_t *run)
+{
+  struct hostio *in = ((struct tap *) io)->inner;
+  return in->ops->block_status (in, offset, count, is_data, run);
+}
+
+static void
+tap_close (struct hostio *io)
+{
+}
+
+static const struct hostio_ops tap_ops = {
+  .pread = tap_pread, .pwrite = tap_pwrite, .flush = tap_flush,
+  .punch = tap_punch, .truncate = tap_truncate, .size = tap_size,
+  .block_status = tap_block_status, .close = tap_close,
+};
+
+/* qemu-img check, two at a time in the background ------------------------ */
+
+struct qjob {
+  pid_t pid;
+  char path[300], log[300], what[200];
+};
+#define MAX_JOBS 2
+static struct qjob jobs[MAX_JOBS];
+static unsigned njobs, job_counter;
+
+static void
+reap_one (void)
+{
+  int status;
+  pid_t pid = wait (&status);
+  unsigned i;
+
+  CHECK (pid > 0);
+  for (i = 0; i < njobs && jobs[i].pid != pid; i++)
+    ;
+  CHECK (i < njobs);
+  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
+    char line[512];
+    FILE *fp = fopen (jobs[i].log, "r");
+
+    fprintf (stderr, "%s: qemu-img check failed (status 0x%x):\n",
+             jobs[i].what, status);
+    while (fp && fgets (line, sizeof line, fp))
+      fprintf (stderr, "  %s", line);
+    if (fp)
+      fclose (fp);
+    if (getenv ("QCOW2J_KEEP") == NULL)
+      unlink (jobs[i].path);
+    else
+      fprintf (stderr, "  image kept: %s\n", jobs[i].path);
+    failures++;
+  }
+  else
+    unlink (jobs[i].path);
+  unlink (jobs[i].log);
+  jobs[i] = jobs[--njobs];
+}
+
+static void
+reap_all (void)
+{
+  while (njobs > 0)
+    reap_one ();
+}
+
+/* Write the image (sparsely) and start qemu-img check on it. */
+static void
+qemu_check (const uint8_t *data, uint64_t size, const char *what)
+{
+  struct qjob *j;
+  posix_spawn_file_actions_t fa;
+  char *argv[] = { "qemu-img", "check", "-f", "qcow2", NULL, NULL };
+  int fd;
+
+  while (njobs == MAX_JOBS)
+    reap_one ();
+  j = &jobs[njobs];
+  snprintf (j->path, sizeof j->path, "%s/check-%u.qcow2", dir, job_counter);
+  snprintf (j->log, sizeof j->log, "%s/check-%u.log", dir, job_counter);
+  job_counter++;
+  snprintf (j->what, sizeof j->what, "%s", what);
+  fd = open (j->path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  CHECK (fd >= 0);
+  for (uint64_t pos = 0; pos < size; pos += 64 * KiB) {
+    uint64_t n = size - pos < 64 * KiB ? size - pos : 64 * KiB;
+    if (!is_zero (data + pos, n))
+      CHECK (pwrite (fd, data + pos, n, pos) == (ssize_t) n);
+  }
+  CHECK (ftruncate (fd, size) == 0);
+  CHECK (close (fd) == 0);
+
+  argv[4] = j->path;
+  CHECK (posix_spawn_file_actions_init (&fa) == 0);
+  CHECK (posix_spawn_file_actions_addopen (&fa, 1, j->log,
+                                           O_WRONLY | O_CREAT | O_TRUNC,
+                                           0644) == 0);
+  CHECK (posix_spawn_file_actions_adddup2 (&fa, 1, 2) == 0);
+  CHECK (posix_spawnp (&j->pid, "qemu-img", &fa, NULL, argv, environ) == 0);
+  posix_spawn_file_actions_destroy (&fa);
+  njobs++;
+  qemu_checks++;
+}
+
+/* The workload ------------------------------------------------------------ */
+
+static uint32_t
+begin_op (struct trial *t, enum op_type type, uint64_t offset, uint64_t len)
+{
+  struct op *o;
+
+  if (t->nops == t->cap_ops) {
+    t->cap_ops = t->cap_ops ? t->cap_ops * 2 : 256;
+    t->ops = realloc (t->ops, t->cap_ops * sizeof *t->ops);
+    CHECK (t->ops != NULL);
+  }
+  o = &t->ops[t->nops];
+  memset (o, 0, sizeof *o);
+  o->type = type;
+  o->offset = offset;
+  o->len = len;
+  o->start = powercut_moment (t->pc);
+  t->tap.sb_writes = t->tap.small_sb_writes = 0;
+  return t->nops++;
+}
+
+static void
+end_op (struct trial *t, uint32_t op)
+{
+  struct op *o = &t->ops[op];
+
+  o->end = powercut_moment (t->pc);
+  o->dense = t->tap.sb_writes > 0 || o->type == OP_CLOSE;
+  if (t->tap.small_sb_writes > 0 && o->type != OP_CLOSE)
+    ring_checkpoints++;
+  ops_total++;
+}
+
+/* A random range: cluster-aligned, sector-aligned or byte-aligned. */
+static void
+pick_range (struct trial *t, bool small, bool bytes_ok,
+            uint64_t *offset, uint64_t *len)
+{
+  const uint64_t cs = t->cfg.cs, size = t->cfg.size;
+  uint64_t mode = pc_rand (&t->rng) % 10;
+  uint64_t max = small ? 8 * KiB : pc_rand (&t->rng) % 4 ? 32 * KiB : MAX_IO;
+  uint64_t n = SECTOR + pc_rand (&t->rng) % (max - SECTOR + 1);
+
+  if (mode < 4) {
+    uint64_t nc = 1 + n / cs;
+    if (nc * cs > MAX_IO)
+      nc = MAX_IO / cs ? MAX_IO / cs : 1;
+    if (small && nc > 2)
+      nc = 1 + pc_rand (&t->rng) % 2;
+    *len = nc * cs;
+    *offset = pc_rand (&t->rng) % (size / cs - nc + 1) * cs;
+  }
+  else if (mode < 8 || !bytes_ok) {
+    *len = (n + SECTOR - 1) / SECTOR * SECTOR;
+    *offset = pc_rand (&t->rng) % ((size - *len) / SECTOR + 1) * SECTOR;
+  }
+  else {
+    *len = n;
+    *offset = pc_rand (&t->rng) % (size - n + 1);
+  }
+  /* Now and then at the very end of the disk. */
+  if (pc_rand (&t->rng) % 20 == 0)
+    *offset = size - *len;
+}
+
+static void
+do_write (struct trial *t, bool small)
+{
+  uint64_t offset, len, s0, s1;
+  uint8_t *buf, g[SECTOR];
+  uint32_t op;
+
+  pick_range (t, small, true, &offset, &len);
+  s0 = offset / SECTOR;
+  s1 = (offset + len + SECTOR - 1) / SECTOR;
+  buf = malloc (len);
+  CHECK (buf != NULL);
+  op = t->nops;
+  for (uint64_t s = s0; s < s1; s++) {
+    uint64_t a = s * SECTOR > offset ? s * SECTOR : offset;
+    uint64_t b = (s + 1) * SECTOR < offset + len ? (s + 1) * SECTOR
+      : offset + len;
+    gen_sector (t, op, s, g);
+    memcpy (buf + (a - offset), g + (a - s * SECTOR), b - a);
+  }
+  CHECK (begin_op (t, OP_WRITE, offset, len) == op);
+  if (qcow2_pwrite (t->img, buf, len, offset) != 0) {
+    fprintf (stderr, "seed %" PRIu64 ": qcow2_pwrite (%" PRIu64 ", %"
+             PRIu64 ") failed: %m\n", t->seed, len, offset);
+    exit (EXIT_FAILURE);
+  }
+  end_op (t, op);
+  memcpy (t->model + offset, buf, len);
+  for (uint64_t s = s0; s < s1; s++)
+    note_sector (t, s, op, s * SECTOR >= offset &&
+                 (s + 1) * SECTOR <= offset + len, true, false);
+  free (buf);
+}
+
+static void
+do_zero (struct trial *t, bool small)
+{
+  uint64_t offset, len, s0, s1;
+  bool may_trim = pc_rand (&t->rng) & 1;
+  bool fast = pc_rand (&t->rng) % 5 == 0;
+  uint32_t op;
+  int r;
+
+  pick_range (t, small, true, &offset, &len);
+  s0 = offset / SECTOR;
+  s1 = (offset + len + SECTOR - 1) / SECTOR;
+  op = begin_op (t, OP_ZERO, offset, len);
+  r = qcow2_zero (t->img, len, offset, may_trim, fast);
+  end_op (t, op);
+  if (r != 0) {
+    if (fast && errno == ENOTSUP)
+      return;                   /* nothing changed: the final check says */
+    fprintf (stderr, "seed %" PRIu64 ": qcow2_zero (%" PRIu64 ", %"
+             PRIu64 ") failed: %m\n", t->seed, len, offset);
+    exit (EXIT_FAILURE);
+  }
+  memset (t->model + offset, 0, len);
+  for (uint64_t s = s0; s < s1; s++)
+    note_sector (t, s, op, s * SECTOR >= offset &&
+                 (s + 1) * SECTOR <= offset + len, false, false);
+}
+
+static void
+do_trim (struct trial *t, bool small)
+{
+  uint64_t offset, len, s0, s1;
+  uint8_t *live;
+  uint32_t op;
+
+  pick_range (t, small, true, &offset, &len);
+  s0 = offset / SECTOR;
+  s1 = (offset + len + SECTOR - 1) / SECTOR;
+  op = begin_op (t, OP_TRIM, offset, len);
+  CHECK (qcow2_trim (t->img, len, offset) == 0);
+  end_op (t, op);
+  /* What the trim did: whole sectors of the range may read as zeroes now;
+   * nothing else may change. */
+  live = malloc ((s1 - s0) * SECTOR);
+  CHECK (live != NULL);
+  CHECK (qcow2_pread (t->img, live, (s1 - s0) * SECTOR, s0 * SECTOR) == 0);
+  for (uint64_t s = s0; s < s1; s++) {
+    const uint8_t *p = live + (s - s0) * SECTOR;
+    bool full = s * SECTOR >= offset && (s + 1) * SECTOR <= offset + len;
+
+    if (memcmp (p, t->model + s * SECTOR, SECTOR) == 0)
+      continue;
+    if (!full || !is_zero (p, SECTOR)) {
+      fprintf (stderr, "seed %" PRIu64 ": trim (%" PRIu64 ", %" PRIu64
+               ") changed sector %" PRIu64 " to something else than "
+               "zeroes\n", t->seed, len, offset, s);
+      failures++;
+    }
+    memcpy (t->model + s * SECTOR, p, SECTOR);
+    note_sector (t, s, op, true, false, true);
+  }
+  free (live);
+}
+
+static void
+do_flush (struct trial *t)
+{
+  uint32_t op = begin_op (t, OP_FLUSH, 0, 0);
+
+  if (qcow2_flush (t->img) != 0) {
+    fprintf (stderr, "seed %" PRIu64 ": qcow2_flush failed: %m\n", t->seed);
+    exit (EXIT_FAILURE);
+  }
+  end_op (t, op);
+}
+
+/* The live image reads as the model. */
+static void
+check_live (struct trial *t)
+{
+  uint8_t *buf = malloc (t->cfg.size);
+
+  CHECK (buf != NULL);
+  CHECK (qcow2_pread (t->img, buf, t->cfg.size, 0) == 0);
+  for (uint64_t s = 0; s < t->nsect; s++)
+    if (memcmp (buf + s * SECTOR, t->model + s * SECTOR, SECTOR) != 0) {
+      fprintf (stderr, "seed %" PRIu64 ": the live image differs from the "
+               "model at sector %" PRIu64 "\n", t->seed, s);
+      failures++;
+      break;
+    }
+  free (buf);
+}
+
+static void
+run_workload (struct trial *t, unsigned nops)
+{
+  struct qcow2_open_options opts = { .writable = true };
+  char path[300];
+  uint8_t *data;
+  struct stat st;
+  int fd;
+
+  snprintf (path, sizeof path, "%s/base.qcow2", dir);
+  CHECK (qcow2_create (path, t->cfg.size, t->cfg.cs, t->cfg.extl2,
+                       false) == 0);
+  fd = open (path, O_RDONLY);
+  CHECK (fd >= 0);
+  CHECK (fstat (fd, &st) == 0);
+  data = malloc (st.st_size);
+  CHECK (data != NULL);
+  CHECK (pread (fd, data, st.st_size, 0) == st.st_size);
+  close (fd);
+  unlink (path);
+  t->pc = powercut_new ("image", data, st.st_size);
+  free (data);
+  t->tap.io.ops = &tap_ops;
+  t->tap.io.name = (char *) "image";
+  t->tap.inner = powercut_io (t->pc);
+
+  /* A small metadata cache now and then, so that slices are evicted. */
+  if (pc_rand (&t->rng) % 3 == 0)
+    opts.l2_cache_bytes = 64 * KiB;
+  t->img = qcow2_open_hostio (&t->tap.io, NULL, &opts);
+  CHECK (t->img != NULL);
+  CHECK (qcow2_prepare_writable (t->img) == 0);
+
+  for (unsigned i = 0; i < nops; i++) {
+    uint64_t r = pc_rand (&t->rng) % 100;
+    bool small = t->cfg.long_run ? pc_rand (&t->rng) % 8 != 0
+      : pc_rand (&t->rng) % 3 == 0;
+
+    if (r < 45)
+      do_write (t, small);
+    else if (r < 58)
+      do_zero (t, small);
+    else if (r < 66)
+      do_trim (t, small);
+    else
+      do_flush (t);
+  }
+  check_live (t);
+  if (t->close_at_end) {
+    uint32_t op = begin_op (t, OP_CLOSE, 0, 0);
+    CHECK (qcow2_close (t->img) == 0);
+    end_op (t, op);
+    t->img = NULL;
+  }
+}
+
+/* Checking a crash state ---------------------------------------------------- */
+
+/* The last call of flush or close completed at moment, or -1. */
+static int64_t
+last_acked_flush (const struct trial *t, uint64_t moment)
+{
+  for (uint32_t i = t->nops; i-- > 0; )
+    if ((t->ops[i].type == OP_FLUSH || t->ops[i].type == OP_CLOSE) &&
+        t->ops[i].end <= moment)
+      return i;
+  return -1;
+}
+
+/* The allowed versions of sector s: the one flushed (and what it
+ * replaced, for a trim), and those written since by calls started
+ * before the cut.  Returns how many were put in out[]. */
+static size_t
+allowed_versions (const struct trial *t, uint64_t s, int64_t flushed,
+                  uint64_t moment, const struct entry **out, size_t max,
+                  unsigned *partial_after)
+{
+  const struct hist *h = &t->hist[s];
+  int64_t fi = -1;
+  size_t n = 0;
+
+  *partial_after = 0;
+  for (uint32_t k = 0; k < h->n && (int64_t) h->e[k].op < flushed; k++)
+    fi = k;
+  /* NULL stands for the zeroes of a sector never written. */
+  if (fi < 0)
+    out[n++] = NULL;
+  else {
+    int64_t k = fi;
+    out[n++] = &h->e[k];
+    while (h->e[k].trim && n < max) {
+      k--;
+      out[n++] = k >= 0 ? &h->e[k] : NULL;
+      if (k < 0)
+        break;
+    }
+  }
+  for (uint32_t k = fi + 1; k < h->n && n < max; k++) {
+    if (t->ops[h->e[k].op].start >= moment)
+      break;
+    out[n++] = &h->e[k];
+    if (h->e[k].partial)
+      (*partial_after)++;
+  }
+  return n;
+}
+
+static const char *
+op_name (enum op_type type)
+{
+  switch (type) {
+  case OP_WRITE: return "write";
+  case OP_ZERO: return "zero";
+  case OP_TRIM: return "trim";
+  case OP_FLUSH: return "flush";
+  case OP_CLOSE: return "close";
+  }
+  return "?";
+}
+
+/* Explain a bad sector. */
+static void
+describe_bad (struct trial *t, uint64_t s, const uint8_t *p, int64_t flushed,
+              uint64_t moment)
+{
+  const struct hist *h = &t->hist[s];
+  uint64_t hs = hash_sector (p);
+  bool known = false;
+
+  fprintf (stderr, "  sector %" PRIu64 " (guest 0x%" PRIx64 "): ", s,
+           s * SECTOR);
+  if (is_zero (p, SECTOR))
+    fprintf (stderr, "zeroes");
+  else
+    fprintf (stderr, "%02x %02x %02x %02x...", p[0], p[1], p[2], p[3]);
+  for (uint32_t k = 0; k < h->n; k++)
+    if (h->e[k].hash == hs) {
+      const struct op *o = &t->ops[h->e[k].op];
+      fprintf (stderr, "%s the version of call %" PRIu32 " (%s %" PRIu64
+               " at 0x%" PRIx64 ", moments %" PRIu64 "-%" PRIu64 ")",
+               known ? "," : " =", h->e[k].op, op_name (o->type), o->len,
+               o->offset, o->start, o->end);
+      known = true;
+    }
+  fprintf (stderr, "%s; last acknowledged flush: call %" PRId64
+           "; versions:", known ? "" : " (no version the client wrote)",
+           flushed);
+  for (uint32_t k = 0; k < h->n && k < 12; k++)
+    fprintf (stderr, " %" PRIu32 "%s%s", h->e[k].op,
+             h->e[k].kind == C_ZERO ? "z" : "",
+             t->ops[h->e[k].op].start >= moment ? "(later)" : "");
+  fprintf (stderr, "\n");
+}
+
+/* Check a recovered disk (t->disk); returns the number of bad sectors. */
+static uint64_t
+check_disk (struct trial *t, uint64_t moment)
+{
+  int64_t flushed = last_acked_flush (t, moment);
+  uint64_t bad = 0;
+  const struct entry *allowed[1024];
+
+  for (uint64_t s = 0; s < t->nsect; s++) {
+    const uint8_t *p = t->disk + s * SECTOR;
+    uint64_t hs = hash_sector (p);
+    unsigned partial_after;
+    size_t n = allowed_versions (t, s, flushed, moment, allowed, 1024,
+                                 &partial_after);
+    bool ok = false;
+
+    t->first_hash[s] = hs;
+    for (size_t i = 0; i < n && !ok; i++)
+      ok = allowed[i] ? allowed[i]->hash == hs : hs == zero_hash;
+    if (!ok && partial_after >= 2) {
+      /* Bytes of several sub-sector writes: each byte from a version. */
+      uint8_t (*v)[SECTOR] = malloc (n * SECTOR);
+      CHECK (v != NULL);
+      for (size_t i = 0; i < n; i++)
+        entry_content (t, allowed[i], s, v[i]);
+      ok = true;
+      for (unsigned b = 0; b < SECTOR && ok; b++) {
+        bool any = false;
+        for (size_t i = 0; i < n && !any; i++)
+          any = v[i][b] == p[b];
+        ok = any;
+      }
+      free (v);
+      if (ok)
+        byte_checked++;
+    }
+    if (!ok) {
+      if (bad < 4 && t->printed < 8)
+        describe_bad (t, s, p, flushed, moment);
+      bad++;
+    }
+  }
+  return bad;
+}
+
+/* Open, make writable (replaying), read the whole disk into t->disk. */
+static bool
+recover (struct trial *t, struct powercut *pc, const char *what)
+{
+  struct qcow2_open_options opts = { .writable = true,
+                                     .l2_cache_bytes = 1 * MiB };
+  struct qcow2_image *img = qcow2_open_hostio (powercut_io (pc), NULL, &opts);
+
+  if (img == NULL) {
+    fprintf (stderr, "%s: qcow2_open_hostio failed: %m\n", what);
+    return false;
+  }
+  if (qcow2_make_writable (img) == -1) {
+    fprintf (stderr, "%s: qcow2_make_writable failed: %m\n", what);
+    qcow2_close (img);
+    return false;
+  }
+  if (qcow2_pread (img, t->disk, t->cfg.size, 0) == -1) {
+    fprintf (stderr, "%s: reading the disk failed: %m\n", what);
+    qcow2_close (img);
+    return false;
+  }
+  if (qcow2_close (img) == -1) {
+    fprintf (stderr, "%s: qcow2_close failed: %m\n", what);
+    return false;
+  }
+  return true;
+}
+
+/* The closed image reopens read-only, clean, with the same content. */
+static bool
+reopen_same (struct trial *t, struct powercut *pc, const char *what)
+{
+  struct qcow2_open_options opts = { .l2_cache_bytes = 1 * MiB };
+  struct qcow2_image *img = qcow2_open_hostio (powercut_io (pc), NULL, &opts);
+  bool ok = true;
+
+  if (img == NULL) {
+    fprintf (stderr, "%s: reopening after close failed: %m\n", what);
+    return false;
+  }
+  if (qcow2_journal_dirty (img)) {
+    fprintf (stderr, "%s: journal dirty after a clean close\n", what);
+    ok = false;
+  }
+  else if (qcow2_pread (img, t->disk, t->cfg.size, 0) == -1) {
+    fprintf (stderr, "%s: reading after close failed: %m\n", what);
+    ok = false;
+  }
+  else
+    for (uint64_t s = 0; s < t->nsect && ok; s++)
+      if (hash_sector (t->disk + s * SECTOR) != t->first_hash[s]) {
+        fprintf (stderr, "%s: sector %" PRIu64 " changed across close\n",
+                 what, s);
+        ok = false;
+      }
+  qcow2_close (img);
+  return ok;
+}
+
+static void
+check_moment (struct trial *t, uint64_t moment, bool final)
+{
+  uint8_t *crash;
+  uint64_t crash_size, bad;
+  struct powercut *pc;
+  char what[200];
+  bool ok;
+
+  snprintf (what, sizeof what, "seed %" PRIu64 ", moment %" PRIu64 "/%"
+            PRIu64, t->seed, moment, powercut_moment (t->pc));
+  powercut_crash_state (t->pc, moment, &t->rng, &crash, &crash_size);
+  pc = powercut_new ("crash", crash, crash_size);
+  free (crash);
+  states++;
+  t->states++;
+
+  ok = recover (t, pc, what);
+  if (ok) {
+    bad = check_disk (t, moment);
+    if (bad > 0) {
+      fprintf (stderr, "%s: %" PRIu64 " sectors hold what they may not\n",
+               what, bad);
+      ok = false;
+    }
+  }
+  if (ok && (final || t->states % qemu_every == 0 ||
+             pc_rand (&t->rng) % 8 == 0)) {
+    ok = reopen_same (t, pc, what);
+    if (have_qemu_img) {
+      uint64_t size;
+      const uint8_t *d = powercut_data (pc, &size);
+      qemu_check (d, size, what);
+    }
+  }
+
+  /* The power fails again during the recovery: recovering from that
+   * gives the same disk. */
+  if (ok && pc_rand (&t->rng) % 4 == 0) {
+    uint64_t m2 = pc_rand (&t->rng) % (powercut_moment (pc) + 1);
+    uint8_t *crash2;
+    uint64_t crash2_size;
+    struct powercut *pc2;
+    char what2[260];
+
+    snprintf (what2, sizeof what2, "%s, recovery cut at %" PRIu64, what, m2);
+    powercut_crash_state (pc, m2, &t->rng, &crash2, &crash2_size);
+    pc2 = powercut_new ("crash2", crash2, crash2_size);
+    free (crash2);
+    recovery_cuts++;
+    ok = recover (t, pc2, what2);
+    for (uint64_t s = 0; s < t->nsect && ok; s++)
+      if (hash_sector (t->disk + s * SECTOR) != t->first_hash[s]) {
+        fprintf (stderr, "%s: sector %" PRIu64 " differs from the first "
+                 "recovery\n", what2, s);
+        ok = false;
+      }
+    powercut_free (pc2);
+  }
+  if (!ok) {
+    failures++;
+    t->printed++;
+  }
+  powercut_free (pc);
+}
+
+static void
+run_trial (uint64_t seed, unsigned samples, unsigned scale)
+{
+  struct trial *t = calloc (1, sizeof *t);
+  uint64_t moments, before = failures, next = 0;
+  uint64_t dense_m = 0;
+  uint32_t dense_op = 0;
+  unsigned nops, flush_every;
+
+  CHECK (t != NULL);
+  t->seed = seed;
+  t->rng = seed;
+  t->cfg = configs[seed % NR_CONFIGS];
+  t->close_at_end = (seed / NR_CONFIGS + seed) % 2 == 0;
+  t->nsect = t->cfg.size / SECTOR;
+  t->model = calloc (1, t->cfg.size);
+  t->disk = malloc (t->cfg.size);
+  t->first_hash = malloc (t->nsect * sizeof *t->first_hash);
+  t->hist = calloc (t->nsect, sizeof *t->hist);
+  CHECK (t->model && t->disk && t->first_hash && t->hist);
+
+  nops = t->cfg.long_run ? 3200 : 150 + pc_rand (&t->rng) % 150;
+  run_workload (t, nops * scale);
+  nr_trials++;
+
+  /* Moments in increasing order (cheap for the simulator): evenly spaced
+   * ones; moments just before a host flush completes (all of them in
+   * short runs, one in flush_every in long ones); every moment of the
+   * calls that set up the journal, checkpointed or closed. */
+  moments = powercut_moment (t->pc);
+  flush_every = t->cfg.long_run ? 12 : 1;
+  for (uint64_t m = 0, nflush = 0; m <= moments; m++) {
+    bool dense = false, take = false;
+
+    while (dense_op < t->nops && t->ops[dense_op].end < m)
+      dense_op++;
+    for (uint32_t i = dense_op; i < t->nops && t->ops[i].start <= m; i++)
+      if (t->ops[i].dense && m >= t->ops[i].start && m <= t->ops[i].end) {
+        dense = true;
+        break;
+      }
+    if (powercut_is_flush (t->pc, m) && nflush++ % flush_every == 0)
+      take = true;
+    if (m == next) {
+      take = true;
+      next += 1 + moments / samples;
+    }
+    if (dense) {
+      take = true;
+      dense_m++;
+    }
+    if (take && m < moments)
+      check_moment (t, m, false);
+  }
+  check_moment (t, moments, true);
+  reap_all ();
+  if (getenv ("QCOW2J_VERBOSE"))
+    fprintf (stderr, "seed %" PRIu64 ": cs %" PRIu64 "%s, %" PRIu64
+             " MiB, %u calls%s, %" PRIu64 " moments (%" PRIu64
+             " in set-up/checkpoint/close), %" PRIu64 " crash states\n",
+             seed, t->cfg.cs, t->cfg.extl2 ? " extl2" : "",
+             t->cfg.size / MiB, t->nops,
+             t->close_at_end ? " + close" : "", moments, dense_m,
+             t->states);
+  if (failures > before)
+    fprintf (stderr, "trial with seed %" PRIu64 " failed (QCOW2J_SEED=%"
+             PRIu64 " repeats it)\n", seed, seed);
+
+  if (t->img)
+    qcow2_close (t->img);       /* after the checks: it writes */
+  powercut_free (t->pc);
+  for (uint64_t s = 0; s < t->nsect; s++)
+    free (t->hist[s].e);
+  free (t->hist);
+  free (t->store);
+  free (t->ops);
+  free (t->model);
+  free (t->disk);
+  free (t->first_hash);
+  free (t);
+}
+
+int
+main (void)
+{
+  const char *slow = getenv ("QCOW2J_SLOW");
+  const char *seed_env = getenv ("QCOW2J_SEED");
+  const char *tmp = getenv ("TMPDIR");
+  unsigned trials = slow && *slow == '1' ? 120 : 12;
+  uint8_t zero[SECTOR] = { 0 };
+
+  qlog_set_handlers (quiet, NULL);
+  zero_hash = hash_sector (zero);
+  have_qemu_img = system ("qemu-img --version >/dev/null 2>&1") == 0;
+  if (!have_qemu_img)
+    fprintf (stderr, "unit-image-powercut: qemu-img not found: "
+             "images are not checked by QEMU\n");
+  snprintf (dir, sizeof dir, "%s/qcow2j-powercut.XXXXXX",
+            tmp && *tmp ? tmp : "/tmp");
+  CHECK (mkdtemp (dir) != NULL);
+
+  if (seed_env) {
+    run_trial (strtoull (seed_env, NULL, 0), 2000, 1);
+    trials = 1;
+  }
+  else
+    for (unsigned i = 0; i < trials; i++)
+      run_trial (1000 + i, 150, 1);
+  reap_all ();
+  rmdir (dir);
+  printf ("unit-image-powercut: %u trials, %" PRIu64 " crash states, %"
+          PRIu64 " qemu-img checks, %" PRIu64 " failures\n",
+          trials, states, qemu_checks, failures);
+  printf ("unit-image-powercut: %" PRIu64 " calls, %" PRIu64
+          " checkpoints on a full ring, %" PRIu64 " cuts during recovery, %"
+          PRIu64 " sectors checked byte by byte\n",
+          ops_total, ring_checkpoints, recovery_cuts, byte_checked);
+  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+}
