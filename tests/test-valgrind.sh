@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The plugin under valgrind, serving a backing chain with compressed and
-# zero clusters to parallel readers and block status: no invalid access and
-# no leak.  The server runs in the foreground (not with --run, whose server
+# zero clusters to parallel readers, block status, then writes, zeroes,
+# trims and flushes (journal set-up, copy-on-write, checkpoint, clean
+# close): no invalid access and no leak.  The server runs in the foreground (not with --run, whose server
 # process is a child whose exit status nbdkit does not pass on) and must
 # exit with status 0 after SIGTERM.
 source "$SRCDIR/tests/functions.sh"
@@ -36,9 +37,18 @@ uri="nbd+unix:///?socket=$sock"
 nbdcopy --connections=2 "$uri" out.raw
 nbdinfo --map "$uri" > /dev/null
 cmp ref.raw out.raw || fail "content differs under valgrind"
+nbdsh -u "$uri" -c '
+h.pwrite(b"\x33" * 100000, 12345)
+h.pwrite(b"\x44" * 4096, 2 << 20)
+h.zero(1 << 20, 5 << 20)
+h.trim(1 << 20, 9 << 20)
+h.flush()
+assert h.pread(4096, 2 << 20) == b"\x44" * 4096
+'
 
 kill -TERM $pid
 status=0
 wait $pid || status=$?
 cat valgrind.log
 [ $status = 0 ] || fail "nbdkit under valgrind exited with status $status"
+qemu-img check top.qcow2 || fail "qemu-img check after the valgrind run"
