@@ -498,10 +498,15 @@ qcow2_flush (struct qcow2_image *img)
   if (commit (img, &covered) == -1)
     return -1;
   if (!covered) {
-    /* Nothing to commit: only in-place data to make durable. */
+    /* Nothing to commit: only in-place data to make durable.  A failed
+     * host flush may have lost dirty pages that a later flush would not
+     * report again: no flush may succeed after it. */
     if (hostio_flush (img->file) == -1 ||
         (img->data != img->file && hostio_flush (img->data) == -1)) {
       qerror ("%s: flush: %m", img->file->name);
+      if (img->failed == 0)
+        img->failed = errno ? errno : EIO;
+      journal_fail (img->journal, img->failed);
       return -1;
     }
   }
@@ -531,8 +536,13 @@ qcow2_close_writable (struct qcow2_image *img)
   bool covered;
   uint64_t jarea = img->hdr.journal.offset, jsize = img->hdr.journal.size;
 
-  if (!img->writable || img->failed)
-    return 0;                   /* a failed image is replayed next time */
+  if (!img->writable)
+    return 0;
+  if (img->failed) {
+    /* Its journal is kept, and replayed at the next writable open. */
+    errno = img->failed;
+    return -1;
+  }
   if (commit (img, &covered) == -1 ||
       qcow2_checkpoint (img) == -1)
     return -1;
