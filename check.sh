@@ -12,7 +12,7 @@ top=$PWD
 ./build.sh || exit 1
 
 # Threaded unit tests (run under TSan too).
-THREADED_TESTS="tests/unit-metacache tests/unit-journal"
+THREADED_TESTS="tests/unit-metacache tests/unit-journal tests/unit-image-threads"
 
 status=0
 rm -f tests/*.trs tests/*.log

@@ -32,17 +32,32 @@
 #define CLEAN_AFTER_NS      (5 * 1000000000ULL)   /* idle this long */
 #define TICK_NS             (500 * 1000000ULL)
 
+static int
+compare_offsets (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+  return x < y ? -1 : x > y;
+}
+
+/* Give the host back the clusters whose free the head has passed, in as
+ * few calls as runs of adjacent clusters allow. */
 static void
 discard_released (struct qcow2_image *img)
 {
-  uint64_t v[64];
+  const uint64_t cs = img->hdr.cluster_size;
+  uint64_t v[1024];
   size_t n;
 
-  while ((n = journal_take_released (img->journal, v, 64)) > 0)
-    for (size_t i = 0; i < n; i++)
-      if (img->file->ops->punch (img->file, v[i],
-                                 img->hdr.cluster_size) == -1)
+  while ((n = journal_take_released (img->journal, v, 1024)) > 0) {
+    qsort (v, n, sizeof v[0], compare_offsets);
+    for (size_t i = 0, j; i < n; i = j) {
+      for (j = i + 1; j < n && v[j] == v[j - 1] + cs; j++)
+        ;
+      if (img->file->ops->punch (img->file, v[i], (j - i) * cs) == -1)
         qdebug ("%s: discard 0x%" PRIx64 ": %m", img->file->name, v[i]);
+    }
+  }
 }
 
 /* A failed checkpoint leaves the journal holding everything (in-place

@@ -489,7 +489,8 @@ qcow2_flush (struct qcow2_image *img)
 {
   bool covered;
 
-  if (!img->writable)
+  /* The first write sets up the journal, then publishes 'writable'. */
+  if (!__atomic_load_n (&img->writable, __ATOMIC_ACQUIRE))
     return 0;
   if (img->failed) {
     errno = img->failed;
