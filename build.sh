@@ -8,6 +8,7 @@ packages=(
   build-essential autoconf automake libtool pkg-config perl
   nbdkit nbdkit-plugin-dev zlib1g-dev libzstd-dev
   qemu-utils libnbd-bin python3-libnbd fio valgrind
+  clang libclang-rt-14-dev   # libFuzzer: fuzz/run.sh, tests/test-fuzz-short.sh
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -55,6 +55,8 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
     goto out;
   }
   r = qcow2_l2_lookup (img, offset, &entry_offset, &entry, &bitmap);
+  if (r == 0)
+    r = qcow2_check_entry (img, offset, entry, bitmap);
   if (r == -1)
     goto out;
   host = entry & L2E_OFFSET_MASK;

@@ -592,7 +592,8 @@ seal (struct journal *j, struct sealed *s)
   s->ordered = t->ordered;
   encode_tx_header (j, h, s->seq, payload, total, t->nr_records, 0,
                     t->min_file_size);
-  memcpy (h + QJ_TX_HEADER, t->buf, t->len);
+  if (t->len > 0)
+    memcpy (h + QJ_TX_HEADER, t->buf, t->len);
   seal_crc (h, payload);
   add_pending (j, s->seq, j->tail + total);
   j->next_seq++;

@@ -184,6 +184,19 @@ add_cluster (struct qcow2_image *img, uint64_t cluster_start, uint64_t from,
 }
 
 int
+qcow2_check_entry (struct qcow2_image *img, uint64_t guest, uint64_t entry,
+                   uint64_t bitmap)
+{
+  const uint64_t cs = img->hdr.cluster_size;
+  const uint64_t cluster = ROUND_DOWN (guest, cs);
+  struct qcow2_run run = { .length = 0 };
+
+  /* Mapping the whole cluster checks every part of the entry. */
+  return add_cluster (img, cluster, cluster, cluster + cs, entry, bitmap,
+                      &run) == -1 ? -1 : 0;
+}
+
+int
 qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t max_len,
            struct qcow2_run *run)
 {

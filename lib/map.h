@@ -30,4 +30,10 @@ struct qcow2_run {
 extern int qcow2_map (struct qcow2_image *img, uint64_t offset,
                       uint64_t max_len, struct qcow2_run *run);
 
+/* Check an L2 entry (and subcluster bitmap) of guest offset as a read
+ * would, before a write acts on what it names.  0, or -1 with errno EIO
+ * after reporting. */
+extern int qcow2_check_entry (struct qcow2_image *img, uint64_t guest,
+                              uint64_t entry, uint64_t bitmap);
+
 #endif /* QCOW2J_MAP_H */

@@ -271,12 +271,45 @@ qcow2_refcount_set (struct qcow2_image *img, uint64_t offset, uint64_t value)
                            false);
 }
 
+static bool
+overlaps (uint64_t offset, uint64_t len, uint64_t start, uint64_t end)
+{
+  return offset < end && start < offset + len;
+}
+
+/* Does the cluster at offset hold the header, the L1 or refcount table,
+ * or the journal?  An L2 entry naming one is corruption, not a reason to
+ * free it. */
+static bool
+holds_metadata (struct qcow2_image *img, uint64_t offset)
+{
+  const struct qcow2_header *h = &img->hdr;
+  const uint64_t cs = h->cluster_size;
+
+  return offset < cs ||
+    overlaps (offset, cs, h->l1_table_offset,
+              h->l1_table_offset + (uint64_t) h->l1_size * 8) ||
+    overlaps (offset, cs, h->refcount_table_offset,
+              h->refcount_table_offset +
+              (uint64_t) h->refcount_table_clusters * cs) ||
+    (h->journal.size &&
+     overlaps (offset, cs, h->journal.offset,
+               h->journal.offset + h->journal.size));
+}
+
 int
 qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset)
 {
   uint64_t rc;
 
   offset = ROUND_DOWN (offset, img->hdr.cluster_size);
+  if (holds_metadata (img, offset)) {
+    qerror ("%s: refusing to free cluster 0x%" PRIx64 ", which holds the "
+            "image's own metadata: the image is corrupt", img->file->name,
+            offset);
+    errno = EIO;
+    return -1;
+  }
   if (qcow2_refcount_get (img, offset, &rc) == -1)
     return -1;
   if (rc == 0) {

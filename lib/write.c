@@ -216,6 +216,8 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
     goto out;
   }
   r = qcow2_l2_lookup (img, offset, &entry_offset, &entry, &bitmap);
+  if (r == 0)
+    r = qcow2_check_entry (img, offset, entry, bitmap);
   if (r == -1)
     goto out;
   host = entry & L2E_OFFSET_MASK;
