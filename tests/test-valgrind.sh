@@ -26,6 +26,7 @@ sock=$(mktemp -u /tmp/qcow2j-sock.XXXXXX)
 valgrind --quiet --error-exitcode=119 --leak-check=full \
          --show-leak-kinds=definite,indirect \
          --errors-for-leak-kinds=definite,indirect --keep-debuginfo=yes \
+         --suppressions="$SRCDIR/tests/valgrind.supp" \
          "$NBDKIT_BIN" -f -U "$sock" "$QCOW2J" file=top.qcow2 \
          l2-cache-size=64K 2> valgrind.log &
 pid=$!
