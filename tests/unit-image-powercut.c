@@ -10,9 +10,10 @@
  * journal ring fills (the long trials fill it) and in qcow2_close, which
  * ends half of the trials.
  *
- * Then, for sampled moments of the run (evenly spaced ones, every moment
- * just before a host flush completes, and every moment of the operations
- * that wrote a journal superblock or closed the image: the journal set-up,
+ * Then, for sampled moments of the run (evenly spaced ones; every moment
+ * just before a host flush completes, or one in 25 in the long runs; and
+ * up to about MAX_DENSE moments, flushes included, of each call that wrote
+ * a journal superblock or closed the image: the journal set-up,
  * checkpoints, the close sequence), it builds a file a power cut could
  * leave, opens it writable (qcow2_make_writable replays the journal),
  * reads the whole disk and checks, per sector, the guarantee of
@@ -24,10 +25,11 @@
  * - a sector never written reads as zeroes;
  * - after a trim the sector may also keep what it held before the trim.
  *
- * (The simulator applies a write smaller than a sector on its own, as no
- * disk would: a sector written in part by two calls since the last flush
- * may then mix their bytes.  Only such sectors are checked byte by byte,
- * every byte coming from one of the allowed versions.)
+ * (The simulator applies a write smaller than a sector on its own, on
+ * whatever the sector holds, as no disk under a page cache would: a sector
+ * written in part by a call after another call since the last flush may
+ * then mix their bytes.  Only such sectors are checked byte by byte, every
+ * byte coming from one of the allowed versions.)
  *
  * The recovered image must then close cleanly; some of them are reopened
  * read-only (same content, journal not dirty) and checked by
@@ -35,17 +37,21 @@
  * power is cut again during the recovery itself (replay, journal set-up,
  * close), and recovering from that must give exactly the same disk.
  *
- * QCOW2J_SLOW=1 runs ten times as many trials.  QCOW2J_SEED=N repeats one.
+ * QCOW2J_SLOW=1 runs ten times as many trials.  QCOW2J_SEED=N repeats one
+ * (with more moments).  QCOW2J_VERBOSE=1 describes each trial;
+ * QCOW2J_KEEP=1 keeps the images qemu-img check refused.
  */
 #include <config.h>
 
 #include <fcntl.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "create.h"
@@ -61,6 +67,7 @@ extern char **environ;
 #define KiB ((uint64_t) 1024)
 #define MiB (1024 * KiB)
 #define MAX_IO (200 * KiB)
+#define MAX_DENSE 120
 
 enum content { C_ZERO, C_GEN, C_STORED };
 
@@ -85,21 +92,34 @@ struct op {
   enum op_type type;
   uint64_t start, end;          /* moments before and after the call */
   uint64_t offset, len;
-  bool dense;                   /* check every moment inside */
+  bool dense;                   /* check many moments inside */
 };
+
+/* The image a trial starts from: empty (qcow2_create), or made by
+ * qemu-img with data in part of the disk, as compressed clusters, or
+ * under an internal snapshot (every cluster shared: each write copies). */
+enum base { BASE_EMPTY, BASE_COMPRESSED, BASE_SNAPSHOT };
 
 struct config {
   uint64_t cs, size;
   bool extl2, long_run;
+  enum base base;
+  bool close;                   /* qcow2_close at the end */
 };
 
 static const struct config configs[] = {
-  { 4 * KiB, 8 * MiB, false, true },
-  { 64 * KiB, 16 * MiB, false, false },
-  { 64 * KiB, 8 * MiB, true, false },
-  { 4 * KiB, 16 * MiB, false, false },
-  { 32 * KiB, 8 * MiB, true, true },
-  { 64 * KiB, 8 * MiB, false, true },
+  { 4 * KiB, 8 * MiB, false, true, BASE_EMPTY, true },
+  { 64 * KiB, 16 * MiB, false, false, BASE_EMPTY, false },
+  { 64 * KiB, 8 * MiB, true, false, BASE_COMPRESSED, true },
+  { 4 * KiB, 16 * MiB, false, false, BASE_SNAPSHOT, false },
+  { 32 * KiB, 8 * MiB, true, true, BASE_EMPTY, false },
+  { 16 * KiB, 8 * MiB, false, true, BASE_SNAPSHOT, true },
+  { 64 * KiB, 16 * MiB, false, false, BASE_SNAPSHOT, true },
+  { 64 * KiB, 8 * MiB, true, false, BASE_SNAPSHOT, false },
+  { 4 * KiB, 8 * MiB, false, false, BASE_COMPRESSED, true },
+  { 64 * KiB, 8 * MiB, false, false, BASE_COMPRESSED, false },
+  { 32 * KiB, 8 * MiB, true, true, BASE_SNAPSHOT, true },
+  { 4 * KiB, 8 * MiB, false, true, BASE_COMPRESSED, false },
 };
 #define NR_CONFIGS (sizeof configs / sizeof configs[0])
 
@@ -109,6 +129,7 @@ struct tap {
   struct hostio io;
   struct hostio *inner;
   uint64_t sb_writes, small_sb_writes;
+  uint64_t transactions;        /* in the whole trial */
 };
 
 struct trial {
@@ -120,6 +141,8 @@ struct trial {
   struct tap tap;
   struct qcow2_image *img;
   uint8_t *model;               /* the disk as the client sees it */
+  uint8_t *init;                /* and as it was at the start */
+  uint64_t *init_hash;
   struct hist *hist;
   uint8_t (*store)[SECTOR];
   uint32_t nstore, cap_store;
@@ -136,12 +159,12 @@ static uint64_t nr_trials, states, qemu_checks, failures, ring_checkpoints;
 static uint64_t recovery_cuts, byte_checked, ops_total;
 static uint64_t zero_hash;
 static bool have_qemu_img;
-static unsigned qemu_every = 8;
+static unsigned qemu_every = 10;  /* one state in this many */
 
 static void
-quiet (const char *fs, va_list args)
+report (const char *fs, va_list args)
 {
-  /* Errors the library reports are expected in no trial: print them. */
+  /* No trial expects the library to report an error: print them all. */
   fprintf (stderr, "qcow2j: ");
   vfprintf (stderr, fs, args);
   fputc ('\n', stderr);
@@ -188,7 +211,9 @@ static void
 entry_content (const struct trial *t, const struct entry *e, uint64_t sector,
                uint8_t *out)
 {
-  if (e == NULL || e->kind == C_ZERO)
+  if (e == NULL)
+    memcpy (out, t->init + sector * SECTOR, SECTOR);
+  else if (e->kind == C_ZERO)
     memset (out, 0, SECTOR);
   else if (e->kind == C_GEN)
     gen_sector (t, e->data, sector, out);
@@ -255,6 +280,8 @@ tap_pwrite (struct hostio *io, const void *buf, size_t count, uint64_t offset)
     if (count < QJ_BLOCK)
       tp->small_sb_writes++;    /* not journal_create */
   }
+  if (count >= 4 && memcmp (buf, QJ_TX_MAGIC, 4) == 0)
+    tp->transactions++;
   return hostio_pwrite (tp->inner, buf, count, offset);
 }
 
@@ -302,6 +329,148 @@ static const struct hostio_ops tap_ops = {
   .punch = tap_punch, .truncate = tap_truncate, .size = tap_size,
   .block_status = tap_block_status, .close = tap_close,
 };
+
+/* A plain in-memory file owning a malloc'd buffer (a crash state), for
+ * recoveries whose own writes need not be recorded. */
+struct buf_io {
+  struct hostio io;
+  uint8_t *data;
+  uint64_t size, cap;
+};
+
+static void
+buf_reserve (struct buf_io *b, uint64_t size)
+{
+  if (size <= b->cap)
+    return;
+  b->cap = size + size / 4;
+  b->data = realloc (b->data, b->cap);
+  CHECK (b->data != NULL);
+}
+
+static int
+buf_pread (struct hostio *io, void *buf, size_t count, uint64_t offset)
+{
+  struct buf_io *b = (struct buf_io *) io;
+  uint64_t avail = offset < b->size ? b->size - offset : 0;
+
+  if (avail > count)
+    avail = count;
+  memcpy (buf, b->data + offset, avail);
+  memset ((uint8_t *) buf + avail, 0, count - avail);
+  return 0;
+}
+
+static int
+buf_pwrite (struct hostio *io, const void *buf, size_t count, uint64_t offset)
+{
+  struct buf_io *b = (struct buf_io *) io;
+
+  if (offset + count > b->size) {
+    buf_reserve (b, offset + count);
+    memset (b->data + b->size, 0, offset + count - b->size);
+    b->size = offset + count;
+  }
+  memcpy (b->data + offset, buf, count);
+  return 0;
+}
+
+static int
+buf_flush (struct hostio *io)
+{
+  return 0;
+}
+
+static int
+buf_punch (struct hostio *io, uint64_t offset, uint64_t count)
+{
+  struct buf_io *b = (struct buf_io *) io;
+
+  if (offset < b->size)
+    memset (b->data + offset, 0,
+            (offset + count > b->size ? b->size : offset + count) - offset);
+  return 0;
+}
+
+static int
+buf_truncate (struct hostio *io, uint64_t size)
+{
+  struct buf_io *b = (struct buf_io *) io;
+
+  if (size > b->size) {
+    buf_reserve (b, size);
+    memset (b->data + b->size, 0, size - b->size);
+  }
+  b->size = size;
+  return 0;
+}
+
+static int64_t
+buf_size (struct hostio *io)
+{
+  return ((struct buf_io *) io)->size;
+}
+
+static int
+buf_block_status (struct hostio *io, uint64_t offset, uint64_t count,
+                  bool *is_data, uint64_t *run)
+{
+  *is_data = true;
+  *run = count;
+  return 0;
+}
+
+static const struct hostio_ops buf_ops = {
+  .pread = buf_pread, .pwrite = buf_pwrite, .flush = buf_flush,
+  .punch = buf_punch, .truncate = buf_truncate, .size = buf_size,
+  .block_status = buf_block_status, .close = tap_close,
+};
+
+/* A crash state to recover: recorded (so that the power can be cut
+ * during the recovery too) or not. */
+struct target {
+  struct powercut *pc;
+  struct buf_io b;
+};
+
+static void
+target_init (struct target *tg, uint8_t *data, uint64_t size, bool record)
+{
+  memset (tg, 0, sizeof *tg);
+  if (record) {
+    tg->pc = powercut_new ("crash", data, size);
+    free (data);
+  }
+  else {
+    tg->b.io.ops = &buf_ops;
+    tg->b.io.name = (char *) "crash";
+    tg->b.data = data;
+    tg->b.size = tg->b.cap = size;
+  }
+}
+
+static struct hostio *
+target_io (struct target *tg)
+{
+  return tg->pc ? powercut_io (tg->pc) : &tg->b.io;
+}
+
+static const uint8_t *
+target_data (struct target *tg, uint64_t *size)
+{
+  if (tg->pc)
+    return powercut_data (tg->pc, size);
+  *size = tg->b.size;
+  return tg->b.data;
+}
+
+static void
+target_free (struct target *tg)
+{
+  if (tg->pc)
+    powercut_free (tg->pc);
+  free (tg->b.data);
+}
 
 /* qemu-img check, two at a time in the background ------------------------ */
 
@@ -351,6 +520,25 @@ reap_all (void)
 {
   while (njobs > 0)
     reap_one ();
+}
+
+/* At exit, a failed CHECK included: no scratch file left behind. */
+static void
+cleanup (void)
+{
+  char path[300];
+
+  for (unsigned i = 0; i < njobs; i++) {
+    waitpid (jobs[i].pid, NULL, 0);
+    unlink (jobs[i].path);
+    unlink (jobs[i].log);
+  }
+  njobs = 0;
+  snprintf (path, sizeof path, "%s/base.raw", dir);
+  unlink (path);
+  snprintf (path, sizeof path, "%s/base.qcow2", dir);
+  unlink (path);
+  rmdir (dir);
 }
 
 /* Write the image (sparsely) and start qemu-img check on it. */
@@ -430,12 +618,16 @@ static void
 pick_range (struct trial *t, bool small, bool bytes_ok,
             uint64_t *offset, uint64_t *len)
 {
-  const uint64_t cs = t->cfg.cs, size = t->cfg.size;
+  const uint64_t cs = t->cfg.cs;
+  /* Long runs mostly churn a hot region: writes, zeroes and trims there
+   * keep changing mappings, so that most flushes commit a transaction. */
+  const uint64_t size = t->cfg.long_run && pc_rand (&t->rng) % 4 != 0
+    ? 1 * MiB : t->cfg.size;
   uint64_t mode = pc_rand (&t->rng) % 10;
   uint64_t max = small ? 8 * KiB : pc_rand (&t->rng) % 4 ? 32 * KiB : MAX_IO;
   uint64_t n = SECTOR + pc_rand (&t->rng) % (max - SECTOR + 1);
 
-  if (mode < 4) {
+  if (mode < 4 || (t->cfg.long_run && mode < 7)) {
     uint64_t nc = 1 + n / cs;
     if (nc * cs > MAX_IO)
       nc = MAX_IO / cs ? MAX_IO / cs : 1;
@@ -444,7 +636,7 @@ pick_range (struct trial *t, bool small, bool bytes_ok,
     *len = nc * cs;
     *offset = pc_rand (&t->rng) % (size / cs - nc + 1) * cs;
   }
-  else if (mode < 8 || !bytes_ok) {
+  else if (mode < 8 || !bytes_ok || (t->cfg.long_run && mode < 9)) {
     *len = (n + SECTOR - 1) / SECTOR * SECTOR;
     *offset = pc_rand (&t->rng) % ((size - *len) / SECTOR + 1) * SECTOR;
   }
@@ -454,7 +646,7 @@ pick_range (struct trial *t, bool small, bool bytes_ok,
   }
   /* Now and then at the very end of the disk. */
   if (pc_rand (&t->rng) % 20 == 0)
-    *offset = size - *len;
+    *offset = t->cfg.size - *len;
 }
 
 static void
@@ -585,6 +777,54 @@ check_live (struct trial *t)
   free (buf);
 }
 
+/* Run a command; its exit status, or -1. */
+static int __attribute__ ((format (printf, 1, 2)))
+run (const char *fs, ...)
+{
+  char cmd[1024];
+  va_list args;
+  int r;
+
+  va_start (args, fs);
+  vsnprintf (cmd, sizeof cmd, fs, args);
+  va_end (args);
+  r = system (cmd);
+  return r == -1 || !WIFEXITED (r) ? -1 : WEXITSTATUS (r);
+}
+
+/* An image made by qemu-img holding t->init: data in about half of the
+ * disk, in runs of sectors (compressible: zlib must want it), compressed
+ * or under an internal snapshot. */
+static void
+make_base (struct trial *t, const char *path)
+{
+  char raw[300];
+  int fd;
+
+  for (uint64_t pos = 0; pos < t->cfg.size; ) {
+    uint64_t n = SECTOR * (1 + pc_rand (&t->rng) % 256);
+    bool data = pc_rand (&t->rng) & 1;
+
+    if (n > t->cfg.size - pos)
+      n = t->cfg.size - pos;
+    for (uint64_t i = 0; data && i < n; i++)
+      t->init[pos + i] = ((pos + i) / SECTOR * 7 + i / 64) % 251 + 1;
+    pos += n;
+  }
+  snprintf (raw, sizeof raw, "%s/base.raw", dir);
+  fd = open (raw, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  CHECK (fd >= 0);
+  CHECK (pwrite (fd, t->init, t->cfg.size, 0) == (ssize_t) t->cfg.size);
+  CHECK (close (fd) == 0);
+  CHECK (run ("qemu-img convert -q -f raw -O qcow2 %s -o cluster_size=%"
+              PRIu64 "%s '%s' '%s'",
+              t->cfg.base == BASE_COMPRESSED ? "-c" : "", t->cfg.cs,
+              t->cfg.extl2 ? ",extended_l2=on" : "", raw, path) == 0);
+  if (t->cfg.base == BASE_SNAPSHOT)
+    CHECK (run ("qemu-img snapshot -c before '%s'", path) == 0);
+  unlink (raw);
+}
+
 static void
 run_workload (struct trial *t, unsigned nops)
 {
@@ -595,8 +835,14 @@ run_workload (struct trial *t, unsigned nops)
   int fd;
 
   snprintf (path, sizeof path, "%s/base.qcow2", dir);
-  CHECK (qcow2_create (path, t->cfg.size, t->cfg.cs, t->cfg.extl2,
-                       false) == 0);
+  if (t->cfg.base == BASE_EMPTY || !have_qemu_img)
+    CHECK (qcow2_create (path, t->cfg.size, t->cfg.cs, t->cfg.extl2,
+                         false) == 0);
+  else
+    make_base (t, path);
+  for (uint64_t s = 0; s < t->nsect; s++)
+    t->init_hash[s] = hash_sector (t->init + s * SECTOR);
+  memcpy (t->model, t->init, t->cfg.size);
   fd = open (path, O_RDONLY);
   CHECK (fd >= 0);
   CHECK (fstat (fd, &st) == 0);
@@ -617,12 +863,17 @@ run_workload (struct trial *t, unsigned nops)
   t->img = qcow2_open_hostio (&t->tap.io, NULL, &opts);
   CHECK (t->img != NULL);
   CHECK (qcow2_prepare_writable (t->img) == 0);
+  check_live (t);
 
   for (unsigned i = 0; i < nops; i++) {
     uint64_t r = pc_rand (&t->rng) % 100;
     bool small = t->cfg.long_run ? pc_rand (&t->rng) % 8 != 0
       : pc_rand (&t->rng) % 3 == 0;
 
+    /* Long runs flush after most calls, to commit many small
+     * transactions and fill the journal ring. */
+    if (t->cfg.long_run)
+      r = i % 2 == 0 ? r * 66 / 100 : r < 85 ? 66 : 45;
     if (r < 45)
       do_write (t, small);
     else if (r < 58)
@@ -669,7 +920,7 @@ allowed_versions (const struct trial *t, uint64_t s, int64_t flushed,
   *partial_after = 0;
   for (uint32_t k = 0; k < h->n && (int64_t) h->e[k].op < flushed; k++)
     fi = k;
-  /* NULL stands for the zeroes of a sector never written. */
+  /* NULL stands for the initial content (zeroes in an empty image). */
   if (fi < 0)
     out[n++] = NULL;
   else {
@@ -686,7 +937,9 @@ allowed_versions (const struct trial *t, uint64_t s, int64_t flushed,
     if (t->ops[h->e[k].op].start >= moment)
       break;
     out[n++] = &h->e[k];
-    if (h->e[k].partial)
+    /* A sub-sector write that the simulator may apply alone on a sector
+     * that other writes since the flush may or may not have reached. */
+    if (h->e[k].partial && k > fi + 1)
       (*partial_after)++;
   }
   return n;
@@ -720,9 +973,11 @@ describe_bad (struct trial *t, uint64_t s, const uint8_t *p, int64_t flushed,
     fprintf (stderr, "zeroes");
   else
     fprintf (stderr, "%02x %02x %02x %02x...", p[0], p[1], p[2], p[3]);
-  for (uint32_t k = 0; k < h->n; k++)
-    if (h->e[k].hash == hs) {
+  for (uint32_t k = 0, shown = 0; k < h->n && shown < 3; k++)
+    if (h->e[k].hash == hs && hs != zero_hash) {
       const struct op *o = &t->ops[h->e[k].op];
+
+      shown++;
       fprintf (stderr, "%s the version of call %" PRIu32 " (%s %" PRIu64
                " at 0x%" PRIx64 ", moments %" PRIu64 "-%" PRIu64 ")",
                known ? "," : " =", h->e[k].op, op_name (o->type), o->len,
@@ -730,12 +985,22 @@ describe_bad (struct trial *t, uint64_t s, const uint8_t *p, int64_t flushed,
       known = true;
     }
   fprintf (stderr, "%s; last acknowledged flush: call %" PRId64
-           "; versions:", known ? "" : " (no version the client wrote)",
-           flushed);
-  for (uint32_t k = 0; k < h->n && k < 12; k++)
-    fprintf (stderr, " %" PRIu32 "%s%s", h->e[k].op,
-             h->e[k].kind == C_ZERO ? "z" : "",
-             t->ops[h->e[k].op].start >= moment ? "(later)" : "");
+           "; versions:", known || hs == zero_hash ? ""
+           : " (no version the client wrote)", flushed);
+  {
+    uint32_t k0 = 0, shown = 0;
+    for (uint32_t k = 0; k < h->n; k++)
+      if ((int64_t) h->e[k].op < flushed)
+        k0 = k;
+    k0 = k0 > 3 ? k0 - 3 : 0;
+    if (k0 > 0)
+      fprintf (stderr, " ...");
+    for (uint32_t k = k0; k < h->n && shown < 12; k++, shown++)
+      fprintf (stderr, " %" PRIu32 "%s%s%s", h->e[k].op,
+               h->e[k].kind == C_ZERO ? "z" : "",
+               h->e[k].partial ? "p" : "",
+               t->ops[h->e[k].op].start >= moment ? "(later)" : "");
+  }
   fprintf (stderr, "\n");
 }
 
@@ -757,8 +1022,8 @@ check_disk (struct trial *t, uint64_t moment)
 
     t->first_hash[s] = hs;
     for (size_t i = 0; i < n && !ok; i++)
-      ok = allowed[i] ? allowed[i]->hash == hs : hs == zero_hash;
-    if (!ok && partial_after >= 2) {
+      ok = (allowed[i] ? allowed[i]->hash : t->init_hash[s]) == hs;
+    if (!ok && partial_after > 0) {
       /* Bytes of several sub-sector writes: each byte from a version. */
       uint8_t (*v)[SECTOR] = malloc (n * SECTOR);
       CHECK (v != NULL);
@@ -786,11 +1051,11 @@ check_disk (struct trial *t, uint64_t moment)
 
 /* Open, make writable (replaying), read the whole disk into t->disk. */
 static bool
-recover (struct trial *t, struct powercut *pc, const char *what)
+recover (struct trial *t, struct hostio *io, const char *what)
 {
   struct qcow2_open_options opts = { .writable = true,
                                      .l2_cache_bytes = 1 * MiB };
-  struct qcow2_image *img = qcow2_open_hostio (powercut_io (pc), NULL, &opts);
+  struct qcow2_image *img = qcow2_open_hostio (io, NULL, &opts);
 
   if (img == NULL) {
     fprintf (stderr, "%s: qcow2_open_hostio failed: %m\n", what);
@@ -815,10 +1080,10 @@ recover (struct trial *t, struct powercut *pc, const char *what)
 
 /* The closed image reopens read-only, clean, with the same content. */
 static bool
-reopen_same (struct trial *t, struct powercut *pc, const char *what)
+reopen_same (struct trial *t, struct hostio *io, const char *what)
 {
   struct qcow2_open_options opts = { .l2_cache_bytes = 1 * MiB };
-  struct qcow2_image *img = qcow2_open_hostio (powercut_io (pc), NULL, &opts);
+  struct qcow2_image *img = qcow2_open_hostio (io, NULL, &opts);
   bool ok = true;
 
   if (img == NULL) {
@@ -849,19 +1114,19 @@ check_moment (struct trial *t, uint64_t moment, bool final)
 {
   uint8_t *crash;
   uint64_t crash_size, bad;
-  struct powercut *pc;
+  struct target tg;
   char what[200];
-  bool ok;
+  bool ok, cut_again = pc_rand (&t->rng) % 6 == 0;
+  bool qemu = final || pc_rand (&t->rng) % qemu_every == 0;
 
   snprintf (what, sizeof what, "seed %" PRIu64 ", moment %" PRIu64 "/%"
             PRIu64, t->seed, moment, powercut_moment (t->pc));
   powercut_crash_state (t->pc, moment, &t->rng, &crash, &crash_size);
-  pc = powercut_new ("crash", crash, crash_size);
-  free (crash);
+  target_init (&tg, crash, crash_size, cut_again);
   states++;
   t->states++;
 
-  ok = recover (t, pc, what);
+  ok = recover (t, target_io (&tg), what);
   if (ok) {
     bad = check_disk (t, moment);
     if (bad > 0) {
@@ -870,77 +1135,97 @@ check_moment (struct trial *t, uint64_t moment, bool final)
       ok = false;
     }
   }
-  if (ok && (final || t->states % qemu_every == 0 ||
-             pc_rand (&t->rng) % 8 == 0)) {
-    ok = reopen_same (t, pc, what);
+  if (ok && qemu) {
+    ok = reopen_same (t, target_io (&tg), what);
     if (have_qemu_img) {
       uint64_t size;
-      const uint8_t *d = powercut_data (pc, &size);
+      const uint8_t *d = target_data (&tg, &size);
       qemu_check (d, size, what);
     }
   }
 
   /* The power fails again during the recovery: recovering from that
    * gives the same disk. */
-  if (ok && pc_rand (&t->rng) % 4 == 0) {
-    uint64_t m2 = pc_rand (&t->rng) % (powercut_moment (pc) + 1);
+  if (ok && cut_again) {
+    uint64_t n2 = powercut_moment (tg.pc);
+    uint64_t m2 = pc_rand (&t->rng) % (n2 + 1);
     uint8_t *crash2;
     uint64_t crash2_size;
-    struct powercut *pc2;
+    struct target tg2;
     char what2[260];
 
-    snprintf (what2, sizeof what2, "%s, recovery cut at %" PRIu64, what, m2);
-    powercut_crash_state (pc, m2, &t->rng, &crash2, &crash2_size);
-    pc2 = powercut_new ("crash2", crash2, crash2_size);
-    free (crash2);
+    /* Half the time just before one of the recovery's flushes
+     * completes. */
+    if (pc_rand (&t->rng) & 1) {
+      uint64_t nf = 0, k;
+      for (uint64_t i = 0; i < n2; i++)
+        nf += powercut_is_flush (tg.pc, i);
+      k = nf ? pc_rand (&t->rng) % nf : 0;
+      for (uint64_t i = 0; i < n2 && nf; i++)
+        if (powercut_is_flush (tg.pc, i) && k-- == 0) {
+          m2 = i;
+          break;
+        }
+    }
+    snprintf (what2, sizeof what2, "%s, recovery cut at %" PRIu64 "/%"
+              PRIu64, what, m2, n2);
+    powercut_crash_state (tg.pc, m2, &t->rng, &crash2, &crash2_size);
+    target_init (&tg2, crash2, crash2_size, false);
     recovery_cuts++;
-    ok = recover (t, pc2, what2);
+    ok = recover (t, target_io (&tg2), what2);
     for (uint64_t s = 0; s < t->nsect && ok; s++)
       if (hash_sector (t->disk + s * SECTOR) != t->first_hash[s]) {
         fprintf (stderr, "%s: sector %" PRIu64 " differs from the first "
                  "recovery\n", what2, s);
         ok = false;
       }
-    powercut_free (pc2);
+    target_free (&tg2);
   }
   if (!ok) {
     failures++;
     t->printed++;
   }
-  powercut_free (pc);
+  target_free (&tg);
 }
 
 static void
-run_trial (uint64_t seed, unsigned samples, unsigned scale)
+run_trial (uint64_t seed, unsigned samples)
 {
   struct trial *t = calloc (1, sizeof *t);
   uint64_t moments, before = failures, next = 0;
-  uint64_t dense_m = 0;
+  uint64_t dense_m = 0, file_size;
   uint32_t dense_op = 0;
   unsigned nops, flush_every;
+  struct timespec t0, t1, t2;
 
   CHECK (t != NULL);
   t->seed = seed;
   t->rng = seed;
   t->cfg = configs[seed % NR_CONFIGS];
-  t->close_at_end = (seed / NR_CONFIGS + seed) % 2 == 0;
+  t->close_at_end = t->cfg.close;
   t->nsect = t->cfg.size / SECTOR;
   t->model = calloc (1, t->cfg.size);
+  t->init = calloc (1, t->cfg.size);
+  t->init_hash = malloc (t->nsect * sizeof *t->init_hash);
   t->disk = malloc (t->cfg.size);
   t->first_hash = malloc (t->nsect * sizeof *t->first_hash);
   t->hist = calloc (t->nsect, sizeof *t->hist);
-  CHECK (t->model && t->disk && t->first_hash && t->hist);
+  CHECK (t->model && t->init && t->init_hash && t->disk && t->first_hash &&
+         t->hist);
 
-  nops = t->cfg.long_run ? 3200 : 150 + pc_rand (&t->rng) % 150;
-  run_workload (t, nops * scale);
+  nops = t->cfg.long_run ? 5000 : 150 + pc_rand (&t->rng) % 150;
+  clock_gettime (CLOCK_MONOTONIC, &t0);
+  run_workload (t, nops);
+  clock_gettime (CLOCK_MONOTONIC, &t1);
   nr_trials++;
 
   /* Moments in increasing order (cheap for the simulator): evenly spaced
    * ones; moments just before a host flush completes (all of them in
-   * short runs, one in flush_every in long ones); every moment of the
+   * short runs, one in flush_every in long ones); many moments of the
    * calls that set up the journal, checkpointed or closed. */
   moments = powercut_moment (t->pc);
-  flush_every = t->cfg.long_run ? 12 : 1;
+  powercut_data (t->pc, &file_size);
+  flush_every = t->cfg.long_run ? 25 : 1;
   for (uint64_t m = 0, nflush = 0; m <= moments; m++) {
     bool dense = false, take = false;
 
@@ -948,7 +1233,11 @@ run_trial (uint64_t seed, unsigned samples, unsigned scale)
       dense_op++;
     for (uint32_t i = dense_op; i < t->nops && t->ops[i].start <= m; i++)
       if (t->ops[i].dense && m >= t->ops[i].start && m <= t->ops[i].end) {
-        dense = true;
+        /* At most about MAX_DENSE moments of each (a checkpoint of many
+         * slices has hundreds), and all its flush moments. */
+        uint64_t stride = 1 + (t->ops[i].end - t->ops[i].start) / MAX_DENSE;
+        dense = (m - t->ops[i].start) % stride == 0 || m == t->ops[i].end ||
+          powercut_is_flush (t->pc, m);
         break;
       }
     if (powercut_is_flush (t->pc, m) && nflush++ % flush_every == 0)
@@ -966,14 +1255,21 @@ run_trial (uint64_t seed, unsigned samples, unsigned scale)
   }
   check_moment (t, moments, true);
   reap_all ();
+  clock_gettime (CLOCK_MONOTONIC, &t2);
   if (getenv ("QCOW2J_VERBOSE"))
-    fprintf (stderr, "seed %" PRIu64 ": cs %" PRIu64 "%s, %" PRIu64
+    fprintf (stderr, "seed %" PRIu64 ": cs %" PRIu64 "%s%s, %" PRIu64
              " MiB, %u calls%s, %" PRIu64 " moments (%" PRIu64
-             " in set-up/checkpoint/close), %" PRIu64 " crash states\n",
+             " in set-up/checkpoint/close), %" PRIu64 " transactions, %"
+             PRIu64 " crash states; %.1f s + %.1f s; file %" PRIu64 " MiB\n",
              seed, t->cfg.cs, t->cfg.extl2 ? " extl2" : "",
+             t->cfg.base == BASE_COMPRESSED ? " compressed"
+             : t->cfg.base == BASE_SNAPSHOT ? " snapshot" : "",
              t->cfg.size / MiB, t->nops,
              t->close_at_end ? " + close" : "", moments, dense_m,
-             t->states);
+             t->tap.transactions, t->states,
+             (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
+             (t2.tv_sec - t1.tv_sec) + (t2.tv_nsec - t1.tv_nsec) / 1e9,
+             file_size / MiB);
   if (failures > before)
     fprintf (stderr, "trial with seed %" PRIu64 " failed (QCOW2J_SEED=%"
              PRIu64 " repeats it)\n", seed, seed);
@@ -987,6 +1283,8 @@ run_trial (uint64_t seed, unsigned samples, unsigned scale)
   free (t->store);
   free (t->ops);
   free (t->model);
+  free (t->init);
+  free (t->init_hash);
   free (t->disk);
   free (t->first_hash);
   free (t);
@@ -1001,25 +1299,34 @@ main (void)
   unsigned trials = slow && *slow == '1' ? 120 : 12;
   uint8_t zero[SECTOR] = { 0 };
 
-  qlog_set_handlers (quiet, NULL);
+  /* Keep the large buffers of crash states in the heap. */
+  mallopt (M_MMAP_THRESHOLD, 32 * MiB);
+  mallopt (M_TRIM_THRESHOLD, 256 * MiB);
+  qlog_set_handlers (report, NULL);
   zero_hash = hash_sector (zero);
   have_qemu_img = system ("qemu-img --version >/dev/null 2>&1") == 0;
   if (!have_qemu_img)
     fprintf (stderr, "unit-image-powercut: qemu-img not found: "
              "images are not checked by QEMU\n");
-  snprintf (dir, sizeof dir, "%s/qcow2j-powercut.XXXXXX",
-            tmp && *tmp ? tmp : "/tmp");
-  CHECK (mkdtemp (dir) != NULL);
+  /* Scratch images for qemu-img: in memory if possible (hundreds of
+   * them, written and removed at once: no use writing them back). */
+  snprintf (dir, sizeof dir, "/dev/shm/qcow2j-powercut.XXXXXX");
+  if (mkdtemp (dir) == NULL) {
+    snprintf (dir, sizeof dir, "%s/qcow2j-powercut.XXXXXX",
+              tmp && *tmp ? tmp : "/tmp");
+    CHECK (mkdtemp (dir) != NULL);
+  }
+
+  atexit (cleanup);
 
   if (seed_env) {
-    run_trial (strtoull (seed_env, NULL, 0), 2000, 1);
+    run_trial (strtoull (seed_env, NULL, 0), 2000);
     trials = 1;
   }
   else
     for (unsigned i = 0; i < trials; i++)
-      run_trial (1000 + i, 150, 1);
+      run_trial (1000 + i, 150);
   reap_all ();
-  rmdir (dir);
   printf ("unit-image-powercut: %u trials, %" PRIu64 " crash states, %"
           PRIu64 " qemu-img checks, %" PRIu64 " failures\n",
           trials, states, qemu_checks, failures);
