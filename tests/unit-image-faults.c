@@ -52,6 +52,7 @@
 #include "image.h"
 #include "log.h"
 #include "powercut.h"
+#include "qemu-check.h"
 #include "unit.h"
 
 extern char **environ;
@@ -288,7 +289,7 @@ static uint64_t initial_size;
 static uint8_t *snap[41];               /* the disk after the first k ops */
 static bool *trimmed;                   /* [k * nsect + s]: op k is a trim
                                            covering s */
-static uint64_t sites, runs, reopen_checks, qemu_checks, failures, swallowed;
+static uint64_t sites, runs, reopen_checks, failures, swallowed;
 static bool have_qemu_img, verbose;
 static bool lib_quiet;                  /* errors are expected now */
 static uint64_t rng = 42;
@@ -351,94 +352,11 @@ is_zero (const uint8_t *p, uint64_t n)
   return true;
 }
 
-/* qemu-img check, a few at a time in the background -------------------- */
-
-struct qjob {
-  pid_t pid;
-  char path[300], log[300], what[200];
-};
-#define MAX_JOBS 4
-static struct qjob jobs[MAX_JOBS];
-static unsigned njobs, job_counter;
-
 static void
-reap_one (void)
+check_image (const uint8_t *data, uint64_t size, const char *what)
 {
-  int status;
-  pid_t pid;
-  unsigned i;
-
-  do
-    pid = waitpid (-1, &status, 0);
-  while (pid == -1 && errno == EINTR);
-  CHECK (pid > 0);
-  for (i = 0; i < njobs && jobs[i].pid != pid; i++)
-    ;
-  CHECK (i < njobs);
-  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
-    char line[512];
-    FILE *fp = fopen (jobs[i].log, "r");
-
-    fail (jobs[i].what, "qemu-img check failed (status 0x%x):", status);
-    while (fp && fgets (line, sizeof line, fp))
-      fprintf (stderr, "  %s", line);
-    if (fp)
-      fclose (fp);
-    if (getenv ("QCOW2J_KEEP") == NULL)
-      unlink (jobs[i].path);
-    else
-      fprintf (stderr, "  image kept: %s\n", jobs[i].path);
-  }
-  else
-    unlink (jobs[i].path);
-  unlink (jobs[i].log);
-  jobs[i] = jobs[--njobs];
-}
-
-static void
-reap_all (void)
-{
-  while (njobs > 0)
-    reap_one ();
-}
-
-static void
-qemu_check (const uint8_t *data, uint64_t size, const char *what)
-{
-  struct qjob *j;
-  posix_spawn_file_actions_t fa;
-  char *argv[] = { "qemu-img", "check", "-f", "qcow2", NULL, NULL };
-  int fd;
-
-  if (!have_qemu_img)
-    return;
-  while (njobs == MAX_JOBS)
-    reap_one ();
-  j = &jobs[njobs];
-  snprintf (j->path, sizeof j->path, "%s/check-%u.qcow2", dir, job_counter);
-  snprintf (j->log, sizeof j->log, "%s/check-%u.log", dir, job_counter);
-  job_counter++;
-  snprintf (j->what, sizeof j->what, "%s", what);
-  fd = open (j->path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  CHECK (fd >= 0);
-  for (uint64_t pos = 0; pos < size; pos += 64 * KiB) {
-    uint64_t n = size - pos < 64 * KiB ? size - pos : 64 * KiB;
-    if (!is_zero (data + pos, n))
-      CHECK (pwrite (fd, data + pos, n, pos) == (ssize_t) n);
-  }
-  CHECK (ftruncate (fd, size) == 0);
-  CHECK (close (fd) == 0);
-
-  argv[4] = j->path;
-  CHECK (posix_spawn_file_actions_init (&fa) == 0);
-  CHECK (posix_spawn_file_actions_addopen (&fa, 1, j->log,
-                                           O_WRONLY | O_CREAT | O_TRUNC,
-                                           0644) == 0);
-  CHECK (posix_spawn_file_actions_adddup2 (&fa, 1, 2) == 0);
-  CHECK (posix_spawnp (&j->pid, "qemu-img", &fa, NULL, argv, environ) == 0);
-  posix_spawn_file_actions_destroy (&fa);
-  njobs++;
-  qemu_checks++;
+  if (have_qemu_img)
+    qemu_check_start (dir, data, size, what);
 }
 
 /* The workload ------------------------------------------------------------ */
@@ -731,7 +649,7 @@ fault_run (int k, uint64_t nth, int err, const struct tap *base)
         fail (w2, "qcow2_close returned 0 but left the journal dirty (the "
               "image needs a replay; QEMU refuses it)");
       else
-        qemu_check (d, size, w2);
+        check_image (d, size, w2);
       qcow2_close (rimg);
     }
     powercut_free (ro);
@@ -748,7 +666,7 @@ fault_run (int k, uint64_t nth, int err, const struct tap *base)
     rec = recover (d, size, acked, last, w2);
     if (rec) {
       const uint8_t *rd = powercut_data (rec, &size);
-      qemu_check (rd, size, w2);
+      check_image (rd, size, w2);
       powercut_free (rec);
     }
   }
@@ -783,7 +701,7 @@ fault_run (int k, uint64_t nth, int err, const struct tap *base)
       free (crash);
       if (rec && (runs + m) % 3 == 0) {
         const uint8_t *rd = powercut_data (rec, &size);
-        qemu_check (rd, size, w2);
+        check_image (rd, size, w2);
       }
       if (rec)
         powercut_free (rec);
@@ -842,11 +760,11 @@ run_config (const struct config *cfg)
 
     if (rec) {
       d = powercut_data (rec, &size);
-      qemu_check (d, size, "baseline, recovered");
+      check_image (d, size, "baseline, recovered");
       powercut_free (rec);
     }
     d = powercut_data (pc, &size);
-    qemu_check (d, size, "baseline, closed");
+    check_image (d, size, "baseline, closed");
   }
   powercut_free (pc);
   for (int k = 0; k < 4; k++)
@@ -863,7 +781,7 @@ run_config (const struct config *cfg)
       fault_run (k, n, EIO, &base);
       fault_run (k, n, ENOSPC, &base);
     }
-  reap_all ();
+  failures += qemu_check_wait_all ();
 
   for (int k = 0; k < 4; k++)
     free (base.site_op[k]);
@@ -898,6 +816,6 @@ main (void)
           sites, runs, reopen_checks, failures);
   printf ("unit-image-faults: %" PRIu64 " qemu-img checks, %" PRIu64
           " runs where a best-effort step swallowed the error\n",
-          qemu_checks, swallowed);
+          qemu_check_started (), swallowed);
   return failures ? EXIT_FAILURE : EXIT_SUCCESS;
 }

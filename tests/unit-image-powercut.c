@@ -59,6 +59,7 @@
 #include "journal-format.h"
 #include "log.h"
 #include "powercut.h"
+#include "qemu-check.h"
 #include "unit.h"
 
 extern char **environ;
@@ -68,6 +69,7 @@ extern char **environ;
 #define MiB (1024 * KiB)
 #define MAX_IO (200 * KiB)
 #define MAX_DENSE 120
+#define DENSE_FLUSH_REPS 4
 
 enum content { C_ZERO, C_GEN, C_STORED };
 
@@ -155,7 +157,7 @@ struct trial {
 };
 
 static char dir[256];
-static uint64_t nr_trials, states, qemu_checks, failures, ring_checkpoints;
+static uint64_t nr_trials, states, failures, ring_checkpoints;
 static uint64_t recovery_cuts, byte_checked, ops_total;
 static uint64_t zero_hash;
 static bool have_qemu_img;
@@ -472,111 +474,18 @@ target_free (struct target *tg)
   free (tg->b.data);
 }
 
-/* qemu-img check, two at a time in the background ------------------------ */
-
-struct qjob {
-  pid_t pid;
-  char path[300], log[300], what[200];
-};
-#define MAX_JOBS 2
-static struct qjob jobs[MAX_JOBS];
-static unsigned njobs, job_counter;
-
-static void
-reap_one (void)
-{
-  int status;
-  pid_t pid = wait (&status);
-  unsigned i;
-
-  CHECK (pid > 0);
-  for (i = 0; i < njobs && jobs[i].pid != pid; i++)
-    ;
-  CHECK (i < njobs);
-  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
-    char line[512];
-    FILE *fp = fopen (jobs[i].log, "r");
-
-    fprintf (stderr, "%s: qemu-img check failed (status 0x%x):\n",
-             jobs[i].what, status);
-    while (fp && fgets (line, sizeof line, fp))
-      fprintf (stderr, "  %s", line);
-    if (fp)
-      fclose (fp);
-    if (getenv ("QCOW2J_KEEP") == NULL)
-      unlink (jobs[i].path);
-    else
-      fprintf (stderr, "  image kept: %s\n", jobs[i].path);
-    failures++;
-  }
-  else
-    unlink (jobs[i].path);
-  unlink (jobs[i].log);
-  jobs[i] = jobs[--njobs];
-}
-
-static void
-reap_all (void)
-{
-  while (njobs > 0)
-    reap_one ();
-}
-
 /* At exit, a failed CHECK included: no scratch file left behind. */
 static void
 cleanup (void)
 {
   char path[300];
 
-  for (unsigned i = 0; i < njobs; i++) {
-    waitpid (jobs[i].pid, NULL, 0);
-    unlink (jobs[i].path);
-    unlink (jobs[i].log);
-  }
-  njobs = 0;
+  qemu_check_cleanup ();
   snprintf (path, sizeof path, "%s/base.raw", dir);
   unlink (path);
   snprintf (path, sizeof path, "%s/base.qcow2", dir);
   unlink (path);
   rmdir (dir);
-}
-
-/* Write the image (sparsely) and start qemu-img check on it. */
-static void
-qemu_check (const uint8_t *data, uint64_t size, const char *what)
-{
-  struct qjob *j;
-  posix_spawn_file_actions_t fa;
-  char *argv[] = { "qemu-img", "check", "-f", "qcow2", NULL, NULL };
-  int fd;
-
-  while (njobs == MAX_JOBS)
-    reap_one ();
-  j = &jobs[njobs];
-  snprintf (j->path, sizeof j->path, "%s/check-%u.qcow2", dir, job_counter);
-  snprintf (j->log, sizeof j->log, "%s/check-%u.log", dir, job_counter);
-  job_counter++;
-  snprintf (j->what, sizeof j->what, "%s", what);
-  fd = open (j->path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  CHECK (fd >= 0);
-  for (uint64_t pos = 0; pos < size; pos += 64 * KiB) {
-    uint64_t n = size - pos < 64 * KiB ? size - pos : 64 * KiB;
-    if (!is_zero (data + pos, n))
-      CHECK (pwrite (fd, data + pos, n, pos) == (ssize_t) n);
-  }
-  CHECK (ftruncate (fd, size) == 0);
-  CHECK (close (fd) == 0);
-
-  argv[4] = j->path;
-  CHECK (posix_spawn_file_actions_init (&fa) == 0);
-  CHECK (posix_spawn_file_actions_addopen (&fa, 1, j->log,
-                                           O_WRONLY | O_CREAT | O_TRUNC,
-                                           0644) == 0);
-  CHECK (posix_spawn_file_actions_adddup2 (&fa, 1, 2) == 0);
-  CHECK (posix_spawnp (&j->pid, "qemu-img", &fa, NULL, argv, environ) == 0);
-  posix_spawn_file_actions_destroy (&fa);
-  njobs++;
-  qemu_checks++;
 }
 
 /* The workload ------------------------------------------------------------ */
@@ -1140,7 +1049,7 @@ check_moment (struct trial *t, uint64_t moment, bool final)
     if (have_qemu_img) {
       uint64_t size;
       const uint8_t *d = target_data (&tg, &size);
-      qemu_check (d, size, what);
+      qemu_check_start (dir, d, size, what);
     }
   }
 
@@ -1228,6 +1137,7 @@ run_trial (uint64_t seed, unsigned samples)
   flush_every = t->cfg.long_run ? 25 : 1;
   for (uint64_t m = 0, nflush = 0; m <= moments; m++) {
     bool dense = false, take = false;
+    unsigned reps = 1;
 
     while (dense_op < t->nops && t->ops[dense_op].end < m)
       dense_op++;
@@ -1238,6 +1148,11 @@ run_trial (uint64_t seed, unsigned samples)
         uint64_t stride = 1 + (t->ops[i].end - t->ops[i].start) / MAX_DENSE;
         dense = (m - t->ops[i].start) % stride == 0 || m == t->ops[i].end ||
           powercut_is_flush (t->pc, m);
+        /* Just before one of their flushes completes: several subsets
+         * of the writes in flight (a checkpoint's pages, its superblock,
+         * the header words). */
+        if (powercut_is_flush (t->pc, m))
+          reps = DENSE_FLUSH_REPS;
         break;
       }
     if (powercut_is_flush (t->pc, m) && nflush++ % flush_every == 0)
@@ -1250,11 +1165,11 @@ run_trial (uint64_t seed, unsigned samples)
       take = true;
       dense_m++;
     }
-    if (take && m < moments)
+    for (unsigned r = 0; take && m < moments && r < reps; r++)
       check_moment (t, m, false);
   }
   check_moment (t, moments, true);
-  reap_all ();
+  failures += qemu_check_wait_all ();
   clock_gettime (CLOCK_MONOTONIC, &t2);
   if (getenv ("QCOW2J_VERBOSE"))
     fprintf (stderr, "seed %" PRIu64 ": cs %" PRIu64 "%s%s, %" PRIu64
@@ -1326,10 +1241,10 @@ main (void)
   else
     for (unsigned i = 0; i < trials; i++)
       run_trial (1000 + i, 150);
-  reap_all ();
+  failures += qemu_check_wait_all ();
   printf ("unit-image-powercut: %u trials, %" PRIu64 " crash states, %"
           PRIu64 " qemu-img checks, %" PRIu64 " failures\n",
-          trials, states, qemu_checks, failures);
+          trials, states, qemu_check_started (), failures);
   printf ("unit-image-powercut: %" PRIu64 " calls, %" PRIu64
           " checkpoints on a full ring, %" PRIu64 " cuts during recovery, %"
           PRIu64 " sectors checked byte by byte\n",
