@@ -49,14 +49,7 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
 
   pthread_mutex_lock (&img->meta_lock);
   qcow2_cluster_lock (img, cluster);
-  if (img->failed) {
-    errno = img->failed;
-    r = -1;
-    goto out;
-  }
-  r = qcow2_l2_lookup (img, offset, &entry_offset, &entry, &bitmap);
-  if (r == 0)
-    r = qcow2_check_entry (img, offset, entry, bitmap);
+  r = qcow2_entry_to_change (img, offset, &entry_offset, &entry, &bitmap);
   if (r == -1)
     goto out;
   host = entry & L2E_OFFSET_MASK;

@@ -155,6 +155,12 @@ extern int qcow2_release_host (struct qcow2_image *img, uint64_t entry);
 extern void qcow2_cluster_lock (struct qcow2_image *img, uint64_t cluster);
 extern void qcow2_cluster_unlock (struct qcow2_image *img, uint64_t cluster);
 extern int qcow2_change_failed (struct qcow2_image *img);
+/* Under meta_lock, the guest cluster locked: its L2 entry, checked as a
+ * read would check it, before a change acts on what it names (fails with
+ * the image's error once it has failed). */
+extern int qcow2_entry_to_change (struct qcow2_image *img, uint64_t guest,
+                                  uint64_t *entry_offset, uint64_t *entry,
+                                  uint64_t *bitmap);
 extern uint64_t qcow2_now (void);
 extern int qcow2_pwrite_range (struct qcow2_image *img, const void *buf,
                                uint64_t count, uint64_t offset);

@@ -90,6 +90,20 @@ qcow2_now (void)
   return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
 
+int
+qcow2_entry_to_change (struct qcow2_image *img, uint64_t guest,
+                       uint64_t *entry_offset, uint64_t *entry,
+                       uint64_t *bitmap)
+{
+  if (img->failed) {
+    errno = img->failed;
+    return -1;
+  }
+  if (qcow2_l2_lookup (img, guest, entry_offset, entry, bitmap) == -1)
+    return -1;
+  return qcow2_check_entry (img, guest, *entry, *bitmap);
+}
+
 /* Writing one piece (inside one cluster) ---------------------------------- */
 
 /* Write in place if the piece lies in clusters the image owns alone.
@@ -210,14 +224,7 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   if (r != 0)
     goto out;
 
-  if (img->failed) {
-    errno = img->failed;
-    r = -1;
-    goto out;
-  }
-  r = qcow2_l2_lookup (img, offset, &entry_offset, &entry, &bitmap);
-  if (r == 0)
-    r = qcow2_check_entry (img, offset, entry, bitmap);
+  r = qcow2_entry_to_change (img, offset, &entry_offset, &entry, &bitmap);
   if (r == -1)
     goto out;
   host = entry & L2E_OFFSET_MASK;
