@@ -106,7 +106,7 @@ run_qio ()
         echo "$out" | grep -v -e '^wrote ' -e ' ops; ' >&2
         return 1
     fi
-    if echo "$out" | grep -qi -e error -e fail; then
+    if grep -qi -e error -e fail <<< "$out"; then
         echo "$out" | grep -i -e error -e fail >&2
         return 1
     fi
