@@ -25,7 +25,7 @@ CHECK_MAP="$SRCDIR/tests/check-map.py"
 
 # Does this nbdinfo have --map --json?  (libnbd >= 1.8 does.)  If not,
 # check-map.py parses the plain "offset length type description" output.
-if nbdinfo --help 2>&1 | grep -q -- '--map.*--json'; then
+if nbdinfo --help 2>&1 | grep -c -- '--map.*--json' >/dev/null; then
     _nbdinfo_map_json=--json
 else
     _nbdinfo_map_json=

@@ -50,7 +50,7 @@ with open(sys.argv[1], 'r+b') as f:
     f.seek(79)
     f.write(bytes([b]))
 PY
-qemu-img info "$img" | grep -q 'corrupt: true' || fail "corrupt bit not set"
+qemu-img info "$img" | grep -c 'corrupt: true' >/dev/null || fail "corrupt bit not set"
 check_image "$img" readonly=true
 
 # Corrupt bit on an image with a backing file and compressed clusters.
