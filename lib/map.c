@@ -184,6 +184,31 @@ add_cluster (struct qcow2_image *img, uint64_t cluster_start, uint64_t from,
 }
 
 int
+qcow2_l2_table (struct qcow2_image *img, uint64_t guest, uint64_t *l2_offset)
+{
+  const struct qcow2_header *h = &img->hdr;
+  const uint64_t l1_index = guest >> (h->cluster_bits + h->l2_bits);
+  const uint64_t l1e = l1_index < h->l1_size ?
+    __atomic_load_n (&img->l1[l1_index], __ATOMIC_ACQUIRE) : 0;
+
+  *l2_offset = l1e & L1E_OFFSET_MASK;
+  if (l1e & L1E_RESERVED_MASK)
+    return bad_entry (img, guest, "L1 entry %" PRIu64 " (0x%016" PRIx64
+                      ") has reserved bits set", l1_index, l1e);
+  if (*l2_offset == 0)
+    return 0;
+  if (!IS_ALIGNED (*l2_offset, h->cluster_size))
+    return bad_entry (img, guest, "L1 entry %" PRIu64 ": L2 table offset "
+                      "0x%" PRIx64 " is not cluster aligned", l1_index,
+                      *l2_offset);
+  if (*l2_offset >= __atomic_load_n (&img->file_size, __ATOMIC_ACQUIRE))
+    return bad_entry (img, guest, "L1 entry %" PRIu64 ": L2 table offset "
+                      "0x%" PRIx64 " is past the end of the file",
+                      l1_index, *l2_offset);
+  return 0;
+}
+
+int
 qcow2_check_entry (struct qcow2_image *img, uint64_t guest, uint64_t entry,
                    uint64_t bitmap)
 {
@@ -206,7 +231,7 @@ qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t max_len,
   const unsigned span_bits = cb + h->l2_bits;
   const unsigned words = h->l2_entry_size / 8;
   const unsigned per_slice = img->slice_size / h->l2_entry_size;
-  uint64_t l1_index, l1e, l2_offset, l2_index, slice_offset, end;
+  uint64_t l2_offset, l2_index, slice_offset, end;
   uint64_t entries[MCACHE_MAX_SLICE / 8];
   unsigned first, n;
 
@@ -215,25 +240,12 @@ qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t max_len,
   max_len = MIN (max_len, (1ULL << span_bits) - (offset & ((1ULL << span_bits) - 1)));
   end = offset + max_len;
 
-  l1_index = offset >> span_bits;
-  l1e = l1_index < h->l1_size ?
-    __atomic_load_n (&img->l1[l1_index], __ATOMIC_ACQUIRE) : 0;
-  if (l1e & L1E_RESERVED_MASK)
-    return bad_entry (img, offset, "L1 entry %" PRIu64 " (0x%016" PRIx64
-                      ") has reserved bits set", l1_index, l1e);
-  l2_offset = l1e & L1E_OFFSET_MASK;
+  if (qcow2_l2_table (img, offset, &l2_offset) == -1)
+    return -1;
   if (l2_offset == 0) {
     extend_run (run, RUN_UNALLOCATED, 0, max_len, 0);
     return 0;
   }
-  if (!IS_ALIGNED (l2_offset, cs))
-    return bad_entry (img, offset, "L1 entry %" PRIu64 ": L2 table offset "
-                      "0x%" PRIx64 " is not cluster aligned", l1_index,
-                      l2_offset);
-  if (l2_offset >= __atomic_load_n (&img->file_size, __ATOMIC_ACQUIRE))
-    return bad_entry (img, offset, "L1 entry %" PRIu64 ": L2 table offset "
-                      "0x%" PRIx64 " is past the end of the file",
-                      l1_index, l2_offset);
 
   /* The entries of this L2 slice that cover [offset, end). */
   l2_index = (offset >> cb) & ((1ULL << h->l2_bits) - 1);

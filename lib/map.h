@@ -30,6 +30,12 @@ struct qcow2_run {
 extern int qcow2_map (struct qcow2_image *img, uint64_t offset,
                       uint64_t max_len, struct qcow2_run *run);
 
+/* The offset of the L2 table mapping guest offset guest (0: none), from
+ * its L1 entry, checked as a read would.  0, or -1 with errno EIO after
+ * reporting. */
+extern int qcow2_l2_table (struct qcow2_image *img, uint64_t guest,
+                           uint64_t *l2_offset);
+
 /* Check an L2 entry (and subcluster bitmap) of guest offset as a read
  * would, before a write acts on what it names.  0, or -1 with errno EIO
  * after reporting. */

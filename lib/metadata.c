@@ -22,6 +22,7 @@
 #include "format.h"
 #include "image-internal.h"
 #include "log.h"
+#include "map.h"
 #include "minmax.h"
 
 int
@@ -75,9 +76,10 @@ qcow2_l2_lookup (struct qcow2_image *img, uint64_t guest,
   uint64_t l1i, in_table, l2;
 
   l2_position (img, guest, &l1i, &in_table);
-  l2 = __atomic_load_n (&img->l1[l1i], __ATOMIC_ACQUIRE) & L1E_OFFSET_MASK;
   *entry = *bitmap = 0;
   *entry_offset = 0;
+  if (qcow2_l2_table (img, guest, &l2) == -1)
+    return -1;
   if (l2 == 0)
     return 0;
   *entry_offset = l2 + in_table;
