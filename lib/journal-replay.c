@@ -17,6 +17,7 @@
  */
 #include <config.h>
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -304,19 +305,40 @@ journal_scan (struct journal *j, journal_apply_fn apply, void *opaque,
   return walk (j, &chain, apply, opaque, stats);
 }
 
-/* Apply a record to the journal's own file. */
+/* Where replay applies records: the journal's own file, except that
+ * header words (bytes 24-71 of cluster 0) are gathered and written at the
+ * end in one 48-byte write.  A sector is written whole or not at all
+ * (docs/journal-format.md M3), so the header a crash leaves during replay
+ * is the old one or the replayed one, never a mix that the next open
+ * could not even validate before replaying again. */
+struct replay_target {
+  struct journal *j;
+  uint8_t header[48];           /* bytes 24-71 */
+  bool header_changed;
+};
+
 static int
 apply_to_file (void *opaque, uint64_t offset, const void *buf,
                uint64_t count)
 {
-  struct journal *j = opaque;
+  struct replay_target *rt = opaque;
   static const uint8_t zeroes[65536];
 
+  if (offset < rt->j->cluster_size) {
+    /* target_ok allowed only bytes 24-71 here. */
+    assert (offset >= 24 && offset + count <= 72);
+    if (buf != NULL)
+      memcpy (rt->header + (offset - 24), buf, count);
+    else
+      memset (rt->header + (offset - 24), 0, count);
+    rt->header_changed = true;
+    return 0;
+  }
   if (buf != NULL)
-    return hostio_pwrite (j->io, buf, count, offset);
+    return hostio_pwrite (rt->j->io, buf, count, offset);
   while (count > 0) {
     size_t n = MIN (count, sizeof zeroes);
-    if (hostio_pwrite (j->io, zeroes, n, offset) == -1)
+    if (hostio_pwrite (rt->j->io, zeroes, n, offset) == -1)
       return -1;
     offset += n;
     count -= n;
@@ -340,11 +362,16 @@ journal_replay (struct journal *j, struct journal_replay_stats *stats)
     return -1;
   }
   if (stats->transactions > 0) {
+    struct replay_target rt = { .j = j };
+
     size = hostio_size (j->io);
     if (size == -1 ||
+        hostio_pread (j->io, rt.header, sizeof rt.header, 24) == -1 ||
         ((uint64_t) size < stats->min_file_size &&
          j->io->ops->truncate (j->io, stats->min_file_size) == -1) ||
-        walk (j, &chain, apply_to_file, j, stats) == -1 ||
+        walk (j, &chain, apply_to_file, &rt, stats) == -1 ||
+        (rt.header_changed &&
+         hostio_pwrite (j->io, rt.header, sizeof rt.header, 24) == -1) ||
         hostio_flush (j->io) == -1) {
       qerror ("%s: journal: replay: %m", j->io->name);
       return -1;
