@@ -118,6 +118,8 @@ parse_extensions (struct hostio *io, struct qcow2_header *h,
 {
   uint64_t pos = h->header_length;
 
+  h->extensions_end = end;
+  h->has_end_marker = false;
   while (pos < end) {
     uint32_t type, len;
     const uint8_t *data;
@@ -127,8 +129,11 @@ parse_extensions (struct hostio *io, struct qcow2_header *h,
                       "truncated", pos);
     type = get_be32 (buf + pos);
     len = get_be32 (buf + pos + 4);
-    if (type == QCOW2_EXT_END)
+    if (type == QCOW2_EXT_END) {
+      h->extensions_end = pos;
+      h->has_end_marker = true;
       return 0;
+    }
     if (len > end - pos - 8)
       return invalid (io, "header extension 0x%08" PRIx32 " at offset %"
                       PRIu64 ": length %" PRIu32 " runs past the end of "
@@ -201,6 +206,8 @@ parse_extensions (struct hostio *io, struct qcow2_header *h,
 
     case QJ_EXT_MAGIC:
       h->journal.present = true;
+      h->journal.crc_ok = false;
+      h->journal.pos = pos + 8;
       if (len == QJ_EXT_LENGTH &&
           get_be32 (data + 28) == crc32c (0, data, 28)) {
         h->journal.crc_ok = true;
@@ -212,24 +219,9 @@ parse_extensions (struct hostio *io, struct qcow2_header *h,
       break;
 
     default:
-      /* Others (the crypto header pointer, unknown ones) are only kept. */
+      /* Others (the crypto header pointer, unknown ones) stay as they
+       * are: qcow2j never rewrites the extension area. */
       break;
-    }
-    /* Keep every extension but those the journal rewrites. */
-    if (type != QCOW2_EXT_FEATURE_NAMES && type != QJ_EXT_MAGIC) {
-      struct qcow2_extension *v =
-        realloc (h->extensions, (h->nr_extensions + 1) * sizeof *v);
-      if (v == NULL || (v[h->nr_extensions].data = malloc (len + 1)) == NULL) {
-        qerror ("malloc: %m");
-        if (v)
-          h->extensions = v;
-        return -1;
-      }
-      h->extensions = v;
-      v[h->nr_extensions].type = type;
-      v[h->nr_extensions].length = len;
-      memcpy (v[h->nr_extensions].data, data, len);
-      h->nr_extensions++;
     }
     pos += 8 + ROUND_UP ((uint64_t) len, 8);
   }
@@ -511,11 +503,6 @@ qcow2_header_free (struct qcow2_header *h)
   free (h->backing_format);
   free (h->data_file);
   free (h->feature_names);
-  for (size_t i = 0; i < h->nr_extensions; i++)
-    free (h->extensions[i].data);
-  free (h->extensions);
-  h->extensions = NULL;
-  h->nr_extensions = 0;
   h->backing_file = h->backing_format = h->data_file = NULL;
   h->feature_names = NULL;
   h->nr_feature_names = 0;

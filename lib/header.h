@@ -14,18 +14,11 @@ struct qcow2_feature_name {
   char name[47];                /* NUL-terminated copy */
 };
 
-/* A header extension kept verbatim, to be written back when the header
- * extension area is rewritten. */
-struct qcow2_extension {
-  uint32_t type;
-  uint32_t length;
-  uint8_t *data;
-};
-
 /* The qcow2j journal extension (docs/journal-format.md section 3). */
 struct qcow2_journal_ext {
   bool present;                 /* the extension exists */
   bool crc_ok;                  /* and its crc32c matches */
+  uint64_t pos;                 /* file offset of its 32 data bytes */
   uint64_t offset, size, id;
   uint32_t version;
 };
@@ -57,9 +50,11 @@ struct qcow2_header {
   char *data_file;              /* NULL if none */
   struct qcow2_feature_name *feature_names;
   size_t nr_feature_names;
-  struct qcow2_extension *extensions; /* all but feature names and Q2JL */
-  size_t nr_extensions;
   struct qcow2_journal_ext journal;
+  /* Where the extension area ends: the offset of its end marker, or
+   * where it runs into the backing file name or the end of cluster 0. */
+  uint64_t extensions_end;
+  bool has_end_marker;
   bool has_bitmaps_ext;
   uint32_t nb_bitmaps;
   uint64_t bitmap_directory_size;
@@ -73,7 +68,7 @@ struct qcow2_header {
 };
 
 /* QEMU's feature name table, in QEMU's order and spelling, so that tools
- * name the bits; images qcow2j writes carry it. */
+ * name the bits; images qcow2_create makes carry it. */
 struct qcow2_known_feature {
   uint8_t type;                 /* 0 incompatible, 1 compatible, 2 autoclear */
   uint8_t bit;
