@@ -3,6 +3,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,8 +19,13 @@ struct event {
   uint8_t *data;                /* EV_WRITE */
 };
 
+/* Every call takes the lock: the image's threads (writers, committers,
+ * the checkpoint thread) call at once, and each event is then atomic, in
+ * one total order.  A flush covers exactly the writes recorded before it:
+ * what a flush guarantees for writes that completed before it was called. */
 struct powercut {
   struct hostio io;
+  pthread_mutex_t lock;
   uint8_t *cur;                 /* current contents */
   uint64_t cur_size, cur_cap;
   uint8_t *initial;
@@ -118,12 +124,15 @@ static int
 pc_pread (struct hostio *io, void *buf, size_t count, uint64_t offset)
 {
   struct powercut *pc = (struct powercut *) io;
-  uint64_t avail = offset < pc->cur_size ? pc->cur_size - offset : 0;
+  uint64_t avail;
 
+  pthread_mutex_lock (&pc->lock);
+  avail = offset < pc->cur_size ? pc->cur_size - offset : 0;
   if (avail > count)
     avail = count;
   memcpy (buf, pc->cur + offset, avail);
   memset ((uint8_t *) buf + avail, 0, count - avail);
+  pthread_mutex_unlock (&pc->lock);
   return 0;
 }
 
@@ -132,10 +141,14 @@ pc_pwrite (struct hostio *io, const void *buf, size_t count, uint64_t offset)
 {
   struct powercut *pc = (struct powercut *) io;
 
-  if (injected (pc, 'w'))
+  pthread_mutex_lock (&pc->lock);
+  if (injected (pc, 'w')) {
+    pthread_mutex_unlock (&pc->lock);
     return -1;
+  }
   record (pc, EV_WRITE, offset, count, buf);
   apply (&pc->cur, &pc->cur_size, &pc->cur_cap, EV_WRITE, offset, count, buf);
+  pthread_mutex_unlock (&pc->lock);
   return 0;
 }
 
@@ -144,9 +157,13 @@ pc_flush (struct hostio *io)
 {
   struct powercut *pc = (struct powercut *) io;
 
-  if (injected (pc, 'f'))
+  pthread_mutex_lock (&pc->lock);
+  if (injected (pc, 'f')) {
+    pthread_mutex_unlock (&pc->lock);
     return -1;
+  }
   record (pc, EV_FLUSH, 0, 0, NULL);
+  pthread_mutex_unlock (&pc->lock);
   return 0;
 }
 
@@ -155,10 +172,14 @@ pc_punch (struct hostio *io, uint64_t offset, uint64_t count)
 {
   struct powercut *pc = (struct powercut *) io;
 
-  if (injected (pc, 'p'))
+  pthread_mutex_lock (&pc->lock);
+  if (injected (pc, 'p')) {
+    pthread_mutex_unlock (&pc->lock);
     return -1;
+  }
   record (pc, EV_PUNCH, offset, count, NULL);
   apply (&pc->cur, &pc->cur_size, &pc->cur_cap, EV_PUNCH, offset, count, NULL);
+  pthread_mutex_unlock (&pc->lock);
   return 0;
 }
 
@@ -167,17 +188,27 @@ pc_truncate (struct hostio *io, uint64_t size)
 {
   struct powercut *pc = (struct powercut *) io;
 
-  if (injected (pc, 't'))
+  pthread_mutex_lock (&pc->lock);
+  if (injected (pc, 't')) {
+    pthread_mutex_unlock (&pc->lock);
     return -1;
+  }
   record (pc, EV_TRUNCATE, 0, size, NULL);
   apply (&pc->cur, &pc->cur_size, &pc->cur_cap, EV_TRUNCATE, 0, size, NULL);
+  pthread_mutex_unlock (&pc->lock);
   return 0;
 }
 
 static int64_t
 pc_size (struct hostio *io)
 {
-  return ((struct powercut *) io)->cur_size;
+  struct powercut *pc = (struct powercut *) io;
+  int64_t size;
+
+  pthread_mutex_lock (&pc->lock);
+  size = pc->cur_size;
+  pthread_mutex_unlock (&pc->lock);
+  return size;
 }
 
 static int
@@ -208,6 +239,7 @@ powercut_new (const char *name, const uint8_t *data, uint64_t size)
 
   assert (pc != NULL);
   pc->io.ops = &powercut_ops;
+  pthread_mutex_init (&pc->lock, NULL);
   pc->io.name = strdup (name);
   reserve (&pc->cur, &pc->cur_cap, size);
   memcpy (pc->cur, data, size);
@@ -228,6 +260,7 @@ powercut_free (struct powercut *pc)
   free (pc->initial);
   free (pc->durable);
   free (pc->io.name);
+  pthread_mutex_destroy (&pc->lock);
   free (pc);
 }
 
@@ -240,7 +273,12 @@ powercut_io (struct powercut *pc)
 uint64_t
 powercut_moment (struct powercut *pc)
 {
-  return pc->nev;
+  uint64_t n;
+
+  pthread_mutex_lock (&pc->lock);
+  n = pc->nev;
+  pthread_mutex_unlock (&pc->lock);
+  return n;
 }
 
 bool
@@ -264,12 +302,12 @@ powercut_fail_at (struct powercut *pc, char kind, uint64_t nth, int err)
   pc->fail_errno = err;
 }
 
-void
-powercut_crash_state (struct powercut *pc, uint64_t moment, uint64_t *rng,
-                      uint8_t **out, uint64_t *out_size)
+/* The durable file at the last flush before moment, in pc->durable;
+ * returns the number of that flush's successor event. */
+static uint64_t
+advance_durable (struct powercut *pc, uint64_t moment)
 {
-  uint64_t last_flush = 0, size, cap, torn = UINT64_MAX;
-  uint8_t *buf;
+  uint64_t last_flush = 0;
 
   assert (moment <= pc->nev);
   /* The durable prefix ends just after the last flush before moment. */
@@ -290,51 +328,87 @@ powercut_crash_state (struct powercut *pc, uint64_t moment, uint64_t *rng,
     apply (&pc->durable, &pc->durable_size, &pc->durable_cap, e->kind,
            e->offset, e->len, e->data);
   }
+  return last_flush;
+}
 
-  size = pc->durable_size;
-  cap = 0;
-  buf = NULL;
+/* The durable file plus the chosen events after last_flush, the one
+ * numbered torn (if any) only in part. */
+static void
+build_state (struct powercut *pc, uint64_t last_flush, uint64_t n,
+             const bool *chosen, uint64_t torn, uint64_t *rng,
+             uint8_t **out, uint64_t *out_size)
+{
+  uint64_t size = pc->durable_size, cap = 0;
+  uint8_t *buf = NULL;
+
   reserve (&buf, &cap, size);
   memcpy (buf, pc->durable, size);
+  for (uint64_t i = 0; i < n; i++) {
+    struct event *e = &pc->ev[last_flush + i];
 
-  {
-    /* Choose the subset first, so that the torn write is the last chosen. */
-    uint64_t n = moment - last_flush;
-    bool *chosen = calloc (n ? n : 1, sizeof *chosen);
-    /* Bias towards "everything landed" and "nothing landed" sometimes. */
-    uint64_t mode = pc_rand (rng) % 4;
-
-    for (uint64_t i = 0; i < n; i++)
-      chosen[i] = mode == 0 ? true : mode == 1 ? false : pc_rand (rng) & 1;
-    if (pc_rand (rng) & 1)
-      for (uint64_t i = n; i > 0; i--)
-        if (chosen[i - 1] && pc->ev[last_flush + i - 1].kind == EV_WRITE) {
-          torn = last_flush + i - 1;
-          break;
-        }
-    for (uint64_t i = 0; i < n; i++) {
-      struct event *e = &pc->ev[last_flush + i];
-
-      if (!chosen[i])
-        continue;
-      if (last_flush + i != torn)
-        apply (&buf, &size, &cap, e->kind, e->offset, e->len, e->data);
-      else {
-        /* Torn: a random subset of its 512-byte sectors lands. */
-        uint64_t pos = e->offset;
-        while (pos < e->offset + e->len) {
-          uint64_t end = (pos / SECTOR + 1) * SECTOR;
-          if (end > e->offset + e->len)
-            end = e->offset + e->len;
-          if (pc_rand (rng) & 1)
-            apply (&buf, &size, &cap, EV_WRITE, pos, end - pos,
-                   e->data + (pos - e->offset));
-          pos = end;
-        }
+    if (!chosen[i])
+      continue;
+    if (last_flush + i != torn)
+      apply (&buf, &size, &cap, e->kind, e->offset, e->len, e->data);
+    else {
+      /* Torn: a random subset of its 512-byte sectors lands. */
+      uint64_t pos = e->offset;
+      while (pos < e->offset + e->len) {
+        uint64_t end = (pos / SECTOR + 1) * SECTOR;
+        if (end > e->offset + e->len)
+          end = e->offset + e->len;
+        if (pc_rand (rng) & 1)
+          apply (&buf, &size, &cap, EV_WRITE, pos, end - pos,
+                 e->data + (pos - e->offset));
+        pos = end;
       }
     }
-    free (chosen);
   }
   *out = buf;
   *out_size = size;
+}
+
+void
+powercut_crash_state (struct powercut *pc, uint64_t moment, uint64_t *rng,
+                      uint8_t **out, uint64_t *out_size)
+{
+  uint64_t last_flush = advance_durable (pc, moment);
+  uint64_t n = moment - last_flush, torn = UINT64_MAX;
+  bool *chosen = calloc (n ? n : 1, sizeof *chosen);
+  /* Bias towards "everything landed" and "nothing landed" sometimes. */
+  uint64_t mode = pc_rand (rng) % 4;
+
+  assert (chosen != NULL);
+  /* Choose the subset first, so that the torn write is the last chosen. */
+  for (uint64_t i = 0; i < n; i++)
+    chosen[i] = mode == 0 ? true : mode == 1 ? false : pc_rand (rng) & 1;
+  if (pc_rand (rng) & 1)
+    for (uint64_t i = n; i > 0; i--)
+      if (chosen[i - 1] && pc->ev[last_flush + i - 1].kind == EV_WRITE) {
+        torn = last_flush + i - 1;
+        break;
+      }
+  build_state (pc, last_flush, n, chosen, torn, rng, out, out_size);
+  free (chosen);
+}
+
+uint64_t
+powercut_pending (struct powercut *pc, uint64_t moment)
+{
+  return moment - advance_durable (pc, moment);
+}
+
+void
+powercut_crash_state_subset (struct powercut *pc, uint64_t moment,
+                             uint64_t subset, uint8_t **out,
+                             uint64_t *out_size)
+{
+  uint64_t last_flush = advance_durable (pc, moment);
+  uint64_t n = moment - last_flush;
+  bool chosen[64];
+
+  assert (n <= 64);
+  for (uint64_t i = 0; i < n; i++)
+    chosen[i] = subset >> i & 1;
+  build_state (pc, last_flush, n, chosen, UINT64_MAX, NULL, out, out_size);
 }

@@ -10,6 +10,9 @@
  *
  * It can also inject a failure (EIO, ENOSPC, ...) at the Nth call of a
  * kind, for fault tests.
+ *
+ * The hostio and powercut_moment may be used by many threads at once;
+ * the other functions only while no thread uses the file.
  */
 #ifndef QCOW2J_POWERCUT_H
 #define QCOW2J_POWERCUT_H
@@ -55,6 +58,17 @@ pc_rand (uint64_t *state)
 extern void powercut_crash_state (struct powercut *pc, uint64_t moment,
                                   uint64_t *rng, uint8_t **out,
                                   uint64_t *out_size);
+
+/* The number of events between the last flush before moment and moment
+ * (what a cut at moment may keep or lose). */
+extern uint64_t powercut_pending (struct powercut *pc, uint64_t moment);
+
+/* Like powercut_crash_state, with exactly the pending events whose bit is
+ * set in subset (bit 0: the first after the flush; at most 64 pending
+ * events), none torn: to enumerate every state of a short window. */
+extern void powercut_crash_state_subset (struct powercut *pc,
+                                         uint64_t moment, uint64_t subset,
+                                         uint8_t **out, uint64_t *out_size);
 
 /* Fail the nth (0-based, counted from now) call of the given kind with
  * err.  Kinds: 'w' pwrite, 'f' flush, 't' truncate, 'p' punch. */

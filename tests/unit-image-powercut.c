@@ -1,14 +1,18 @@
 /* The whole write path under power cuts.
  *
- * Each trial creates a small image (qcow2_create), loads it into the
+ * Each trial creates a small image (see enum base: empty, compressed
+ * clusters, an internal snapshot, a backing file; 512-byte clusters with
+ * 64-bit refcounts, whose refcount table must grow), loads it into the
  * power-cut simulator, opens it writable with qcow2_open_hostio and runs
  * a random workload of qcow2_pwrite (random data, 512 bytes to 200 KiB,
  * cluster-, sector- and byte-aligned), qcow2_zero (may_trim both ways,
  * sometimes fast), qcow2_trim and qcow2_flush, keeping a model of the
  * guest content: for every 512-byte sector, each version the client gave
- * it.  The checkpoint thread does not run, so checkpoints happen when the
- * journal ring fills (the long trials fill it) and in qcow2_close, which
- * ends half of the trials.
+ * it.  In most trials one thread runs the workload and the checkpoint
+ * thread does not run, so checkpoints happen when the journal ring fills
+ * (the long trials fill it) and in qcow2_close, which ends half of the
+ * trials.  In the others two worker threads share the disk by stripes and
+ * the checkpoint thread runs: commits of both meet its checkpoints.
  *
  * Then, for sampled moments of the run (evenly spaced ones; every moment
  * just before a host flush completes, or one in 25 in the long runs; and
@@ -20,8 +24,9 @@
  * docs/journal-format.md section 8:
  *
  * - a sector holds what it held when the last acknowledged qcow2_flush
- *   (or qcow2_close) was called, or a version the client wrote after
- *   that flush, by a call already started at the cut;
+ *   (or qcow2_close) was called (what calls that had returned by then
+ *   wrote), or a version written later, by a call already started at
+ *   the cut;
  * - a sector never written reads as zeroes;
  * - after a trim the sector may also keep what it held before the trim.
  *
@@ -46,6 +51,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -70,6 +76,8 @@ extern char **environ;
 #define MAX_IO (200 * KiB)
 #define MAX_DENSE 120
 #define DENSE_FLUSH_REPS 4
+#define MAX_EVERY_SUBSET 4      /* writes pending at a flush */
+#define STRIPE (256 * KiB)      /* owned by one worker thread */
 
 enum content { C_ZERO, C_GEN, C_STORED };
 
@@ -93,50 +101,67 @@ enum op_type { OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_CLOSE };
 struct op {
   enum op_type type;
   uint64_t start, end;          /* moments before and after the call */
+  /* Stamps from one counter, before and after the call: a call whose
+   * end_seq is below a flush's start_seq returned before that flush was
+   * called, so the flush covers it. */
+  uint64_t start_seq, end_seq;
+  uint64_t sb_writes;           /* journal superblock writes before it */
   uint64_t offset, len;
   bool dense;                   /* check many moments inside */
 };
 
-/* The image a trial starts from: empty (qcow2_create), or made by
- * qemu-img with data in part of the disk, as compressed clusters, or
- * under an internal snapshot (every cluster shared: each write copies). */
-enum base { BASE_EMPTY, BASE_COMPRESSED, BASE_SNAPSHOT };
+/* The image a trial starts from: empty (qcow2_create, or qemu-img
+ * create for other refcount widths), or made by qemu-img with data in
+ * part of the disk, as compressed clusters, under an internal snapshot
+ * (every cluster shared: each write copies), or in a qcow2 backing file
+ * (the top image holding some data of its own over it). */
+enum base { BASE_EMPTY, BASE_COMPRESSED, BASE_SNAPSHOT, BASE_BACKING };
 
 struct config {
   uint64_t cs, size;
   bool extl2, long_run;
   enum base base;
   bool close;                   /* qcow2_close at the end */
+  unsigned threads;             /* workers (more than one: the checkpoint
+                                   thread runs too) */
+  unsigned refcount_bits;       /* 0: 16 */
 };
 
+/* 512-byte clusters with 64-bit refcounts: one refcount table cluster
+ * covers 2 MiB of file, so those images grow their refcount table. */
 static const struct config configs[] = {
-  { 4 * KiB, 8 * MiB, false, true, BASE_EMPTY, true },
-  { 64 * KiB, 16 * MiB, false, false, BASE_EMPTY, false },
-  { 64 * KiB, 8 * MiB, true, false, BASE_COMPRESSED, true },
-  { 4 * KiB, 16 * MiB, false, false, BASE_SNAPSHOT, false },
-  { 32 * KiB, 8 * MiB, true, true, BASE_EMPTY, false },
-  { 16 * KiB, 8 * MiB, false, true, BASE_SNAPSHOT, true },
-  { 64 * KiB, 16 * MiB, false, false, BASE_SNAPSHOT, true },
-  { 64 * KiB, 8 * MiB, true, false, BASE_SNAPSHOT, false },
-  { 4 * KiB, 8 * MiB, false, false, BASE_COMPRESSED, true },
-  { 64 * KiB, 8 * MiB, false, false, BASE_COMPRESSED, false },
-  { 32 * KiB, 8 * MiB, true, true, BASE_SNAPSHOT, true },
-  { 4 * KiB, 8 * MiB, false, true, BASE_COMPRESSED, false },
+  { 4 * KiB, 8 * MiB, false, true, BASE_EMPTY, true, 1, 0 },
+  { 64 * KiB, 16 * MiB, false, false, BASE_BACKING, false, 1, 0 },
+  { 64 * KiB, 8 * MiB, true, false, BASE_COMPRESSED, true, 1, 0 },
+  { 4 * KiB, 16 * MiB, false, false, BASE_SNAPSHOT, false, 2, 0 },
+  { 32 * KiB, 8 * MiB, true, true, BASE_EMPTY, false, 2, 0 },
+  { 512, 8 * MiB, false, false, BASE_EMPTY, true, 1, 64 },
+  { 16 * KiB, 8 * MiB, false, true, BASE_SNAPSHOT, true, 1, 0 },
+  { 64 * KiB, 16 * MiB, false, false, BASE_SNAPSHOT, true, 1, 0 },
+  { 32 * KiB, 8 * MiB, true, false, BASE_BACKING, true, 2, 0 },
+  { 64 * KiB, 8 * MiB, true, false, BASE_SNAPSHOT, false, 1, 0 },
+  { 4 * KiB, 8 * MiB, false, false, BASE_COMPRESSED, true, 1, 0 },
+  { 4 * KiB, 8 * MiB, false, true, BASE_BACKING, false, 1, 0 },
+  { 64 * KiB, 8 * MiB, false, false, BASE_COMPRESSED, false, 2, 0 },
+  { 32 * KiB, 8 * MiB, true, true, BASE_SNAPSHOT, true, 1, 0 },
+  { 512, 8 * MiB, false, true, BASE_EMPTY, false, 2, 64 },
+  { 4 * KiB, 8 * MiB, false, true, BASE_COMPRESSED, false, 1, 0 },
 };
 #define NR_CONFIGS (sizeof configs / sizeof configs[0])
 
-/* A hostio in front of the simulator that notices journal superblock
- * writes (set-up, checkpoints, moving the head). */
+/* A hostio in front of the simulator that counts journal superblock
+ * writes (set-up, checkpoints, moving the head) and transactions. */
 struct tap {
   struct hostio io;
   struct hostio *inner;
-  uint64_t sb_writes, small_sb_writes;
-  uint64_t transactions;        /* in the whole trial */
+  uint64_t sb_writes, transactions;     /* atomic */
 };
 
 struct trial {
   uint64_t seed, rng;
   struct config cfg;
+  pthread_mutex_t lock;         /* ops, store, seq */
+  uint64_t seq;
   bool close_at_end;
   uint64_t nsect;
   struct powercut *pc;
@@ -144,6 +169,7 @@ struct trial {
   struct qcow2_image *img;
   uint8_t *model;               /* the disk as the client sees it */
   uint8_t *init;                /* and as it was at the start */
+  uint8_t init_header[72];      /* the image's first bytes at the start */
   uint64_t *init_hash;
   struct hist *hist;
   uint8_t (*store)[SECTOR];
@@ -156,9 +182,19 @@ struct trial {
   uint64_t states;
 };
 
+/* A thread running part of the workload on the stripes it owns. */
+struct worker {
+  struct trial *t;
+  uint64_t rng;
+  unsigned id, n;               /* stripe i belongs to worker i % n */
+  unsigned nops;
+  pthread_t thread;
+};
+
 static char dir[256];
-static uint64_t nr_trials, states, failures, ring_checkpoints;
+static uint64_t nr_trials, states, failures, sb_writes;
 static uint64_t recovery_cuts, byte_checked, ops_total;
+static uint64_t threaded_trials, backing_trials, reftable_moves;
 static uint64_t zero_hash;
 static bool have_qemu_img;
 static unsigned qemu_every = 10;  /* one state in this many */
@@ -252,6 +288,7 @@ note_sector (struct trial *t, uint64_t s, uint32_t op, bool full, bool gen,
     e.data = op;
   }
   else {
+    pthread_mutex_lock (&t->lock);
     if (t->nstore == t->cap_store) {
       t->cap_store = t->cap_store ? t->cap_store * 2 : 64;
       t->store = realloc (t->store, t->cap_store * sizeof *t->store);
@@ -260,7 +297,9 @@ note_sector (struct trial *t, uint64_t s, uint32_t op, bool full, bool gen,
     memcpy (t->store[t->nstore], p, SECTOR);
     e.kind = C_STORED;
     e.data = t->nstore++;
+    pthread_mutex_unlock (&t->lock);
   }
+  /* Only the worker owning the sector writes its history. */
   push_entry (t, s, e);
 }
 
@@ -277,13 +316,10 @@ tap_pwrite (struct hostio *io, const void *buf, size_t count, uint64_t offset)
 {
   struct tap *tp = (struct tap *) io;
 
-  if (count >= 8 && memcmp (buf, QJ_SB_MAGIC, 8) == 0) {
-    tp->sb_writes++;
-    if (count < QJ_BLOCK)
-      tp->small_sb_writes++;    /* not journal_create */
-  }
+  if (count >= 8 && memcmp (buf, QJ_SB_MAGIC, 8) == 0)
+    __atomic_add_fetch (&tp->sb_writes, 1, __ATOMIC_SEQ_CST);
   if (count >= 4 && memcmp (buf, QJ_TX_MAGIC, 4) == 0)
-    tp->transactions++;
+    __atomic_add_fetch (&tp->transactions, 1, __ATOMIC_SEQ_CST);
   return hostio_pwrite (tp->inner, buf, count, offset);
 }
 
@@ -485,6 +521,8 @@ cleanup (void)
   unlink (path);
   snprintf (path, sizeof path, "%s/base.qcow2", dir);
   unlink (path);
+  snprintf (path, sizeof path, "%s/backing.qcow2", dir);
+  unlink (path);
   rmdir (dir);
 }
 
@@ -494,83 +532,102 @@ static uint32_t
 begin_op (struct trial *t, enum op_type type, uint64_t offset, uint64_t len)
 {
   struct op *o;
+  uint32_t op;
 
+  pthread_mutex_lock (&t->lock);
   if (t->nops == t->cap_ops) {
     t->cap_ops = t->cap_ops ? t->cap_ops * 2 : 256;
     t->ops = realloc (t->ops, t->cap_ops * sizeof *t->ops);
     CHECK (t->ops != NULL);
   }
-  o = &t->ops[t->nops];
+  op = t->nops++;
+  o = &t->ops[op];
   memset (o, 0, sizeof *o);
   o->type = type;
   o->offset = offset;
   o->len = len;
+  o->sb_writes = __atomic_load_n (&t->tap.sb_writes, __ATOMIC_SEQ_CST);
   o->start = powercut_moment (t->pc);
-  t->tap.sb_writes = t->tap.small_sb_writes = 0;
-  return t->nops++;
+  o->start_seq = ++t->seq;
+  pthread_mutex_unlock (&t->lock);
+  return op;
 }
 
 static void
 end_op (struct trial *t, uint32_t op)
 {
-  struct op *o = &t->ops[op];
+  struct op *o;
 
+  pthread_mutex_lock (&t->lock);
+  o = &t->ops[op];
+  o->end_seq = ++t->seq;
   o->end = powercut_moment (t->pc);
-  o->dense = t->tap.sb_writes > 0 || o->type == OP_CLOSE;
-  if (t->tap.small_sb_writes > 0 && o->type != OP_CLOSE)
-    ring_checkpoints++;
+  o->dense = o->type == OP_CLOSE ||
+    __atomic_load_n (&t->tap.sb_writes, __ATOMIC_SEQ_CST) > o->sb_writes;
   ops_total++;
+  pthread_mutex_unlock (&t->lock);
 }
 
-/* A random range: cluster-aligned, sector-aligned or byte-aligned. */
+/* A random range: cluster-aligned, sector-aligned or byte-aligned, in
+ * the part of the disk the worker owns. */
 static void
-pick_range (struct trial *t, bool small, bool bytes_ok,
-            uint64_t *offset, uint64_t *len)
+pick_range (struct worker *w, bool small, uint64_t *offset, uint64_t *len)
 {
+  const struct trial *t = w->t;
   const uint64_t cs = t->cfg.cs;
   /* Long runs mostly churn a hot region: writes, zeroes and trims there
    * keep changing mappings, so that most flushes commit a transaction. */
-  const uint64_t size = t->cfg.long_run && pc_rand (&t->rng) % 4 != 0
+  uint64_t size = t->cfg.long_run && pc_rand (&w->rng) % 4 != 0
     ? 1 * MiB : t->cfg.size;
-  uint64_t mode = pc_rand (&t->rng) % 10;
-  uint64_t max = small ? 8 * KiB : pc_rand (&t->rng) % 4 ? 32 * KiB : MAX_IO;
-  uint64_t n = SECTOR + pc_rand (&t->rng) % (max - SECTOR + 1);
+  uint64_t base = 0;
+  uint64_t mode = pc_rand (&w->rng) % 10;
+  uint64_t max = small ? 8 * KiB : pc_rand (&w->rng) % 4 ? 32 * KiB : MAX_IO;
+  uint64_t n = SECTOR + pc_rand (&w->rng) % (max - SECTOR + 1);
 
+  if (w->n > 1) {
+    /* One of its stripes (each of them a whole number of clusters). */
+    uint64_t owned = size / STRIPE / w->n;
+    base = (pc_rand (&w->rng) % owned * w->n + w->id) * STRIPE;
+    size = STRIPE;
+  }
   if (mode < 4 || (t->cfg.long_run && mode < 7)) {
     uint64_t nc = 1 + n / cs;
     if (nc * cs > MAX_IO)
       nc = MAX_IO / cs ? MAX_IO / cs : 1;
     if (small && nc > 2)
-      nc = 1 + pc_rand (&t->rng) % 2;
+      nc = 1 + pc_rand (&w->rng) % 2;
     *len = nc * cs;
-    *offset = pc_rand (&t->rng) % (size / cs - nc + 1) * cs;
+    *offset = pc_rand (&w->rng) % (size / cs - nc + 1) * cs;
   }
-  else if (mode < 8 || !bytes_ok || (t->cfg.long_run && mode < 9)) {
+  else if (mode < 8 || (t->cfg.long_run && mode < 9)) {
     *len = (n + SECTOR - 1) / SECTOR * SECTOR;
-    *offset = pc_rand (&t->rng) % ((size - *len) / SECTOR + 1) * SECTOR;
+    *offset = pc_rand (&w->rng) % ((size - *len) / SECTOR + 1) * SECTOR;
   }
   else {
     *len = n;
-    *offset = pc_rand (&t->rng) % (size - n + 1);
+    *offset = pc_rand (&w->rng) % (size - n + 1);
   }
-  /* Now and then at the very end of the disk. */
-  if (pc_rand (&t->rng) % 20 == 0)
-    *offset = t->cfg.size - *len;
+  /* Now and then at the very end of the disk (or of the stripe). */
+  if (pc_rand (&w->rng) % 20 == 0)
+    *offset = (w->n > 1 ? size : t->cfg.size) - *len;
+  *offset += base;
 }
 
 static void
-do_write (struct trial *t, bool small)
+do_write (struct worker *w, bool small)
 {
+  struct trial *t = w->t;
   uint64_t offset, len, s0, s1;
   uint8_t *buf, g[SECTOR];
   uint32_t op;
 
-  pick_range (t, small, true, &offset, &len);
+  pick_range (w, small, &offset, &len);
   s0 = offset / SECTOR;
   s1 = (offset + len + SECTOR - 1) / SECTOR;
   buf = malloc (len);
   CHECK (buf != NULL);
-  op = t->nops;
+  /* The data depends on the call's number. */
+  op = begin_op (t, OP_WRITE, offset, len);
   for (uint64_t s = s0; s < s1; s++) {
     uint64_t a = s * SECTOR > offset ? s * SECTOR : offset;
     uint64_t b = (s + 1) * SECTOR < offset + len ? (s + 1) * SECTOR
@@ -578,7 +635,6 @@ do_write (struct trial *t, bool small)
     gen_sector (t, op, s, g);
     memcpy (buf + (a - offset), g + (a - s * SECTOR), b - a);
   }
-  CHECK (begin_op (t, OP_WRITE, offset, len) == op);
   if (qcow2_pwrite (t->img, buf, len, offset) != 0) {
     fprintf (stderr, "seed %" PRIu64 ": qcow2_pwrite (%" PRIu64 ", %"
              PRIu64 ") failed: %m\n", t->seed, len, offset);
@@ -593,15 +649,16 @@ do_write (struct trial *t, bool small)
 }
 
 static void
-do_zero (struct trial *t, bool small)
+do_zero (struct worker *w, bool small)
 {
+  struct trial *t = w->t;
   uint64_t offset, len, s0, s1;
-  bool may_trim = pc_rand (&t->rng) & 1;
-  bool fast = pc_rand (&t->rng) % 5 == 0;
+  bool may_trim = pc_rand (&w->rng) & 1;
+  bool fast = pc_rand (&w->rng) % 5 == 0;
   uint32_t op;
   int r;
 
-  pick_range (t, small, true, &offset, &len);
+  pick_range (w, small, &offset, &len);
   s0 = offset / SECTOR;
   s1 = (offset + len + SECTOR - 1) / SECTOR;
   op = begin_op (t, OP_ZERO, offset, len);
@@ -621,13 +678,14 @@ do_zero (struct trial *t, bool small)
 }
 
 static void
-do_trim (struct trial *t, bool small)
+do_trim (struct worker *w, bool small)
 {
+  struct trial *t = w->t;
   uint64_t offset, len, s0, s1;
   uint8_t *live;
   uint32_t op;
 
-  pick_range (t, small, true, &offset, &len);
+  pick_range (w, small, &offset, &len);
   s0 = offset / SECTOR;
   s1 = (offset + len + SECTOR - 1) / SECTOR;
   op = begin_op (t, OP_TRIM, offset, len);
@@ -648,7 +706,7 @@ do_trim (struct trial *t, bool small)
       fprintf (stderr, "seed %" PRIu64 ": trim (%" PRIu64 ", %" PRIu64
                ") changed sector %" PRIu64 " to something else than "
                "zeroes\n", t->seed, len, offset, s);
-      failures++;
+      __atomic_add_fetch (&failures, 1, __ATOMIC_SEQ_CST);
     }
     memcpy (t->model + s * SECTOR, p, SECTOR);
     note_sector (t, s, op, true, false, true);
@@ -657,8 +715,9 @@ do_trim (struct trial *t, bool small)
 }
 
 static void
-do_flush (struct trial *t)
+do_flush (struct worker *w)
 {
+  struct trial *t = w->t;
   uint32_t op = begin_op (t, OP_FLUSH, 0, 0);
 
   if (qcow2_flush (t->img) != 0) {
@@ -666,6 +725,33 @@ do_flush (struct trial *t)
     exit (EXIT_FAILURE);
   }
   end_op (t, op);
+}
+
+static void *
+run_worker (void *arg)
+{
+  struct worker *w = arg;
+  const bool long_run = w->t->cfg.long_run;
+
+  for (unsigned i = 0; i < w->nops; i++) {
+    uint64_t r = pc_rand (&w->rng) % 100;
+    bool small = long_run ? pc_rand (&w->rng) % 8 != 0
+      : pc_rand (&w->rng) % 3 == 0;
+
+    /* Long runs flush after most calls, to commit many small
+     * transactions and fill the journal ring. */
+    if (long_run)
+      r = i % 2 == 0 ? r * 66 / 100 : r < 85 ? 66 : 45;
+    if (r < 45)
+      do_write (w, small);
+    else if (r < 58)
+      do_zero (w, small);
+    else if (r < 66)
+      do_trim (w, small);
+    else
+      do_flush (w);
+  }
+  return NULL;
 }
 
 /* The live image reads as the model. */
@@ -701,15 +787,11 @@ run (const char *fs, ...)
   return r == -1 || !WIFEXITED (r) ? -1 : WEXITSTATUS (r);
 }
 
-/* An image made by qemu-img holding t->init: data in about half of the
- * disk, in runs of sectors (compressible: zlib must want it), compressed
- * or under an internal snapshot. */
+/* Fill t->init: data in about half of the disk, in runs of sectors
+ * (compressible: zlib must want it). */
 static void
-make_base (struct trial *t, const char *path)
+make_content (struct trial *t)
 {
-  char raw[300];
-  int fd;
-
   for (uint64_t pos = 0; pos < t->cfg.size; ) {
     uint64_t n = SECTOR * (1 + pc_rand (&t->rng) % 256);
     bool data = pc_rand (&t->rng) & 1;
@@ -720,35 +802,88 @@ make_base (struct trial *t, const char *path)
       t->init[pos + i] = ((pos + i) / SECTOR * 7 + i / 64) % 251 + 1;
     pos += n;
   }
+}
+
+/* qemu-img convert of t->init to a qcow2 file in dir. */
+static void
+convert_content (struct trial *t, const char *path, uint64_t cs,
+                 bool compressed, bool extl2)
+{
+  char raw[300];
+  int fd;
+
   snprintf (raw, sizeof raw, "%s/base.raw", dir);
   fd = open (raw, O_WRONLY | O_CREAT | O_TRUNC, 0644);
   CHECK (fd >= 0);
   CHECK (pwrite (fd, t->init, t->cfg.size, 0) == (ssize_t) t->cfg.size);
   CHECK (close (fd) == 0);
   CHECK (run ("qemu-img convert -q -f raw -O qcow2 %s -o cluster_size=%"
-              PRIu64 "%s '%s' '%s'",
-              t->cfg.base == BASE_COMPRESSED ? "-c" : "", t->cfg.cs,
-              t->cfg.extl2 ? ",extended_l2=on" : "", raw, path) == 0);
-  if (t->cfg.base == BASE_SNAPSHOT)
-    CHECK (run ("qemu-img snapshot -c before '%s'", path) == 0);
+              PRIu64 "%s '%s' '%s'", compressed ? "-c" : "", cs,
+              extl2 ? ",extended_l2=on" : "", raw, path) == 0);
   unlink (raw);
+}
+
+/* The image a trial starts from (see enum base), at path; t->init gets
+ * its content. */
+static void
+make_base (struct trial *t, const char *path)
+{
+  const struct config *c = &t->cfg;
+  char backing[300];
+
+  switch (c->base) {
+  case BASE_EMPTY:
+    if (c->refcount_bits == 0 || !have_qemu_img)
+      CHECK (qcow2_create (path, c->size, c->cs, c->extl2, false) == 0);
+    else
+      CHECK (run ("qemu-img create -q -f qcow2 -o cluster_size=%" PRIu64
+                  ",refcount_bits=%u%s '%s' %" PRIu64, c->cs,
+                  c->refcount_bits, c->extl2 ? ",extended_l2=on" : "",
+                  path, c->size) == 0);
+    return;
+  case BASE_COMPRESSED:
+  case BASE_SNAPSHOT:
+    make_content (t);
+    convert_content (t, path, c->cs, c->base == BASE_COMPRESSED, c->extl2);
+    if (c->base == BASE_SNAPSHOT)
+      CHECK (run ("qemu-img snapshot -c before '%s'", path) == 0);
+    return;
+  case BASE_BACKING:
+    /* A backing file of another cluster size; the top image gets a run
+     * of whole clusters and a few sectors of its own. */
+    make_content (t);
+    snprintf (backing, sizeof backing, "%s/backing.qcow2", dir);
+    convert_content (t, backing, c->cs == 64 * KiB ? 16 * KiB : 64 * KiB,
+                     false, false);
+    CHECK (run ("qemu-img create -q -f qcow2 -F qcow2 -b backing.qcow2 "
+                "-o cluster_size=%" PRIu64 "%s '%s'", c->cs,
+                c->extl2 ? ",extended_l2=on" : "", path) == 0);
+    CHECK (run ("qemu-io -c 'write -q -P 0x5a 0 %" PRIu64 "' "
+                "-c 'write -q -P 0xa5 %" PRIu64 " 3072' '%s'",
+                c->size / 8, c->size / 2 + 1536, path) == 0);
+    memset (t->init, 0x5a, c->size / 8);
+    memset (t->init + c->size / 2 + 1536, 0xa5, 3072);
+    return;
+  }
+  abort ();
 }
 
 static void
 run_workload (struct trial *t, unsigned nops)
 {
   struct qcow2_open_options opts = { .writable = true };
+  struct worker w[4];
+  const unsigned nw = t->cfg.threads;
   char path[300];
   uint8_t *data;
   struct stat st;
   int fd;
 
+  CHECK (nw >= 1 && nw <= 4);
   snprintf (path, sizeof path, "%s/base.qcow2", dir);
-  if (t->cfg.base == BASE_EMPTY || !have_qemu_img)
-    CHECK (qcow2_create (path, t->cfg.size, t->cfg.cs, t->cfg.extl2,
-                         false) == 0);
-  else
-    make_base (t, path);
+  if (t->cfg.base != BASE_EMPTY && !have_qemu_img)
+    t->cfg.base = BASE_EMPTY;
+  make_base (t, path);
   for (uint64_t s = 0; s < t->nsect; s++)
     t->init_hash[s] = hash_sector (t->init + s * SECTOR);
   memcpy (t->model, t->init, t->cfg.size);
@@ -758,6 +893,8 @@ run_workload (struct trial *t, unsigned nops)
   data = malloc (st.st_size);
   CHECK (data != NULL);
   CHECK (pread (fd, data, st.st_size, 0) == st.st_size);
+  CHECK (st.st_size >= (off_t) sizeof t->init_header);
+  memcpy (t->init_header, data, sizeof t->init_header);
   close (fd);
   unlink (path);
   t->pc = powercut_new ("image", data, st.st_size);
@@ -769,28 +906,31 @@ run_workload (struct trial *t, unsigned nops)
   /* A small metadata cache now and then, so that slices are evicted. */
   if (pc_rand (&t->rng) % 3 == 0)
     opts.l2_cache_bytes = 64 * KiB;
-  t->img = qcow2_open_hostio (&t->tap.io, NULL, &opts);
+  t->img = qcow2_open_hostio (&t->tap.io, dir, &opts);
   CHECK (t->img != NULL);
   CHECK (qcow2_prepare_writable (t->img) == 0);
   check_live (t);
 
-  for (unsigned i = 0; i < nops; i++) {
-    uint64_t r = pc_rand (&t->rng) % 100;
-    bool small = t->cfg.long_run ? pc_rand (&t->rng) % 8 != 0
-      : pc_rand (&t->rng) % 3 == 0;
-
-    /* Long runs flush after most calls, to commit many small
-     * transactions and fill the journal ring. */
-    if (t->cfg.long_run)
-      r = i % 2 == 0 ? r * 66 / 100 : r < 85 ? 66 : 45;
-    if (r < 45)
-      do_write (t, small);
-    else if (r < 58)
-      do_zero (t, small);
-    else if (r < 66)
-      do_trim (t, small);
-    else
-      do_flush (t);
+  /* Several workers: each writes, zeroes, trims and flushes its own
+   * stripes (sharing L2 tables and refcount blocks with the others), so
+   * that commits from several threads meet checkpoints of the thread
+   * that runs in the plugin. */
+  for (unsigned i = 0; i < nw; i++) {
+    w[i].t = t;
+    w[i].rng = pc_rand (&t->rng);
+    w[i].id = i;
+    w[i].n = nw;
+    w[i].nops = nops / nw;
+  }
+  if (nw == 1)
+    run_worker (&w[0]);
+  else {
+    CHECK (qcow2_start_checkpointer (t->img) == 0);
+    for (unsigned i = 0; i < nw; i++)
+      CHECK (pthread_create (&w[i].thread, NULL, run_worker, &w[i]) == 0);
+    for (unsigned i = 0; i < nw; i++)
+      CHECK (pthread_join (w[i].thread, NULL) == 0);
+    qcow2_stop_checkpointer (t->img);
   }
   check_live (t);
   if (t->close_at_end) {
@@ -803,15 +943,26 @@ run_workload (struct trial *t, unsigned nops)
 
 /* Checking a crash state ---------------------------------------------------- */
 
-/* The last call of flush or close completed at moment, or -1. */
+/* Of the calls of flush or close completed at moment, the one called
+ * last, or -1. */
 static int64_t
 last_acked_flush (const struct trial *t, uint64_t moment)
 {
-  for (uint32_t i = t->nops; i-- > 0; )
+  int64_t last = -1;
+
+  for (uint32_t i = 0; i < t->nops; i++)
     if ((t->ops[i].type == OP_FLUSH || t->ops[i].type == OP_CLOSE) &&
-        t->ops[i].end <= moment)
-      return i;
-  return -1;
+        t->ops[i].end <= moment &&
+        (last < 0 || t->ops[i].start_seq > t->ops[last].start_seq))
+      last = i;
+  return last;
+}
+
+/* Did call op return before the flush (or close) 'flushed' was called? */
+static bool
+covered (const struct trial *t, uint32_t op, int64_t flushed)
+{
+  return flushed >= 0 && t->ops[op].end_seq < t->ops[flushed].start_seq;
 }
 
 /* The allowed versions of sector s: the one flushed (and what it
@@ -827,7 +978,7 @@ allowed_versions (const struct trial *t, uint64_t s, int64_t flushed,
   size_t n = 0;
 
   *partial_after = 0;
-  for (uint32_t k = 0; k < h->n && (int64_t) h->e[k].op < flushed; k++)
+  for (uint32_t k = 0; k < h->n && covered (t, h->e[k].op, flushed); k++)
     fi = k;
   /* NULL stands for the initial content (zeroes in an empty image). */
   if (fi < 0)
@@ -899,7 +1050,7 @@ describe_bad (struct trial *t, uint64_t s, const uint8_t *p, int64_t flushed,
   {
     uint32_t k0 = 0, shown = 0;
     for (uint32_t k = 0; k < h->n; k++)
-      if ((int64_t) h->e[k].op < flushed)
+      if (covered (t, h->e[k].op, flushed))
         k0 = k;
     k0 = k0 > 3 ? k0 - 3 : 0;
     if (k0 > 0)
@@ -964,7 +1115,7 @@ recover (struct trial *t, struct hostio *io, const char *what)
 {
   struct qcow2_open_options opts = { .writable = true,
                                      .l2_cache_bytes = 1 * MiB };
-  struct qcow2_image *img = qcow2_open_hostio (io, NULL, &opts);
+  struct qcow2_image *img = qcow2_open_hostio (io, dir, &opts);
 
   if (img == NULL) {
     fprintf (stderr, "%s: qcow2_open_hostio failed: %m\n", what);
@@ -992,7 +1143,7 @@ static bool
 reopen_same (struct trial *t, struct hostio *io, const char *what)
 {
   struct qcow2_open_options opts = { .l2_cache_bytes = 1 * MiB };
-  struct qcow2_image *img = qcow2_open_hostio (io, NULL, &opts);
+  struct qcow2_image *img = qcow2_open_hostio (io, dir, &opts);
   bool ok = true;
 
   if (img == NULL) {
@@ -1018,8 +1169,11 @@ reopen_same (struct trial *t, struct hostio *io, const char *what)
   return ok;
 }
 
+/* Check the crash state at moment made of the pending writes in subset,
+ * or of a random subset (one write maybe torn) if subset is RANDOM. */
+#define RANDOM UINT64_MAX
 static void
-check_moment (struct trial *t, uint64_t moment, bool final)
+check_moment (struct trial *t, uint64_t moment, bool final, uint64_t subset)
 {
   uint8_t *crash;
   uint64_t crash_size, bad;
@@ -1030,7 +1184,10 @@ check_moment (struct trial *t, uint64_t moment, bool final)
 
   snprintf (what, sizeof what, "seed %" PRIu64 ", moment %" PRIu64 "/%"
             PRIu64, t->seed, moment, powercut_moment (t->pc));
-  powercut_crash_state (t->pc, moment, &t->rng, &crash, &crash_size);
+  if (subset == RANDOM)
+    powercut_crash_state (t->pc, moment, &t->rng, &crash, &crash_size);
+  else
+    powercut_crash_state_subset (t->pc, moment, subset, &crash, &crash_size);
   target_init (&tg, crash, crash_size, cut_again);
   states++;
   t->states++;
@@ -1121,12 +1278,22 @@ run_trial (uint64_t seed, unsigned samples)
   t->hist = calloc (t->nsect, sizeof *t->hist);
   CHECK (t->model && t->init && t->init_hash && t->disk && t->first_hash &&
          t->hist);
+  pthread_mutex_init (&t->lock, NULL);
 
   nops = t->cfg.long_run ? 5000 : 150 + pc_rand (&t->rng) % 150;
   clock_gettime (CLOCK_MONOTONIC, &t0);
   run_workload (t, nops);
   clock_gettime (CLOCK_MONOTONIC, &t1);
   nr_trials++;
+  threaded_trials += t->cfg.threads > 1;
+  backing_trials += t->cfg.base == BASE_BACKING;
+  sb_writes += t->tap.sb_writes;
+  {
+    /* Did the refcount table move (header bytes 48-55)? */
+    uint64_t size;
+    const uint8_t *d = powercut_data (t->pc, &size);
+    reftable_moves += memcmp (d + 48, t->init_header + 48, 8) != 0;
+  }
 
   /* Moments in increasing order (cheap for the simulator): evenly spaced
    * ones; moments just before a host flush completes (all of them in
@@ -1136,7 +1303,7 @@ run_trial (uint64_t seed, unsigned samples)
   powercut_data (t->pc, &file_size);
   flush_every = t->cfg.long_run ? 25 : 1;
   for (uint64_t m = 0, nflush = 0; m <= moments; m++) {
-    bool dense = false, take = false;
+    bool dense = false, take = false, every_subset = false;
     unsigned reps = 1;
 
     while (dense_op < t->nops && t->ops[dense_op].end < m)
@@ -1150,9 +1317,12 @@ run_trial (uint64_t seed, unsigned samples)
           powercut_is_flush (t->pc, m);
         /* Just before one of their flushes completes: several subsets
          * of the writes in flight (a checkpoint's pages, its superblock,
-         * the header words). */
-        if (powercut_is_flush (t->pc, m))
+         * the header words), and every subset of a few (the steps of
+         * changing the header cluster). */
+        if (powercut_is_flush (t->pc, m)) {
           reps = DENSE_FLUSH_REPS;
+          every_subset = powercut_pending (t->pc, m) <= MAX_EVERY_SUBSET;
+        }
         break;
       }
     if (powercut_is_flush (t->pc, m) && nflush++ % flush_every == 0)
@@ -1166,22 +1336,30 @@ run_trial (uint64_t seed, unsigned samples)
       dense_m++;
     }
     for (unsigned r = 0; take && m < moments && r < reps; r++)
-      check_moment (t, m, false);
+      check_moment (t, m, false, RANDOM);
+    for (uint64_t sub = 0; every_subset && m < moments &&
+           sub < 1ULL << powercut_pending (t->pc, m); sub++)
+      check_moment (t, m, false, sub);
   }
-  check_moment (t, moments, true);
+  check_moment (t, moments, true, RANDOM);
   failures += qemu_check_wait_all ();
   clock_gettime (CLOCK_MONOTONIC, &t2);
   if (getenv ("QCOW2J_VERBOSE"))
-    fprintf (stderr, "seed %" PRIu64 ": cs %" PRIu64 "%s%s, %" PRIu64
+    fprintf (stderr, "seed %" PRIu64 ": cs %" PRIu64 "%s%s, refcount %u, "
+             "%u thread%s, %" PRIu64
              " MiB, %u calls%s, %" PRIu64 " moments (%" PRIu64
-             " in set-up/checkpoint/close), %" PRIu64 " transactions, %"
+             " in set-up/checkpoint/close), %" PRIu64 " transactions, %" PRIu64
+             " superblock writes, %"
              PRIu64 " crash states; %.1f s + %.1f s; file %" PRIu64 " MiB\n",
              seed, t->cfg.cs, t->cfg.extl2 ? " extl2" : "",
              t->cfg.base == BASE_COMPRESSED ? " compressed"
-             : t->cfg.base == BASE_SNAPSHOT ? " snapshot" : "",
+             : t->cfg.base == BASE_SNAPSHOT ? " snapshot"
+             : t->cfg.base == BASE_BACKING ? " backing" : "",
+             t->cfg.refcount_bits ? t->cfg.refcount_bits : 16,
+             t->cfg.threads, t->cfg.threads > 1 ? "s" : "",
              t->cfg.size / MiB, t->nops,
              t->close_at_end ? " + close" : "", moments, dense_m,
-             t->tap.transactions, t->states,
+             t->tap.transactions, t->tap.sb_writes, t->states,
              (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
              (t2.tv_sec - t1.tv_sec) + (t2.tv_nsec - t1.tv_nsec) / 1e9,
              file_size / MiB);
@@ -1202,6 +1380,7 @@ run_trial (uint64_t seed, unsigned samples)
   free (t->init_hash);
   free (t->disk);
   free (t->first_hash);
+  pthread_mutex_destroy (&t->lock);
   free (t);
 }
 
@@ -1211,7 +1390,7 @@ main (void)
   const char *slow = getenv ("QCOW2J_SLOW");
   const char *seed_env = getenv ("QCOW2J_SEED");
   const char *tmp = getenv ("TMPDIR");
-  unsigned trials = slow && *slow == '1' ? 120 : 12;
+  unsigned trials = slow && *slow == '1' ? 10 * NR_CONFIGS : NR_CONFIGS;
   uint8_t zero[SECTOR] = { 0 };
 
   /* Keep the large buffers of crash states in the heap. */
@@ -1246,8 +1425,12 @@ main (void)
           PRIu64 " qemu-img checks, %" PRIu64 " failures\n",
           trials, states, qemu_check_started (), failures);
   printf ("unit-image-powercut: %" PRIu64 " calls, %" PRIu64
-          " checkpoints on a full ring, %" PRIu64 " cuts during recovery, %"
+          " journal superblock writes, %" PRIu64 " cuts during recovery, %"
           PRIu64 " sectors checked byte by byte\n",
-          ops_total, ring_checkpoints, recovery_cuts, byte_checked);
+          ops_total, sb_writes, recovery_cuts, byte_checked);
+  printf ("unit-image-powercut: %" PRIu64 " trials over a backing file, %"
+          PRIu64 " with several threads and the checkpoint thread, %" PRIu64
+          " moved the refcount table\n",
+          backing_trials, threaded_trials, reftable_moves);
   return failures ? EXIT_FAILURE : EXIT_SUCCESS;
 }
