@@ -207,7 +207,8 @@ parse_extensions (struct hostio *io, struct qcow2_header *h,
     case QJ_EXT_MAGIC:
       h->journal.present = true;
       h->journal.crc_ok = false;
-      h->journal.pos = pos + 8;
+      /* Its data bytes can be rewritten in place only if it has 32. */
+      h->journal.pos = len == QJ_EXT_LENGTH ? pos + 8 : 0;
       if (len == QJ_EXT_LENGTH &&
           get_be32 (data + 28) == crc32c (0, data, 28)) {
         h->journal.crc_ok = true;

@@ -18,7 +18,8 @@ struct qcow2_feature_name {
 struct qcow2_journal_ext {
   bool present;                 /* the extension exists */
   bool crc_ok;                  /* and its crc32c matches */
-  uint64_t pos;                 /* file offset of its 32 data bytes */
+  uint64_t pos;                 /* file offset of its 32 data bytes (0:
+                                   its length is not 32) */
   uint64_t offset, size, id;
   uint32_t version;
 };

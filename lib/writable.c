@@ -449,6 +449,9 @@ qcow2_prepare_writable (struct qcow2_image *img)
   if (img->hdr.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
     return refuse (img, EROFS, "it is marked corrupt; "
                    "repair it with: qemu-img check -r all");
+  if (img->hdr.journal.present && img->hdr.journal.pos == 0)
+    return refuse (img, EINVAL, "its qcow2j journal extension (Q2JL) has "
+                   "a length other than 32");
   if (!header_has_room (&img->hdr))
     return refuse (img, ENOSPC, "no room in the header cluster for the "
                    "journal extension (a shorter backing file name, set "
