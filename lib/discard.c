@@ -98,6 +98,10 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
       goto out;
   }
 
+  if (qcow2_reserve_space (img) == -1) {
+    r = -1;
+    goto out;
+  }
   journal_begin (img->journal);
   r = qcow2_l2_prepare (img, offset, &entry_offset);
   if (r == 0)

@@ -81,6 +81,19 @@ file_punch (struct hostio *io, uint64_t offset, uint64_t count)
 }
 
 static int
+file_reserve (struct hostio *io, uint64_t offset, uint64_t count)
+{
+  struct file_io *f = (struct file_io *) io;
+
+  if (fallocate (f->fd, FALLOC_FL_KEEP_SIZE, offset, count) == -1) {
+    if (errno == EOPNOTSUPP || errno == ENOSYS)
+      errno = ENOTSUP;
+    return -1;
+  }
+  return 0;
+}
+
+static int
 file_truncate (struct hostio *io, uint64_t size)
 {
   struct file_io *f = (struct file_io *) io;
@@ -155,6 +168,7 @@ static const struct hostio_ops file_ops = {
   .flush = file_flush,
   .punch = file_punch,
   .truncate = file_truncate,
+  .reserve = file_reserve,
   .size = file_size,
   .block_status = file_block_status,
   .close = file_close,

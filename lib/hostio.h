@@ -17,6 +17,7 @@
 #ifndef QCOW2J_HOSTIO_H
 #define QCOW2J_HOSTIO_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,6 +32,10 @@ struct hostio_ops {
   /* Deallocate a range; later reads return zeroes.  May fail ENOTSUP. */
   int (*punch) (struct hostio *io, uint64_t offset, uint64_t count);
   int (*truncate) (struct hostio *io, uint64_t size);
+  /* Give a range host space (reads and the file's length unchanged), so
+   * that writing there later cannot fail for want of space.  NULL, or
+   * failing ENOTSUP: not supported. */
+  int (*reserve) (struct hostio *io, uint64_t offset, uint64_t count);
   /* Current length of the file in bytes, or -1. */
   int64_t (*size) (struct hostio *io);
   /* Allocation status: sets *is_data and *run to the length (> 0, at most
@@ -63,6 +68,16 @@ static inline int
 hostio_flush (struct hostio *io)
 {
   return io->ops->flush (io);
+}
+
+static inline int
+hostio_reserve (struct hostio *io, uint64_t offset, uint64_t count)
+{
+  if (io->ops->reserve == NULL) {
+    errno = ENOTSUP;
+    return -1;
+  }
+  return io->ops->reserve (io, offset, count);
 }
 
 static inline int64_t

@@ -61,12 +61,15 @@ struct qcow2_image {
   bool lock_files;              /* take QEMU-compatible locks */
   pthread_mutex_t meta_lock;    /* serializes metadata changes; held over
                                    host I/O only when loading metadata,
-                                   growing tables or copying an L2 table */
+                                   growing tables, copying an L2 table or
+                                   reserving space */
   pthread_cond_t inflight_done; /* an allocating write finished */
   uint64_t *inflight;           /* guest clusters being allocated */
   size_t nr_inflight, cap_inflight;
   struct journal *journal;
   uint64_t next_free;           /* host offset of the next new cluster */
+  uint64_t space_reserved;      /* host space reserved up to here */
+  bool cannot_reserve;          /* the host file cannot reserve space */
   uint64_t *reftable;           /* refcount table, host byte order */
   uint64_t reftable_entries;
   uint64_t refblock_entries;    /* refcounts per refcount block */
@@ -142,6 +145,12 @@ extern int qcow2_refcount_set (struct qcow2_image *img, uint64_t offset,
  * referenced or counted: see qcow2_alloc_commit). */
 extern int qcow2_alloc_reserve (struct qcow2_image *img, uint64_t n,
                                 uint64_t *offset);
+/* Before a change that may allocate clusters: make sure host space is
+ * reserved for the next few, so that a full host disk fails the request
+ * now (ENOSPC), before anything is changed, rather than half way through
+ * the change (which stops all writes) or at the checkpoint.  Needs
+ * meta_lock. */
+extern int qcow2_reserve_space (struct qcow2_image *img);
 /* Drop one reference to the cluster at offset; frees it (deferred
  * discard) when none is left. */
 extern int qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset);

@@ -167,6 +167,42 @@ qcow2_alloc_reserve (struct qcow2_image *img, uint64_t n, uint64_t *offset)
   return 0;
 }
 
+/* Space for this many clusters past next_free before each change (a new
+ * cluster, its L2 table, refcount blocks), reserved this far ahead at a
+ * time. */
+#define RESERVE_CLUSTERS 8
+#define RESERVE_AHEAD (4ULL << 20)
+
+int
+qcow2_reserve_space (struct qcow2_image *img)
+{
+  const uint64_t cs = img->hdr.cluster_size;
+  const uint64_t need = img->next_free + RESERVE_CLUSTERS * cs;
+  uint64_t from, to;
+  int r;
+
+  if (img->cannot_reserve || img->space_reserved >= need)
+    return 0;
+  from = MAX (img->space_reserved, img->next_free);
+  to = img->next_free + MAX (RESERVE_AHEAD, 2 * RESERVE_CLUSTERS * cs);
+  r = hostio_reserve (img->file, from, to - from);
+  if (r == -1 && errno == ENOSPC) {
+    /* No room to reserve ahead: only what the change may need. */
+    to = need;
+    r = hostio_reserve (img->file, from, to - from);
+  }
+  if (r == -1) {
+    if (errno == ENOTSUP) {
+      img->cannot_reserve = true;
+      return 0;
+    }
+    qerror ("%s: reserve space for new clusters: %m", img->file->name);
+    return -1;
+  }
+  img->space_reserved = to;
+  return 0;
+}
+
 /* The refcount table has no entry ti: move it to a larger copy.  The copy
  * is written outside the journal into new clusters (ordered before the
  * transaction), then the header is switched to it by journalled header

@@ -537,6 +537,12 @@ make_writable (struct qcow2_image *img)
     }
   } while (jid == 0 || jid == img->hdr.journal.id);
 
+  /* Host space for the whole ring now: a commit must never fail for want
+   * of it (that would stop every write until the server restarts). */
+  if (hostio_reserve (img->file, jarea, jsize) == -1 && errno != ENOTSUP) {
+    qerror ("%s: reserve space for the journal: %m", img->file->name);
+    return -1;
+  }
   img->journal = journal_create (img->file, jarea, jsize, jid, cs);
   if (img->journal == NULL ||
       write_extensions (img, jarea, jsize, jid) == -1)
@@ -673,6 +679,7 @@ qcow2_close_writable (struct qcow2_image *img)
 {
   bool covered;
   uint64_t jarea = img->hdr.journal.offset, jsize = img->hdr.journal.size;
+  int64_t size;
 
   if (!img->writable)
     return 0;
@@ -728,6 +735,12 @@ qcow2_close_writable (struct qcow2_image *img)
         img->file->ops->punch (img->file, jarea, jsize) == -1)
       qdebug ("%s: discard the journal: %m", img->file->name);
   }
+  /* Space reserved past the end of the file (qcow2_reserve_space). */
+  size = hostio_size (img->file);
+  if (size >= 0 && img->space_reserved > (uint64_t) size &&
+      img->file->ops->punch (img->file, size,
+                             img->space_reserved - size) == -1)
+    qdebug ("%s: give back reserved space: %m", img->file->name);
   img->writable = false;
   return 0;
 }

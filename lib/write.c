@@ -300,6 +300,10 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
                       __ATOMIC_RELEASE);
 
   /* Metadata: map the new data and let go of what was there. */
+  if (qcow2_reserve_space (img) == -1) {
+    r = -1;
+    goto out;
+  }
   journal_begin (img->journal);
   if (new_cluster) {
     new_entry = target | QCOW_OFLAG_COPIED;

@@ -25,7 +25,8 @@ requires ()
     fi
 }
 
-# cleanup_fn CMD ARGS...: run CMD on exit, in the order registered.
+# cleanup_fn CMD ARGS...: run CMD on exit, the last registered first (so
+# that servers stop and mounts go before $tmp is removed).
 _cleanup_hooks=()
 cleanup_fn ()
 {
@@ -34,9 +35,11 @@ cleanup_fn ()
 }
 _run_cleanup_hooks ()
 {
-    local status=$? h
+    local status=$? i
     set +e
-    for h in "${_cleanup_hooks[@]}"; do eval "$h"; done
+    for ((i = ${#_cleanup_hooks[@]} - 1; i >= 0; i--)); do
+        eval "${_cleanup_hooks[i]}"
+    done
     exit $status
 }
 trap _run_cleanup_hooks EXIT

@@ -199,6 +199,19 @@ pc_truncate (struct hostio *io, uint64_t size)
   return 0;
 }
 
+/* Space is never short here: only a failure can be injected. */
+static int
+pc_reserve (struct hostio *io, uint64_t offset, uint64_t count)
+{
+  struct powercut *pc = (struct powercut *) io;
+  int r;
+
+  pthread_mutex_lock (&pc->lock);
+  r = injected (pc, 'r') ? -1 : 0;
+  pthread_mutex_unlock (&pc->lock);
+  return r;
+}
+
 static int64_t
 pc_size (struct hostio *io)
 {
@@ -228,7 +241,8 @@ pc_close (struct hostio *io)
 
 static const struct hostio_ops powercut_ops = {
   .pread = pc_pread, .pwrite = pc_pwrite, .flush = pc_flush,
-  .punch = pc_punch, .truncate = pc_truncate, .size = pc_size,
+  .punch = pc_punch, .truncate = pc_truncate, .reserve = pc_reserve,
+  .size = pc_size,
   .block_status = pc_block_status, .close = pc_close,
 };
 

@@ -71,7 +71,8 @@ extern void powercut_crash_state_subset (struct powercut *pc,
                                          uint8_t **out, uint64_t *out_size);
 
 /* Fail the nth (0-based, counted from now) call of the given kind with
- * err.  Kinds: 'w' pwrite, 'f' flush, 't' truncate, 'p' punch. */
+ * err.  Kinds: 'w' pwrite, 'f' flush, 't' truncate, 'p' punch, 'r'
+ * reserve. */
 extern void powercut_fail_at (struct powercut *pc, char kind, uint64_t nth,
                               int err);
 

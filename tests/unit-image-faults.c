@@ -4,7 +4,8 @@
  * allocate, in-place overwrites, writes into zero clusters with and without
  * a host cluster, zeroes, a trim, flushes of each kind, and a clean
  * qcow2_close) runs once on the power-cut simulator without faults, which
- * counts the host calls of each kind (pwrite, flush, truncate, punch) and
+ * counts the host calls of each kind (pwrite, flush, truncate, punch,
+ * reserve) and
  * records the guest disk after every operation.  It runs for 64 KiB
  * clusters, 4 KiB clusters (where one write allocates a second L2 table
  * after the journal is dirty) and 32 KiB clusters with extended L2.
@@ -16,7 +17,9 @@
  *   errno the injected error or EIO; the test then stops issuing work and
  *   calls qcow2_close (which may fail).  Only the steps of a clean close
  *   that come after the journal was durably invalidated (giving its space
- *   back) and the punches of freed clusters may swallow an error;
+ *   back), the punches of freed clusters, and a reservation of space ahead
+ *   failing with ENOSPC (retried for only what the change needs) may
+ *   swallow an error;
  * - the file as the failure left it, and a few states a power cut after
  *   the failure could leave (powercut_crash_state), each reopen writable
  *   (qcow2_make_writable replays the journal) and read, per sector, the
@@ -146,9 +149,11 @@ build_workload (void)
 }
 
 /* Host call kinds. */
-static const char kinds[4] = { 'w', 'f', 't', 'p' };
-static const char *const kind_names[4] = { "pwrite", "flush", "truncate",
-                                           "punch" };
+#define NR_KINDS 5
+static const char kinds[NR_KINDS] = { 'w', 'f', 't', 'p', 'r' };
+static const char *const kind_names[NR_KINDS] = { "pwrite", "flush",
+                                                  "truncate", "punch",
+                                                  "reserve" };
 
 /* A hostio in front of the simulator: counts the calls of each kind,
  * notes the operation they belong to, and sees the injected failure. */
@@ -157,9 +162,9 @@ struct tap {
   struct hostio *inner;
   struct powercut *pc;
   unsigned op;                  /* the workload operation running */
-  uint64_t count[4];
-  unsigned *site_op[4];         /* baseline: the op of each call */
-  uint64_t site_cap[4];
+  uint64_t count[NR_KINDS];
+  unsigned *site_op[NR_KINDS];  /* baseline: the op of each call */
+  uint64_t site_cap[NR_KINDS];
   bool record_sites;
   /* The injected failure. */
   int inj_kind;                 /* -1: none */
@@ -167,6 +172,7 @@ struct tap {
   bool fired, fired_best_effort;
   unsigned fired_op;
   uint64_t fired_moment;
+  uint64_t failed_reserve;       /* offset of the failed reserve call */
   /* In qcow2_close: VALID cleared (8 bytes at 88) and flushed. */
   bool valid_cleared, best_effort;
 };
@@ -275,9 +281,29 @@ tap_close (struct hostio *io)
 {
 }
 
+static int
+tap_reserve (struct hostio *io, uint64_t offset, uint64_t count)
+{
+  struct tap *tp = (struct tap *) io;
+  int r = hostio_reserve (tp->inner, offset, count);
+  int e = errno;
+  bool was_fired = tp->fired;
+
+  tap_note (tp, 4, r);
+  /* Reserving ahead failed with ENOSPC: the library retries with only
+   * what the change needs (qcow2_reserve_space), which may succeed. */
+  if (was_fired && r == 0 && offset == tp->failed_reserve)
+    tp->fired_best_effort = true;
+  if (!was_fired && tp->fired)
+    tp->failed_reserve = offset;
+  errno = e;
+  return r;
+}
+
 static const struct hostio_ops tap_ops = {
   .pread = tap_pread, .pwrite = tap_pwrite, .flush = tap_flush,
-  .punch = tap_punch, .truncate = tap_truncate, .size = tap_size,
+  .punch = tap_punch, .truncate = tap_truncate, .reserve = tap_reserve,
+  .size = tap_size,
   .block_status = tap_block_status, .close = tap_close,
 };
 
@@ -767,23 +793,24 @@ run_config (const struct config *cfg)
     check_image (d, size, "baseline, closed");
   }
   powercut_free (pc);
-  for (int k = 0; k < 4; k++)
+  for (int k = 0; k < NR_KINDS; k++)
     sites += base.count[k];
   printf ("unit-image-faults: cs %" PRIu64 "%s, %u ops: %" PRIu64
           " pwrites, %" PRIu64 " flushes, %" PRIu64 " truncates, %" PRIu64
-          " punches\n", cs, extl2 ? " extl2" : "", nops,
-          base.count[0], base.count[1], base.count[2], base.count[3]);
+          " punches, %" PRIu64 " reserves\n", cs, extl2 ? " extl2" : "", nops,
+          base.count[0], base.count[1], base.count[2], base.count[3],
+          base.count[4]);
   fflush (stdout);
   alarm (0);
 
-  for (int k = 0; k < 4; k++)
+  for (int k = 0; k < NR_KINDS; k++)
     for (uint64_t n = 0; n < base.count[k]; n++) {
       fault_run (k, n, EIO, &base);
       fault_run (k, n, ENOSPC, &base);
     }
   failures += qemu_check_wait_all ();
 
-  for (int k = 0; k < 4; k++)
+  for (int k = 0; k < NR_KINDS; k++)
     free (base.site_op[k]);
   free (initial);
   free (trimmed);
