@@ -36,7 +36,6 @@
 /* Q2JL, a feature name table of our two entries, an end marker. */
 #define MAX_ADDITIONS (8 + QJ_EXT_LENGTH + 8 + 2 * 48 + 8)
 
-
 /* The Q2JL extension's 32 data bytes. */
 static void
 encode_journal_ext (uint8_t *d, uint64_t offset, uint64_t size, uint64_t id)
@@ -152,10 +151,8 @@ room_for (const struct qcow2_header *h, uint64_t n, uint64_t *name_pos)
   return *name_pos >= end + n && *name_pos >= h->backing_file_offset + len;
 }
 
-/* When the backing file name must move over itself (small clusters), but
- * the header, its extensions and the name stay in the first sector: build
- * that sector with the additions and the name after them, and write it
- * at once (a sector is written whole or not at all, M3). */
+/* Do the header, its extensions, n bytes more and the backing file name
+ * (before and after) all lie in the first sector? */
 static bool
 fits_first_sector (const struct qcow2_header *h, uint64_t n)
 {
@@ -165,6 +162,10 @@ fits_first_sector (const struct qcow2_header *h, uint64_t n)
     (len == 0 || h->backing_file_offset + len <= 512);
 }
 
+/* When the backing file name would have to move over itself (small
+ * clusters), but everything stays in the first sector: build that sector
+ * with the additions and the name after them, and write it at once (a
+ * sector is written whole or not at all, M3). */
 static int
 rewrite_first_sector (struct qcow2_image *img, const uint8_t *add, size_t n)
 {

@@ -14,6 +14,15 @@ requires qemu-img --version
 requires qemu-io --version
 cd "$tmp"
 
+# nbdkit 1.32 with libasan preloaded deadlocks in exit() (p11-kit's
+# destructor, glibc's locale lock) after any plugin reported ENOSPC: the
+# stock file plugin does the same.  The lib's ENOSPC paths run under ASan
+# in unit-image-faults.
+if [ -n "${QCOW2J_PRELOAD:-}" ]; then
+    echo "$0: skipped: nbdkit with a preloaded sanitizer runtime hangs at exit after ENOSPC"
+    exit 77
+fi
+
 mkdir fs
 mount -t tmpfs -o size=40m tmpfs fs 2>/dev/null ||
     { echo "$0: skipped: cannot mount a tmpfs (needs root)"; exit 77; }
