@@ -208,6 +208,21 @@ fz_truncate (struct hostio *io, uint64_t size)
   return fz_grow (m, size);
 }
 
+/* Space past MAX_FILE cannot be had: the library's ENOSPC paths run. */
+static int
+fz_reserve (struct hostio *io, uint64_t offset, uint64_t count)
+{
+  struct fz_io *m = (struct fz_io *) io;
+
+  FUZZ_ASSERT (!m->closed);
+  FUZZ_ASSERT (!m->read_only);
+  if (offset > MAX_FILE || count > MAX_FILE - offset) {
+    errno = ENOSPC;
+    return -1;
+  }
+  return 0;
+}
+
 static int64_t
 fz_size (struct hostio *io)
 {
@@ -241,8 +256,8 @@ fz_close (struct hostio *io)
 
 static const struct hostio_ops fz_ops = {
   .pread = fz_pread, .pwrite = fz_pwrite, .flush = fz_flush,
-  .punch = fz_punch, .truncate = fz_truncate, .size = fz_size,
-  .block_status = fz_block_status, .close = fz_close,
+  .punch = fz_punch, .truncate = fz_truncate, .reserve = fz_reserve,
+  .size = fz_size, .block_status = fz_block_status, .close = fz_close,
 };
 
 static struct fz_io *
