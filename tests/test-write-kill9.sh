@@ -12,8 +12,10 @@
 # request sent after that: every flushed write reads back, and nothing
 # else appears.  Then SIGTERM, qemu-img check exits 0, and qemu-img
 # reads what the server served.  12 rounds (36 with QCOW2J_SLOW=1),
-# cycling through four images that accumulate state: 64k clusters, 4k
-# clusters over a backing file, 64k with extended L2, 512-byte clusters.
+# cycling through six images that accumulate state: 64k clusters, 4k
+# clusters over a backing file, 64k with extended L2, 512-byte clusters,
+# zstd-compressed clusters, 16k clusters under an internal snapshot with
+# 64-bit refcounts (every first write copies).
 #
 # With QCOW2J_STANDIN=qemu-nbd, qemu-img check may find leaked clusters
 # after the kill (exit status 3): they are repaired with -r leaks so that
@@ -190,20 +192,31 @@ with open(state, 'wb') as f:
     f.write(got)
 PY
 
-# Four images: 64k clusters; 4k clusters over a backing file; 64k with
-# extended L2; 512-byte clusters.
+# Six images: 64k clusters; 4k clusters over a backing file; 64k with
+# extended L2; 512-byte clusters; compressed clusters; an internal
+# snapshot.
 qemu-img create -q -f qcow2 img0.qcow2 32M
 random_file base.raw $((16 << 20)) "$test_seed"
 qemu-img convert -q -f raw -O qcow2 base.raw base.qcow2
 qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.qcow2 -F qcow2 img1.qcow2 16M
 qemu-img create -q -f qcow2 -o extended_l2=on img2.qcow2 16M
 qemu-img create -q -f qcow2 -o cluster_size=512 img3.qcow2 8M
-cs0=65536 cs1=4096 cs2=2048 cs3=512
-for n in 0 1 2 3; do to_raw img$n.qcow2 state$n.raw; done
+python3 -c '
+import sys
+with open("text.raw", "wb") as f:
+    for i in range(16 << 14):
+        f.write(b"%063d\n" % (i * 7919))'
+qemu-img convert -q -c -f raw -O qcow2 -o compression_type=zstd text.raw img4.qcow2
+qemu-img convert -q -f raw -O qcow2 -o cluster_size=16384,refcount_bits=64 \
+    base.raw img5.qcow2
+qemu-img snapshot -c before img5.qcow2
+cs0=65536 cs1=4096 cs2=2048 cs3=512 cs4=65536 cs5=16384
+nimg=6
+for n in $(seq 0 $((nimg - 1))); do to_raw img$n.qcow2 state$n.raw; done
 
 r=0 flushed_rounds=0 dirty_rounds=0
 while [ $r -lt $rounds ]; do
-    n=$((r % 4))
+    n=$((r % nimg))
     img=img$n.qcow2 state=state$n.raw cs=cs$n
     seed=$((test_seed + r))
     serve_start "$img"
