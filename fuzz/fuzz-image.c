@@ -4,10 +4,11 @@
  * The input is the image file itself (at most MAX_INPUT bytes), held by
  * an in-memory hostio.  Each run:
  *
- * 1. opens it read-only and reads it: extents over the whole disk, reads
- *    of a few chunks spread across it and at input-derived places (each
- *    chunk's zero extents must read as zeroes), the description; a write
- *    must fail, and the file must never be written;
+ * 1. opens it read-only (replaying a dirty journal in memory) and reads
+ *    it: extents over the whole disk, reads of a few chunks spread across
+ *    it and at input-derived places (each chunk's zero extents must read
+ *    as zeroes), the description; a write must fail, and the file must
+ *    never be written;
  * 2. opens a copy writable, runs qcow2_make_writable (replaying a dirty
  *    journal, rebuilding stale refcounts), then a few writes, zeroes,
  *    trims, reads and flushes derived from the input's last bytes, and
@@ -550,6 +551,14 @@ read_only_pass (const uint8_t *data, size_t size, uint64_t *rng,
   }
   if (must_open)
     FUZZ_ASSERT (!qcow2_journal_dirty (img));
+  /* A dirty journal is replayed in memory (the file is read-only: any
+   * write to it fails the run). */
+  if (qcow2_replay_in_memory (img) == -1) {
+    trace ("replay in memory: -1");
+    FUZZ_ASSERT (qcow2_close (img) == 0);
+    fz_free (io);
+    return true;
+  }
   exercise_reads (img, rng);
   /* Opened read-only: writing must be refused. */
   FUZZ_ASSERT (qcow2_pwrite (img, wbuf, 512 < qcow2_size (img) ? 512

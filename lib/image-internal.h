@@ -70,6 +70,8 @@ struct qcow2_image {
   uint64_t next_free;           /* host offset of the next new cluster */
   uint64_t space_reserved;      /* host space reserved up to here */
   bool cannot_reserve;          /* the host file cannot reserve space */
+  bool replayed_in_memory;      /* file reads through overlay.c; never
+                                   writable */
   uint64_t *reftable;           /* refcount table, host byte order */
   uint64_t reftable_entries;
   uint64_t refblock_entries;    /* refcounts per refcount block */
@@ -195,6 +197,9 @@ extern void qcow2_checkpoint_wake (struct qcow2_image *img);
 
 /* image.c */
 extern int qcow2_read_l1 (struct qcow2_image *img);
+/* Read the header and L1 table again (and the refcount table, if it was
+ * loaded) after a replay changed them. */
+extern int qcow2_reload_metadata (struct qcow2_image *img);
 
 /* read.c: reads through the backing chain for unallocated ranges. */
 extern int qcow2_read_backing (struct qcow2_image *img, void *buf,

@@ -42,6 +42,28 @@ qcow2_read_l1 (struct qcow2_image *img)
   return 0;
 }
 
+int
+qcow2_reload_metadata (struct qcow2_image *img)
+{
+  struct qcow2_header h;
+  int64_t size = hostio_size (img->file);
+  bool refcounts = img->reftable != NULL;
+
+  if (size == -1 || qcow2_header_read (img->file, size, &h) == -1)
+    return -1;
+  qcow2_header_free (&img->hdr);
+  img->hdr = h;
+  img->file_size = size;
+  if (img->data == img->file)
+    img->data_size = size;
+  free (img->l1);
+  img->l1 = NULL;
+  free (img->reftable);
+  img->reftable = NULL;
+  return qcow2_read_l1 (img) == -1 ||
+    (refcounts && qcow2_refcounts_load (img) == -1) ? -1 : 0;
+}
+
 struct qcow2_image *
 qcow2_open_layer (struct hostio *io, const char *dir, struct mcache *cache,
                   unsigned depth, struct chain_ids *ids,

@@ -100,6 +100,10 @@ extern int qcow2_flush (struct qcow2_image *img);
 /* True if the image holds a journal that must be replayed before it can
  * be read (replay needs a writable open). */
 extern bool qcow2_journal_dirty (const struct qcow2_image *img);
+/* Replay a dirty journal into memory, changing nothing in the file
+ * (overlay.c): the image can then be read, and never written.  Call it
+ * before any read; 0 at once if the journal is not dirty. */
+extern int qcow2_replay_in_memory (struct qcow2_image *img);
 /* True if the file could be opened for writing. */
 extern bool qcow2_can_write (const struct qcow2_image *img);
 

@@ -354,27 +354,6 @@ refuse (struct qcow2_image *img, int err, const char *why)
   return -1;
 }
 
-/* Read the header, L1 and refcount tables again after a replay changed
- * them in place. */
-static int
-reload_metadata (struct qcow2_image *img)
-{
-  struct qcow2_header h;
-  int64_t size = hostio_size (img->file);
-
-  if (size == -1 || qcow2_header_read (img->file, size, &h) == -1)
-    return -1;
-  qcow2_header_free (&img->hdr);
-  img->hdr = h;
-  img->file_size = size;
-  free (img->l1);
-  img->l1 = NULL;
-  free (img->reftable);
-  img->reftable = NULL;
-  return qcow2_read_l1 (img) == -1 || qcow2_refcounts_load (img) == -1
-    ? -1 : 0;
-}
-
 static int
 replay (struct qcow2_image *img)
 {
@@ -399,7 +378,7 @@ replay (struct qcow2_image *img)
   if (write_header_word (img, QCOW2_OFF_INCOMPATIBLE,
                          img->hdr.incompatible_features) == -1)
     return -1;
-  return reload_metadata (img);
+  return qcow2_reload_metadata (img);
 }
 
 /* The area a previous session used (the extension keeps its place after
@@ -450,6 +429,10 @@ qcow2_prepare_writable (struct qcow2_image *img)
   if (img->hdr.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
     return refuse (img, EROFS, "it is marked corrupt; "
                    "repair it with: qemu-img check -r all");
+  if (img->replayed_in_memory)
+    return refuse (img, EROFS, "its dirty journal was replayed in memory "
+                   "for a read-only connection; restart the server to "
+                   "write");
   if (img->hdr.journal.present && img->hdr.journal.pos == 0)
     return refuse (img, EINVAL, "its qcow2j journal extension (Q2JL) has "
                    "a length other than 32");

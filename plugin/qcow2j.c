@@ -207,10 +207,11 @@ qcow2j_open (int readonly_connection)
 
   /* A writable connection may write: check that the image allows it and
    * take QEMU's writer locks; the journal is set up at the first write.
-   * A dirty journal is replayed now (it must be, before any read), and
-   * never before a writable connection, so that -r and read-only filters
-   * never change the file.  An image that cannot be written is served
-   * read-only, with the reason logged. */
+   * A dirty journal is replayed now (it must be, before any read): in
+   * place for a writable connection; in memory otherwise, so that -r and
+   * read-only filters never change the file (the image then stays
+   * read-only until the server restarts).  An image that cannot be
+   * written is served read-only, with the reason logged. */
   if (!readonly_connection && !readonly && !writable &&
       qcow2_can_write (image)) {
     int r = qcow2_journal_dirty (image) ? qcow2_make_writable (image)
@@ -220,13 +221,8 @@ qcow2j_open (int readonly_connection)
     else if (qcow2_journal_dirty (image))
       return NULL;
   }
-  if (qcow2_journal_dirty (image)) {
-    nbdkit_error ("%s: the image has a dirty qcow2j journal: serve it "
-                  "writable once to replay it (for example: nbdkit -U - "
-                  "qcow2j file=%s --run 'nbdinfo --size \"$uri\"')",
-                  filename, filename);
+  if (qcow2_replay_in_memory (image) == -1)
     return NULL;
-  }
   return NBDKIT_HANDLE_NOT_NEEDED;
 }
 
