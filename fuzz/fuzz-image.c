@@ -151,17 +151,27 @@ fz_grow (struct fz_io *m, uint64_t size)
   return 0;
 }
 
+/* The file may be written there (else the run fails), and it has room:
+ * space past MAX_FILE cannot be had (ENOSPC). */
 static int
-fz_pwrite (struct hostio *io, const void *buf, size_t count, uint64_t offset)
+fz_room (struct fz_io *m, uint64_t offset, uint64_t count)
 {
-  struct fz_io *m = (struct fz_io *) io;
-
   FUZZ_ASSERT (!m->closed);
   FUZZ_ASSERT (!m->read_only);
   if (offset > MAX_FILE || count > MAX_FILE - offset) {
     errno = ENOSPC;
     return -1;
   }
+  return 0;
+}
+
+static int
+fz_pwrite (struct hostio *io, const void *buf, size_t count, uint64_t offset)
+{
+  struct fz_io *m = (struct fz_io *) io;
+
+  if (fz_room (m, offset, count) == -1)
+    return -1;
   if (fz_grow (m, offset + count) == -1)
     return -1;
   memcpy (m->data + offset, buf, count);
@@ -209,19 +219,11 @@ fz_truncate (struct hostio *io, uint64_t size)
   return fz_grow (m, size);
 }
 
-/* Space past MAX_FILE cannot be had: the library's ENOSPC paths run. */
+/* The library's ENOSPC paths run past MAX_FILE. */
 static int
 fz_reserve (struct hostio *io, uint64_t offset, uint64_t count)
 {
-  struct fz_io *m = (struct fz_io *) io;
-
-  FUZZ_ASSERT (!m->closed);
-  FUZZ_ASSERT (!m->read_only);
-  if (offset > MAX_FILE || count > MAX_FILE - offset) {
-    errno = ENOSPC;
-    return -1;
-  }
-  return 0;
+  return fz_room ((struct fz_io *) io, offset, count);
 }
 
 static int64_t
