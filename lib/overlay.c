@@ -84,6 +84,16 @@ grow (struct overlay *ov)
   return 0;
 }
 
+static int
+too_much (const struct overlay *ov)
+{
+  qerror ("%s: journal: more than %llu MiB of metadata to replay in "
+          "memory: open the image writable to replay it",
+          ov->inner->name, MAX_OVERLAY_BYTES >> 20);
+  errno = EFBIG;
+  return -1;
+}
+
 /* The overlay's copy of sector number, made from the file on first use. */
 static uint8_t *
 sector_for_write (struct overlay *ov, uint64_t number)
@@ -94,10 +104,7 @@ sector_for_write (struct overlay *ov, uint64_t number)
   if (s)
     return s->data;
   if ((ov->used + 1) * SECTOR > MAX_OVERLAY_BYTES) {
-    qerror ("%s: journal: more than %llu MiB of metadata to replay in "
-            "memory: open the image writable to replay it",
-            ov->inner->name, MAX_OVERLAY_BYTES >> 20);
-    errno = EFBIG;
+    too_much (ov);
     return NULL;
   }
   if (ov->used * 2 >= ov->cap && grow (ov) == -1) {
@@ -130,6 +137,9 @@ overlay_apply (void *opaque, uint64_t offset, const void *buf, uint64_t count)
 {
   struct overlay *ov = opaque;
 
+  /* One record past the bound is refused before any sector is copied. */
+  if (count > MAX_OVERLAY_BYTES)
+    return too_much (ov);
   while (count > 0) {
     uint64_t in = offset % SECTOR, n = MIN (count, SECTOR - in);
     uint8_t *s = sector_for_write (ov, offset / SECTOR);
