@@ -66,16 +66,8 @@ discard_released (struct qcow2_image *img)
 static int
 checkpoint_failed (struct qcow2_image *img)
 {
-  int err = errno ? errno : EIO;
-
-  if (img->failed == 0) {
-    img->failed = err;
-    qerror ("%s: checkpoint failed: refusing further writes (the journal "
-            "keeps every committed change)", img->file->name);
-  }
-  journal_fail (img->journal, err);
-  errno = err;
-  return -1;
+  return qcow2_stop_writes (img, "checkpoint failed (the journal keeps "
+                            "every committed change)");
 }
 
 int

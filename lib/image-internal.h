@@ -165,6 +165,9 @@ extern int qcow2_release_host (struct qcow2_image *img, uint64_t entry);
 /* write.c */
 extern void qcow2_cluster_lock (struct qcow2_image *img, uint64_t cluster);
 extern void qcow2_cluster_unlock (struct qcow2_image *img, uint64_t cluster);
+/* After a failure that leaves the image unsafe to change further: refuse
+ * writes and commits from now on (errno kept, returns -1). */
+extern int qcow2_stop_writes (struct qcow2_image *img, const char *why);
 extern int qcow2_change_failed (struct qcow2_image *img);
 /* Under meta_lock, the guest cluster locked: its L2 entry, checked as a
  * read would check it, before a change acts on what it names (fails with

@@ -575,12 +575,9 @@ qcow2_begin_write (struct qcow2_image *img)
       errno = EROFS;
       return -1;
     }
-    if (qcow2_make_writable (img) == -1) {
-      /* Set-up failed: nothing was committed; refuse writes from now. */
-      if (img->failed == 0)
-        img->failed = errno ? errno : EIO;
-      return -1;
-    }
+    if (qcow2_make_writable (img) == -1)
+      /* Nothing was committed, but the set-up may be half done. */
+      return qcow2_stop_writes (img, "journal set-up failed");
   }
   if (img->failed) {
     errno = img->failed;
@@ -632,10 +629,7 @@ qcow2_flush (struct qcow2_image *img)
     if (hostio_flush (img->file) == -1 ||
         (img->data != img->file && hostio_flush (img->data) == -1)) {
       qerror ("%s: flush: %m", img->file->name);
-      if (img->failed == 0)
-        img->failed = errno ? errno : EIO;
-      journal_fail (img->journal, img->failed);
-      return -1;
+      return qcow2_stop_writes (img, "a host flush failed");
     }
   }
   return 0;

@@ -64,21 +64,27 @@ qcow2_cluster_unlock (struct qcow2_image *img, uint64_t cluster)
 }
 
 int
-qcow2_change_failed (struct qcow2_image *img)
+qcow2_stop_writes (struct qcow2_image *img, const char *why)
 {
   int err = errno ? errno : EIO;
 
-  /* The open transaction may hold half of this change: it must never be
-   * committed.  The image refuses writes from now on; what was committed
-   * before is replayed at the next open. */
   if (img->failed == 0) {
     img->failed = err;
-    qerror ("%s: a metadata change failed: refusing further writes "
-            "(committed data is safe)", img->file->name);
+    qerror ("%s: %s: refusing further writes", img->file->name, why);
   }
-  journal_fail (img->journal, err);
+  if (img->journal)
+    journal_fail (img->journal, err);
   errno = err;
   return -1;
+}
+
+int
+qcow2_change_failed (struct qcow2_image *img)
+{
+  /* The open transaction may hold half of this change: it must never be
+   * committed.  What was committed before is replayed at the next open. */
+  return qcow2_stop_writes (img, "a metadata change failed (committed "
+                            "data is safe)");
 }
 
 uint64_t

@@ -35,22 +35,6 @@ capture (const char *fs, va_list args)
   fprintf (stderr, "qcow2j: %s\n", last_error);
 }
 
-/* Run a shell command; its exit status, or -1 if it did not exit. */
-static int __attribute__ ((format (printf, 1, 2)))
-run (const char *fs, ...)
-{
-  char cmd[1024];
-  va_list args;
-  int r;
-
-  va_start (args, fs);
-  vsnprintf (cmd, sizeof cmd, fs, args);
-  va_end (args);
-  r = system (cmd);
-  if (r == -1 || !WIFEXITED (r))
-    return -1;
-  return WEXITSTATUS (r);
-}
 
 static uint8_t *
 slurp (const char *path, uint64_t *len)
@@ -167,7 +151,7 @@ compare_with_qemu (const char *path, uint64_t size, uint64_t cs, bool ext)
   bool same_layout;
 
   snprintf (qpath, sizeof qpath, "%s/qemu.qcow2", dir);
-  CHECK (run ("qemu-img create -q -f qcow2 -o cluster_size=%llu%s "
+  CHECK (run_shell ("qemu-img create -q -f qcow2 -o cluster_size=%llu%s "
               "'%s' %llu", (unsigned long long) cs,
               ext ? ",extended_l2=on" : "", qpath,
               (unsigned long long) size) == 0);
@@ -207,14 +191,14 @@ test_create (uint64_t cs, uint64_t size, bool ext)
   CHECK (qcow2_create (path, size, cs, ext, true) == 0);
 
   check_qcow2j (path, size, cs);
-  CHECK (run ("qemu-img check -q '%s'", path) == 0);
+  CHECK (run_shell ("qemu-img check -q '%s'", path) == 0);
   check_qemu_info (path, size, cs, ext);
   compare_with_qemu (path, size, cs, ext);
   if (size <= GiB) {
     snprintf (raw, sizeof raw, "%s/zero.raw", dir);
-    CHECK (run ("truncate -s %llu '%s'", (unsigned long long) size, raw)
+    CHECK (run_shell ("truncate -s %llu '%s'", (unsigned long long) size, raw)
            == 0);
-    CHECK (run ("qemu-img compare -q -f qcow2 -F raw '%s' '%s'",
+    CHECK (run_shell ("qemu-img compare -q -f qcow2 -F raw '%s' '%s'",
                 path, raw) == 0);
     CHECK (unlink (raw) == 0);
   }
@@ -250,7 +234,7 @@ test_limit (uint64_t cs, bool ext)
   char qpath[512];
 
   snprintf (qpath, sizeof qpath, "%s/qemu.qcow2", dir);
-  CHECK (run ("qemu-img create -q -f qcow2 -o cluster_size=%llu%s "
+  CHECK (run_shell ("qemu-img create -q -f qcow2 -o cluster_size=%llu%s "
               "'%s' %llu 2>/dev/null", (unsigned long long) cs,
               ext ? ",extended_l2=on" : "", qpath,
               (unsigned long long) max + 512) != 0);
@@ -307,13 +291,13 @@ test_overwrite (void)
   char path[512];
 
   snprintf (path, sizeof path, "%s/old.qcow2", dir);
-  CHECK (run ("head -c %llu /dev/urandom > '%s'",
+  CHECK (run_shell ("head -c %llu /dev/urandom > '%s'",
               (unsigned long long) (3 * MiB), path) == 0);
   CHECK (qcow2_create (path, GiB, 64 * KiB, false, false) == 0);
-  CHECK (run ("qemu-img check -q '%s'", path) == 0);
+  CHECK (run_shell ("qemu-img check -q '%s'", path) == 0);
   check_qemu_info (path, GiB, 64 * KiB, false);
   check_qcow2j (path, GiB, 64 * KiB);
-  CHECK (run ("test $(stat -c %%s '%s') = %llu", path,
+  CHECK (run_shell ("test $(stat -c %%s '%s') = %llu", path,
               (unsigned long long) (4 * 64 * KiB)) == 0);
   CHECK (unlink (path) == 0);
 }

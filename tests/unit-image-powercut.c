@@ -772,21 +772,6 @@ check_live (struct trial *t)
   free (buf);
 }
 
-/* Run a command; its exit status, or -1. */
-static int __attribute__ ((format (printf, 1, 2)))
-run (const char *fs, ...)
-{
-  char cmd[1024];
-  va_list args;
-  int r;
-
-  va_start (args, fs);
-  vsnprintf (cmd, sizeof cmd, fs, args);
-  va_end (args);
-  r = system (cmd);
-  return r == -1 || !WIFEXITED (r) ? -1 : WEXITSTATUS (r);
-}
-
 /* Fill t->init: data in about half of the disk, in runs of sectors
  * (compressible: zlib must want it). */
 static void
@@ -817,7 +802,7 @@ convert_content (struct trial *t, const char *path, uint64_t cs,
   CHECK (fd >= 0);
   CHECK (pwrite (fd, t->init, t->cfg.size, 0) == (ssize_t) t->cfg.size);
   CHECK (close (fd) == 0);
-  CHECK (run ("qemu-img convert -q -f raw -O qcow2 %s -o cluster_size=%"
+  CHECK (run_shell ("qemu-img convert -q -f raw -O qcow2 %s -o cluster_size=%"
               PRIu64 "%s '%s' '%s'", compressed ? "-c" : "", cs,
               extl2 ? ",extended_l2=on" : "", raw, path) == 0);
   unlink (raw);
@@ -836,7 +821,7 @@ make_base (struct trial *t, const char *path)
     if (c->refcount_bits == 0 || !have_qemu_img)
       CHECK (qcow2_create (path, c->size, c->cs, c->extl2, false) == 0);
     else
-      CHECK (run ("qemu-img create -q -f qcow2 -o cluster_size=%" PRIu64
+      CHECK (run_shell ("qemu-img create -q -f qcow2 -o cluster_size=%" PRIu64
                   ",refcount_bits=%u%s '%s' %" PRIu64, c->cs,
                   c->refcount_bits, c->extl2 ? ",extended_l2=on" : "",
                   path, c->size) == 0);
@@ -846,7 +831,7 @@ make_base (struct trial *t, const char *path)
     make_content (t);
     convert_content (t, path, c->cs, c->base == BASE_COMPRESSED, c->extl2);
     if (c->base == BASE_SNAPSHOT)
-      CHECK (run ("qemu-img snapshot -c before '%s'", path) == 0);
+      CHECK (run_shell ("qemu-img snapshot -c before '%s'", path) == 0);
     return;
   case BASE_BACKING:
     /* A backing file of another cluster size; the top image gets a run
@@ -855,10 +840,10 @@ make_base (struct trial *t, const char *path)
     snprintf (backing, sizeof backing, "%s/backing.qcow2", dir);
     convert_content (t, backing, c->cs == 64 * KiB ? 16 * KiB : 64 * KiB,
                      false, false);
-    CHECK (run ("qemu-img create -q -f qcow2 -F qcow2 -b backing.qcow2 "
+    CHECK (run_shell ("qemu-img create -q -f qcow2 -F qcow2 -b backing.qcow2 "
                 "-o cluster_size=%" PRIu64 "%s '%s'", c->cs,
                 c->extl2 ? ",extended_l2=on" : "", path) == 0);
-    CHECK (run ("qemu-io -c 'write -q -P 0x5a 0 %" PRIu64 "' "
+    CHECK (run_shell ("qemu-io -c 'write -q -P 0x5a 0 %" PRIu64 "' "
                 "-c 'write -q -P 0xa5 %" PRIu64 " 3072' '%s'",
                 c->size / 8, c->size / 2 + 1536, path) == 0);
     memset (t->init, 0x5a, c->size / 8);

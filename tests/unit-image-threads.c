@@ -764,16 +764,6 @@ worker_thread (void *arg)
 
 static bool have_qemu_img;
 
-static int
-run (const char *cmd)
-{
-  int st = system (cmd);
-
-  if (st == -1 || !WIFEXITED (st))
-    return -1;
-  return WEXITSTATUS (st);
-}
-
 static void
 full_read (struct qcow2_image *im, uint8_t *buf)
 {
@@ -849,7 +839,7 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
               "-F qcow2 -o cluster_size=%" PRIu64 ",extended_l2=%s '%s' %"
               PRIu64, base, c->cluster_size, c->extended_l2 ? "on" : "off",
               path, DISK);
-    CHECK (run (cmd) == 0);
+    CHECK (run_shell ("%s", cmd) == 0);
   }
   else
     CHECK (qcow2_create (path, DISK, c->cluster_size, c->extended_l2,
@@ -924,10 +914,10 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
 
   if (have_qemu_img) {
     snprintf (cmd, sizeof cmd, "qemu-img check -q -f qcow2 '%s'", path);
-    if (run (cmd) != 0) {
+    if (run_shell ("%s", cmd) != 0) {
       fprintf (stderr, "%s: qemu-img check failed:\n", c->name);
       snprintf (cmd, sizeof cmd, "qemu-img check -f qcow2 '%s' >&2", path);
-      run (cmd);
+      run_shell ("%s", cmd);
       exit (EXIT_FAILURE);
     }
   }
@@ -953,7 +943,7 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
 
     snprintf (cmd, sizeof cmd, "qemu-img convert -f qcow2 -O raw '%s' '%s'",
               path, raw);
-    CHECK (run (cmd) == 0);
+    CHECK (run_shell ("%s", cmd) == 0);
     f = fopen (raw, "rb");
     CHECK (f != NULL);
     CHECK (fread (again, 1, DISK, f) == DISK);
@@ -997,7 +987,7 @@ main (void)
   printf ("seed %" PRIu64 " (QCOW2J_SEED=%" PRIu64 " repeats it)\n",
           seed, seed);
   CHECK (mkdtemp (dir) != NULL);
-  have_qemu_img = run ("qemu-img --version >/dev/null 2>&1") == 0;
+  have_qemu_img = run_shell ("qemu-img --version >/dev/null 2>&1") == 0;
   if (!have_qemu_img)
     printf ("qemu-img not found: no backing files, no qemu-img check\n");
   for (unsigned i = 0; i < NWORKERS; i++)

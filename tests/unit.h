@@ -7,10 +7,12 @@
 #define QCOW2J_UNIT_H
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "byteorder.h"
 #include "hostio.h"
@@ -23,6 +25,22 @@
       exit (EXIT_FAILURE);                                              \
     }                                                                   \
   } while (0)
+
+/* Run a shell command (printf format); its exit status, or -1 if it did
+ * not exit. */
+static inline int __attribute__ ((format (printf, 1, 2)))
+run_shell (const char *fs, ...)
+{
+  char cmd[1024];
+  va_list args;
+  int r;
+
+  va_start (args, fs);
+  vsnprintf (cmd, sizeof cmd, fs, args);
+  va_end (args);
+  r = system (cmd);
+  return r == -1 || !WIFEXITED (r) ? -1 : WEXITSTATUS (r);
+}
 
 struct mem_io {
   struct hostio io;
