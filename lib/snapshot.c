@@ -20,11 +20,32 @@
 
 #define SNAPSHOT_HEADER_SIZE 40
 
+/* Which table that qcow2j changes in place (the active L1 table, the
+ * refcount table) does [offset, offset+len) overlap, if any?  Snapshot
+ * metadata there would be overwritten by the first write. */
+static const char *
+overlapped_table (const struct qcow2_header *h, uint64_t offset,
+                  uint64_t len)
+{
+  uint64_t l1_end = h->l1_table_offset + (uint64_t) h->l1_size * 8;
+  uint64_t rt_end = h->refcount_table_offset +
+    (uint64_t) h->refcount_table_clusters * h->cluster_size;
+
+  if (len == 0)
+    return NULL;
+  if (h->l1_size > 0 && offset < l1_end && h->l1_table_offset < offset + len)
+    return "the L1 table";
+  if (offset < rt_end && h->refcount_table_offset < offset + len)
+    return "the refcount table";
+  return NULL;
+}
+
 int
 qcow2_check_snapshots (struct qcow2_image *img)
 {
   const struct qcow2_header *h = &img->hdr;
   uint64_t pos = h->snapshots_offset;
+  const char *what;
 
   for (uint32_t i = 0; i < h->nb_snapshots; i++) {
     uint8_t e[SNAPSHOT_HEADER_SIZE];
@@ -75,6 +96,12 @@ qcow2_check_snapshots (struct qcow2_image *img)
       errno = EINVAL;
       return -1;
     }
+    if ((what = overlapped_table (h, l1_offset, (uint64_t) l1_size * 8))) {
+      qerror ("%s: snapshot %" PRIu32 ": L1 table (offset 0x%" PRIx64
+              ") overlaps %s", img->file->name, i, l1_offset, what);
+      errno = EINVAL;
+      return -1;
+    }
     entry_len = SNAPSHOT_HEADER_SIZE + (uint64_t) extra + id_len + name_len;
     if (pos + entry_len > img->file_size) {
       qerror ("%s: snapshot %" PRIu32 ": entry (%" PRIu64 " bytes at 0x%"
@@ -84,6 +111,14 @@ qcow2_check_snapshots (struct qcow2_image *img)
       return -1;
     }
     pos += ROUND_UP (entry_len, 8);
+  }
+  if ((what = overlapped_table (h, h->snapshots_offset,
+                                pos - h->snapshots_offset))) {
+    qerror ("%s: snapshot table (snapshots_offset 0x%" PRIx64 ", %" PRIu64
+            " bytes) overlaps %s", img->file->name, h->snapshots_offset,
+            pos - h->snapshots_offset, what);
+    errno = EINVAL;
+    return -1;
   }
   return 0;
 }
