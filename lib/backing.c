@@ -5,7 +5,8 @@
  * daemonizes), so they are resolved here, at open time, and the files are
  * kept open.  A chain is bounded in depth and checked for loops by file
  * identity (device and inode), so that a hostile chain cannot recurse
- * forever or exhaust file descriptors.
+ * forever or exhaust file descriptors.  A qcow2 backing file is opened
+ * here and handed back: image.c opens it as the next layer of the chain.
  */
 #include <config.h>
 
@@ -18,7 +19,7 @@
 #include <unistd.h>
 
 #include "format.h"
-#include "image-internal.h"
+#include "backing.h"
 #include "lock.h"
 #include "log.h"
 
@@ -97,13 +98,15 @@ probe_format (struct hostio *io)
 int
 qcow2_open_backing (struct qcow2_image *img, unsigned depth,
                     struct chain_ids *ids,
-                    const struct qcow2_open_options *opts)
+                    const struct qcow2_open_options *opts,
+                    struct hostio **qcow2_io, char **qcow2_dir)
 {
   const char *name = img->hdr.backing_file;
   const char *format = img->hdr.backing_format;
   struct hostio *io;
-  char *dir;
 
+  *qcow2_io = NULL;
+  *qcow2_dir = NULL;
   if (name == NULL)
     return 0;
   if (strncmp (name, "json:", 5) == 0) {
@@ -138,18 +141,12 @@ qcow2_open_backing (struct qcow2_image *img, unsigned depth,
     format = probe_format (io);
 
   if (strcmp (format, "qcow2") == 0) {
-    dir = qcow2_dirname (img->backing.path);
-    if (dir == NULL) {
+    *qcow2_dir = qcow2_dirname (img->backing.path);
+    if (*qcow2_dir == NULL) {
       hostio_close (io);
       return -1;
     }
-    img->backing.image = qcow2_open_layer (io, dir, img->cache, depth + 1,
-                                           ids, opts);
-    free (dir);
-    if (img->backing.image == NULL)
-      return -1;
-    img->backing.kind = BACKING_QCOW2;
-    img->backing.size = img->backing.image->hdr.size;
+    *qcow2_io = io;
     return 0;
   }
 

@@ -1,5 +1,10 @@
 /* qcow2j lib: persistent dirty bitmaps.
  *
+ * The directory is walked in one place, qcow2_bitmaps_read, with every
+ * bound checked there: the directory's size need not be a multiple of
+ * the 8-byte entry alignment, and a hostile entry may claim more name or
+ * extra data than the directory holds.
+ *
  * qcow2j does not update bitmaps.  Before its first write it marks every
  * persistent bitmap "in use", exactly as QEMU leaves them after an
  * unclean stop: QEMU then knows their contents are not to be trusted
@@ -9,36 +14,64 @@
  */
 #include <config.h>
 
-#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "bitmaps.h"
 #include "byteorder.h"
 #include "cleanup.h"
 #include "format.h"
-#include "image-internal.h"
 #include "log.h"
 #include "minmax.h"
 
-#define BME_FLAG_IN_USE 1u
-#define BITMAP_ENTRY_HEADER 24          /* fixed part of a directory entry */
+/* A directory entry: table offset u64, table size u32, flags u32, type
+ * u8, granularity bits u8, name size u16, extra data size u32, then
+ * extra data and name, padded to 8 bytes. */
+#define BME_HEADER          24
+#define BME_OFF_TABLE        0
+#define BME_OFF_TABLE_SIZE   8
+#define BME_OFF_FLAGS       12
+#define BME_OFF_NAME_SIZE   18
+#define BME_OFF_EXTRA_SIZE  20
+/* A bitmap table larger than this is refused (QEMU's limit). */
+#define BME_MAX_TABLE_BYTES (64u << 20)
 
-int
-qcow2_bitmaps_mark_in_use (struct qcow2_image *img)
+static int
+malformed (struct qcow2_image *img, uint32_t i, const char *what)
 {
   const struct qcow2_header *h = &img->hdr;
-  uint64_t size = h->bitmap_directory_size, pos = 0;
-  CLEANUP_FREE uint8_t *dir = NULL;
-  bool changed = false;
 
-  if (!h->has_bitmaps_ext || !(h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) ||
+  qerror ("%s: the bitmap directory (%" PRIu32 " bitmaps, %" PRIu64
+          " bytes at 0x%" PRIx64 ") is malformed: bitmap %" PRIu32 ": %s",
+          img->file->name, h->nb_bitmaps, h->bitmap_directory_size,
+          h->bitmap_directory_offset, i, what);
+  errno = EINVAL;
+  return -1;
+}
+
+int
+qcow2_bitmaps_read (struct qcow2_image *img, uint8_t **dirp,
+                    struct qcow2_bitmap **bitmapsp)
+{
+  const struct qcow2_header *h = &img->hdr;
+  const uint64_t size = h->bitmap_directory_size;
+  CLEANUP_FREE uint8_t *dir = NULL;
+  CLEANUP_FREE struct qcow2_bitmap *bitmaps = NULL;
+  uint64_t pos = 0;
+
+  *dirp = NULL;
+  *bitmapsp = NULL;
+  if (!h->has_bitmaps_ext ||
+      !(h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) ||
       h->nb_bitmaps == 0)
     return 0;
-  /* header.c bounded the size and checked the offset against the file. */
-  dir = malloc (size);
-  if (dir == NULL) {
+  /* header.c bounded the size and the count, and checked the directory
+   * lies in the file. */
+  dir = malloc (size ? size : 1);
+  bitmaps = calloc (h->nb_bitmaps, sizeof *bitmaps);
+  if (dir == NULL || bitmaps == NULL) {
     qerror ("malloc: %m");
     return -1;
   }
@@ -47,36 +80,56 @@ qcow2_bitmaps_mark_in_use (struct qcow2_image *img)
     return -1;
   }
   for (uint32_t i = 0; i < h->nb_bitmaps; i++) {
-    uint32_t flags, extra;
-    uint16_t name;
+    struct qcow2_bitmap *b = &bitmaps[i];
+    uint64_t len;
 
-    if (size - pos < BITMAP_ENTRY_HEADER)
-      goto bad;
-    flags = get_be32 (dir + pos + 12);
-    name = get_be16 (dir + pos + 18);
-    extra = get_be32 (dir + pos + 20);
-    if (extra > size || size - pos - BITMAP_ENTRY_HEADER < (uint64_t) extra + name)
-      goto bad;
-    if (!(flags & BME_FLAG_IN_USE)) {
-      put_be32 (dir + pos + 12, flags | BME_FLAG_IN_USE);
+    if (pos > size || size - pos < BME_HEADER)
+      return malformed (img, i, "its entry lies past the directory's end");
+    len = BME_HEADER + (uint64_t) get_be32 (dir + pos + BME_OFF_EXTRA_SIZE) +
+      get_be16 (dir + pos + BME_OFF_NAME_SIZE);
+    if (len > size - pos)
+      return malformed (img, i, "its name and extra data run past the "
+                        "directory's end");
+    b->entry_pos = pos;
+    b->table_offset = get_be64 (dir + pos + BME_OFF_TABLE);
+    b->table_size = get_be32 (dir + pos + BME_OFF_TABLE_SIZE);
+    b->flags = get_be32 (dir + pos + BME_OFF_FLAGS);
+    if ((uint64_t) b->table_size * 8 > BME_MAX_TABLE_BYTES)
+      return malformed (img, i, "its bitmap table is larger than 64 MiB");
+    pos += ROUND_UP (len, 8);
+  }
+  *dirp = dir;
+  *bitmapsp = bitmaps;
+  dir = NULL;
+  bitmaps = NULL;
+  return h->nb_bitmaps;
+}
+
+int
+qcow2_bitmaps_mark_in_use (struct qcow2_image *img)
+{
+  const struct qcow2_header *h = &img->hdr;
+  CLEANUP_FREE uint8_t *dir = NULL;
+  CLEANUP_FREE struct qcow2_bitmap *bitmaps = NULL;
+  bool changed = false;
+  int n = qcow2_bitmaps_read (img, &dir, &bitmaps);
+
+  if (n <= 0)
+    return n;
+  for (int i = 0; i < n; i++)
+    if (!(bitmaps[i].flags & QCOW2_BITMAP_IN_USE)) {
+      put_be32 (dir + bitmaps[i].entry_pos + BME_OFF_FLAGS,
+                bitmaps[i].flags | QCOW2_BITMAP_IN_USE);
       changed = true;
     }
-    pos += ROUND_UP (BITMAP_ENTRY_HEADER + (uint64_t) extra + name, 8);
-  }
   if (!changed)
     return 0;
-  if (hostio_pwrite (img->file, dir, size, h->bitmap_directory_offset) == -1 ||
+  if (hostio_pwrite (img->file, dir, h->bitmap_directory_size,
+                     h->bitmap_directory_offset) == -1 ||
       hostio_flush (img->file) == -1) {
     qerror ("%s: mark bitmaps in use: %m", img->file->name);
     return -1;
   }
-  qdebug ("%s: %" PRIu32 " persistent bitmaps marked in use",
-          img->file->name, h->nb_bitmaps);
+  qdebug ("%s: %d persistent bitmaps marked in use", img->file->name, n);
   return 0;
-
- bad:
-  qerror ("%s: the bitmap directory (%" PRIu32 " bitmaps, %" PRIu64
-          " bytes) is malformed", img->file->name, h->nb_bitmaps, size);
-  errno = EINVAL;
-  return -1;
 }

@@ -18,12 +18,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "cleanup.h"
+#include "commit.h"
+#include "discard.h"
+#include "entry.h"
 #include "format.h"
-#include "image-internal.h"
+#include "inflight.h"
+#include "l2.h"
 #include "log.h"
 #include "map.h"
 #include "minmax.h"
+#include "refcount.h"
+#include "write.h"
 
 enum action { ZERO_KEEP, ZERO_RELEASE, UNMAP };
 
@@ -44,15 +51,18 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
   const uint64_t cluster = ROUND_DOWN (offset, h->cluster_size);
   const bool extl2 = h->l2_entry_size == 16;
   uint64_t entry_offset, entry, bitmap, host, new_entry, new_bitmap = 0;
+  enum qcow2_entry_type type;
   bool release;
   int r;
 
-  pthread_mutex_lock (&img->meta_lock);
+  qcow2_meta_lock (img);
   qcow2_cluster_lock (img, cluster);
-  r = qcow2_entry_to_change (img, offset, &entry_offset, &entry, &bitmap);
+  r = qcow2_l2_entry_to_change (img, offset, &entry_offset, &entry,
+                                &bitmap);
   if (r == -1)
     goto out;
-  host = entry & L2E_OFFSET_MASK;
+  type = qcow2_entry_type (img, entry);
+  host = qcow2_entry_host (entry);
 
   if (extl2) {
     unsigned first = (offset - cluster) / h->subcluster_size;
@@ -70,13 +80,13 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
       new_bitmap = (bitmap & ~(uint64_t) touched) | (uint64_t) touched << 32;
     /* A compressed cluster has no subclusters: part of it is zeroed by
      * writing (the caller does). */
-    if ((entry & QCOW_OFLAG_COMPRESSED) && !whole) {
+    if (type == ENTRY_COMPRESSED && !whole) {
       r = 1;
       goto out;
     }
     /* The host cluster goes only when no subcluster needs it. */
     release = host != 0 && whole && (action != ZERO_KEEP ||
-                                      (entry & QCOW_OFLAG_COMPRESSED));
+                                      type == ENTRY_COMPRESSED);
     new_entry = release ? 0 : entry;
     if (release)
       new_bitmap &= ~0xffffffffULL;
@@ -84,7 +94,7 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
       goto out;                         /* nothing changes */
   }
   else {
-    bool compressed = entry & QCOW_OFLAG_COMPRESSED;
+    bool compressed = type == ENTRY_COMPRESSED;
 
     if (action == UNMAP && !backing_under (img, cluster))
       new_entry = 0;
@@ -102,19 +112,17 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
     r = -1;
     goto out;
   }
-  journal_begin (img->journal);
+  qcow2_change_begin (img);
   r = qcow2_l2_prepare (img, offset, &entry_offset);
   if (r == 0)
     r = qcow2_l2_set (img, entry_offset, new_entry, new_bitmap);
   if (r == 0 && release)
     r = qcow2_release_host (img, entry);
-  if (r == -1)
-    qcow2_change_failed (img);
-  journal_end (img->journal);
+  qcow2_change_end (img, r);
 
  out:
   qcow2_cluster_unlock (img, cluster);
-  pthread_mutex_unlock (&img->meta_lock);
+  qcow2_meta_unlock (img);
   return r;
 }
 
@@ -171,18 +179,16 @@ zero_data (struct qcow2_image *img, uint64_t offset, uint64_t count)
     qerror ("calloc: %m");
     return -1;
   }
-  return qcow2_pwrite_range (img, zeroes, count, offset);
+  return qcow2_write_range (img, zeroes, count, offset);
 }
 
 int
-qcow2_zero (struct qcow2_image *img, uint64_t count, uint64_t offset,
-            bool may_trim, bool fast)
+qcow2_zero_range (struct qcow2_image *img, uint64_t count, uint64_t offset,
+                  bool may_trim, bool fast)
 {
   const struct qcow2_header *h = &img->hdr;
   const bool v2 = h->version < 3;
 
-  if (qcow2_begin_write (img) == -1)
-    return -1;
   /* A fast zero must not fall back to writing data: decide up front. */
   if (fast)
     for (uint64_t pos = offset, end = offset + count; pos < end; ) {
@@ -245,17 +251,14 @@ qcow2_zero (struct qcow2_image *img, uint64_t count, uint64_t offset,
     offset += n;
     count -= n;
   }
-  __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
   return 0;
 }
 
 int
-qcow2_trim (struct qcow2_image *img, uint64_t count, uint64_t offset)
+qcow2_trim_range (struct qcow2_image *img, uint64_t count, uint64_t offset)
 {
   const struct qcow2_header *h = &img->hdr;
 
-  if (qcow2_begin_write (img) == -1)
-    return -1;
   /* A raw external data file must keep reading as the disk does. */
   if (h->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW)
     return 0;
@@ -273,6 +276,5 @@ qcow2_trim (struct qcow2_image *img, uint64_t count, uint64_t offset)
     offset += n;
     count -= n;
   }
-  __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
   return 0;
 }

@@ -64,7 +64,7 @@ backing_extents (struct qcow2_image *img, uint64_t count, uint64_t offset,
       bool is_data;
       uint64_t run;
 
-      if (raw->ops->block_status (raw, pos, end - pos, &is_data, &run) == -1) {
+      if (hostio_block_status (raw, pos, end - pos, &is_data, &run) == -1) {
         qerror ("%s: block status: %m", img->backing.path);
         return -1;
       }

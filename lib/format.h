@@ -25,8 +25,12 @@
 #define QCOW2_MAX_SNAPSHOTS_BYTES (64u << 20)
 #define QCOW2_MAX_HOST_OFFSET (1ULL << 56)
 
-/* Header field offsets. */
+/* Header field offsets (bytes into cluster 0). */
+#define QCOW2_OFF_BACKING_FILE_OFFSET 8
+#define QCOW2_OFF_REFCOUNT_TABLE_OFFSET 48
+#define QCOW2_OFF_REFCOUNT_TABLE_CLUSTERS 56  /* one word with nb_snapshots */
 #define QCOW2_OFF_INCOMPATIBLE 72
+#define QCOW2_OFF_AUTOCLEAR 88
 #define QCOW2_OFF_COMPRESSION_TYPE 104
 
 /* Feature bits. */
@@ -48,7 +52,6 @@
 #define QCOW2_EXT_BACKING_FORMAT 0xe2792acaU
 #define QCOW2_EXT_FEATURE_NAMES  0x6803f857U
 #define QCOW2_EXT_BITMAPS        0x23852875U
-#define QCOW2_EXT_CRYPTO         0x0537be77U
 #define QCOW2_EXT_DATA_FILE      0x44415441U
 #define QCOW2_FEATURE_NAME_LEN   46
 

@@ -19,9 +19,9 @@
 
 #include "byteorder.h"
 #include "cleanup.h"
-#include "crc32c.h"
 #include "format.h"
 #include "header.h"
+#include "journal-ext.h"
 #include "journal-format.h"
 #include "log.h"
 #include "minmax.h"
@@ -206,17 +206,11 @@ parse_extensions (struct hostio *io, struct qcow2_header *h,
 
     case QJ_EXT_MAGIC:
       h->journal.present = true;
-      h->journal.crc_ok = false;
+      h->journal.intact = false;
       /* Its data bytes can be rewritten in place only if it has 32. */
       h->journal.pos = len == QJ_EXT_LENGTH ? pos + 8 : 0;
-      if (len == QJ_EXT_LENGTH &&
-          get_be32 (data + 28) == crc32c (0, data, 28)) {
-        h->journal.crc_ok = true;
-        h->journal.offset = get_be64 (data);
-        h->journal.size = get_be64 (data + 8);
-        h->journal.id = get_be64 (data + 16);
-        h->journal.version = get_be32 (data + 24);
-      }
+      if (len == QJ_EXT_LENGTH)
+        qj_ext_decode (data, &h->journal);
       break;
 
     default:

@@ -17,11 +17,11 @@ struct qcow2_feature_name {
 /* The qcow2j journal extension (docs/journal-format.md section 3). */
 struct qcow2_journal_ext {
   bool present;                 /* the extension exists */
-  bool crc_ok;                  /* and its crc32c matches */
+  bool intact;                  /* its CRC matches and its version is 1
+                                   (journal-ext.c) */
   uint64_t pos;                 /* file offset of its 32 data bytes (0:
                                    its length is not 32) */
   uint64_t offset, size, id;
-  uint32_t version;
 };
 
 struct qcow2_header {

@@ -71,6 +71,18 @@ hostio_flush (struct hostio *io)
 }
 
 static inline int
+hostio_punch (struct hostio *io, uint64_t offset, uint64_t count)
+{
+  return io->ops->punch (io, offset, count);
+}
+
+static inline int
+hostio_truncate (struct hostio *io, uint64_t size)
+{
+  return io->ops->truncate (io, size);
+}
+
+static inline int
 hostio_reserve (struct hostio *io, uint64_t offset, uint64_t count)
 {
   if (io->ops->reserve == NULL) {
@@ -84,6 +96,13 @@ static inline int64_t
 hostio_size (struct hostio *io)
 {
   return io->ops->size (io);
+}
+
+static inline int
+hostio_block_status (struct hostio *io, uint64_t offset, uint64_t count,
+                     bool *is_data, uint64_t *run)
+{
+  return io->ops->block_status (io, offset, count, is_data, run);
 }
 
 static inline void

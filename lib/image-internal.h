@@ -1,8 +1,55 @@
 /* qcow2j lib: the image object, shared by the files of lib/ that implement
- * the image API.  Nothing outside lib/ sees this. */
+ * the image API.  Nothing outside lib/ sees this.
+ *
+ * The files of lib/ form layers; each calls only the layers below it:
+ *
+ *   image API      image.c (open, close, info), read.c, extents.c,
+ *                  overlay.c (a dirty journal replayed in memory)
+ *   write session  session.c (the gate every write, zero, trim and flush
+ *                  passes; journal set-up; clean close), checkpointer.c
+ *                  (the background thread)
+ *   changes        write.c, discard.c, rebuild.c
+ *   tables         l2.c (L1 and L2 entries), refcount.c, alloc.c (new
+ *                  clusters), inflight.c (one allocation per guest cluster)
+ *   commit         commit.c (changes bracketed, commits, journal hooks),
+ *                  checkpoint.c, dirty.c (the "journal dirty" bit)
+ *   words          metadata.c (journalled 8-byte words), header-write.c
+ *                  (cluster 0 written in place), tables.c (L1 and refcount
+ *                  table read into memory), state.c (the session state
+ *                  and its failure latch)
+ *   format         map.c (guest to host), entry.c (what an L2 entry is),
+ *                  snapshot.c, bitmaps.c, backing.c, header.c,
+ *                  journal-ext.c (the Q2JL extension)
+ *   below          journal.c, journal-replay.c, metacache.c, hostio*.c,
+ *                  lock.c, compress.c, crc32c.c, log.c
+ *
+ * Lock order.  A thread holding a lock of this list may take only locks
+ * further down; every lock but meta_lock and the journal's sb_lock is
+ * never held across host I/O.
+ *
+ *   1. setup_lock        the journal set-up (session.c); held over all of
+ *                        it, including a refcount rebuild
+ *   2. checkpoint_lock   one checkpoint at a time (checkpoint.c)
+ *   3. meta_lock         metadata changes and the in-flight clusters;
+ *                        held over host I/O only to load metadata, grow
+ *                        the refcount table, copy an L2 table or reserve
+ *                        space.  Never taken with checkpoint_lock held,
+ *                        nor the reverse: the two never nest.
+ *   4. dirty_lock        the "journal dirty" bit (dirty.c)
+ *   5. journal sb_lock   superblock writes (journal.c)
+ *   6. journal lock      the journal's in-memory state (journal.c); the
+ *                        journal's sealed and durable hooks run under it
+ *   7. cache shard lock  one shard of the metadata cache (metacache.c)
+ *   -  thread_lock       the checkpointer thread's state: a leaf, nothing
+ *                        is taken under it
+ *
+ * Each field below says what guards it: "const" (set at open, then only
+ * read), "atomic" (read without a lock, with __atomic loads), or a lock.
+ */
 #ifndef QCOW2J_IMAGE_INTERNAL_H
 #define QCOW2J_IMAGE_INTERNAL_H
 
+#include <assert.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -21,26 +68,63 @@
 
 enum backing_kind { BACKING_NONE, BACKING_QCOW2, BACKING_RAW };
 
+/* Where the image is in its life as a writable image (state.c has the
+ * transitions).  Only the top image of a chain leaves SESSION_READ_ONLY.
+ *
+ *   READ_ONLY ──prepare──▶ READY ──first write──▶ JOURNALLED ──close──▶ CLOSED
+ *       │                    │                        │
+ *       │                    └──────── failure ───────┴──▶ FAILED
+ *       └──replay in memory──▶ REPLAYED_IN_MEMORY
+ *
+ * FAILED and REPLAYED_IN_MEMORY are final: writes are refused until the
+ * server restarts. */
+enum session_state {
+  SESSION_READ_ONLY,            /* writes refused (EROFS) */
+  SESSION_READY,                /* checked and locked for writing; the
+                                   journal is set up by the first write */
+  SESSION_JOURNALLED,           /* writes go through the journal */
+  SESSION_FAILED,               /* a change failed half way: writes and
+                                   commits refused with failed_errno */
+  SESSION_REPLAYED_IN_MEMORY,   /* the file reads through overlay.c */
+  SESSION_CLOSED,               /* closed cleanly: plain qcow2 again */
+};
+
+/* A snapshot table entry, as far as qcow2j needs it (snapshot.c). */
+struct qcow2_snapshot {
+  uint64_t l1_offset;
+  uint32_t l1_size;
+};
+
 struct qcow2_image {
-  struct hostio *file;          /* the qcow2 file */
-  struct hostio *data;          /* where data clusters live: file, or the
-                                   external data file */
+  struct hostio *file;          /* const: the qcow2 file (overlay.c
+                                   swaps it before any reader runs) */
+  struct hostio *data;          /* const: where data clusters live: file,
+                                   or the external data file */
+  /* The header.  Its geometry is const.  refcount_table_offset and
+   * refcount_table_clusters change under meta_lock; incompatible_features
+   * under dirty_lock; autoclear_features and the extension fields under
+   * setup_lock (and at close, with no writer left). */
   struct qcow2_header hdr;
-  uint64_t file_size;           /* host length of file */
-  uint64_t data_size;           /* host length of data */
+  uint64_t file_size;           /* atomic: host length of file, as far as
+                                   entries may point; raised under
+                                   meta_lock */
+  uint64_t data_size;           /* atomic: the same for data */
 
-  uint64_t *l1;                 /* active L1 table, host byte order */
+  uint64_t *l1;                 /* atomic entries, changed under meta_lock:
+                                   the active L1 table, host byte order */
+  struct qcow2_snapshot *snapshots; /* const: hdr.nb_snapshots of them */
+  uint64_t snapshot_table_bytes;    /* const: the table's length */
 
-  struct mcache *cache;        /* shared along the chain */
-  bool owns_cache;              /* true in the top image only */
-  unsigned slice_size;          /* bytes of L2 table per cache slice */
+  struct mcache *cache;         /* const: shared along the chain */
+  bool owns_cache;              /* const: true in the top image only */
+  unsigned slice_size;          /* const: bytes of L2 table per slice */
 
-  /* Compressed cluster descriptor layout. */
+  /* Compressed cluster descriptor layout (const; entry.c decodes it). */
   unsigned csize_shift;
   uint64_t csize_mask;
   uint64_t coffset_mask;
 
-  struct {
+  struct {                      /* const */
     enum backing_kind kind;
     struct qcow2_image *image;  /* BACKING_QCOW2 */
     struct hostio *raw;         /* BACKING_RAW */
@@ -48,164 +132,80 @@ struct qcow2_image {
     char *path;                 /* resolved path, for messages */
   } backing;
 
-  char *dir;                    /* directory names are relative to */
-  char *path;                   /* of the top image, for reopening */
+  char *dir;                    /* const: directory names are relative to */
 
-  /* ---- Write path (write.c, metadata.c, refcount.c, writable.c) ----
-   * Set up by qcow2_make_writable; only the top image of a chain. */
-  bool writable;                /* journal set up: writes go through */
-  bool write_ready;             /* writes allowed (checked, locked) */
-  pthread_mutex_t setup_lock;   /* the set-up in qcow2_make_writable */
-  bool file_rw;                 /* file opened O_RDWR */
-  bool data_rw;                 /* external data file opened O_RDWR */
-  bool lock_files;              /* take QEMU-compatible locks */
-  pthread_mutex_t meta_lock;    /* serializes metadata changes; held over
-                                   host I/O only when loading metadata,
-                                   growing tables, copying an L2 table or
-                                   reserving space */
-  pthread_cond_t inflight_done; /* an allocating write finished */
-  uint64_t *inflight;           /* guest clusters being allocated */
-  size_t nr_inflight, cap_inflight;
-  struct journal *journal;
-  uint64_t next_free;           /* host offset of the next new cluster */
-  uint64_t space_reserved;      /* host space reserved up to here */
-  bool cannot_reserve;          /* the host file cannot reserve space */
-  bool replayed_in_memory;      /* file reads through overlay.c; never
-                                   writable */
-  uint64_t *reftable;           /* refcount table, host byte order */
-  uint64_t reftable_entries;
-  uint64_t refblock_entries;    /* refcounts per refcount block */
-  int failed;                   /* sticky errno: writes refused after a
-                                   metadata change failed half way */
-  pthread_mutex_t dirty_lock;   /* setting and clearing "journal dirty" */
-  bool dirty_written;           /* QJ_INCOMPAT_DIRTY has been written */
-  bool dirty_durable;           /* ... and flushed */
+  /* ---- The write session: the top image of a chain only ---- */
+  int state;                    /* atomic: enum session_state; moved by
+                                   state.c */
+  int failed_errno;             /* atomic: why it is SESSION_FAILED */
+  bool file_rw;                 /* const: file opened O_RDWR */
+  bool data_rw;                 /* const: data file opened O_RDWR */
+  bool lock_files;              /* const: take QEMU-compatible locks */
+  pthread_mutex_t setup_lock;
+  struct journal *journal;      /* set under setup_lock before the state
+                                   becomes JOURNALLED, then const */
 
-  pthread_mutex_t checkpoint_lock; /* one checkpoint at a time */
-  pthread_mutex_t thread_lock;  /* the checkpoint thread's state */
-  pthread_cond_t thread_cond;
-  bool thread_running, thread_stop;
-  pthread_t thread;
-  uint64_t last_change;         /* monotonic ns of the last write */
-  uint64_t ring_high_water;     /* ring bytes that trigger a checkpoint */
+  pthread_mutex_t meta_lock;
+  pthread_t meta_owner;         /* atomic: the thread holding meta_lock
+                                   (0: none), for assertions */
+  pthread_cond_t inflight_done; /* with meta_lock: an allocation ended */
+  uint64_t *inflight;           /* meta_lock: guest clusters being
+                                   allocated */
+  size_t nr_inflight, cap_inflight;  /* meta_lock */
+  uint64_t next_free;           /* meta_lock: host offset of the next new
+                                   cluster */
+  uint64_t space_reserved;      /* meta_lock: host space reserved up to */
+  bool cannot_reserve;          /* meta_lock: the host cannot reserve */
+  uint64_t *reftable;           /* meta_lock: refcount table, host order */
+  uint64_t reftable_entries;    /* meta_lock */
+  uint64_t refblock_entries;    /* const: refcounts per refcount block */
+
+  pthread_mutex_t dirty_lock;
+  bool dirty_written;           /* dirty_lock: QJ_INCOMPAT_DIRTY written */
+  bool dirty_durable;           /* atomic, set under dirty_lock: ... and
+                                   flushed */
+
+  pthread_mutex_t checkpoint_lock;
+  pthread_mutex_t thread_lock;
+  pthread_cond_t thread_cond;   /* with thread_lock: wake the thread */
+  bool thread_running, thread_stop;  /* thread_lock */
+  pthread_t thread;             /* thread_lock */
+  uint64_t last_change;         /* atomic: monotonic ns of the last write */
+  uint64_t ring_high_water;     /* const once JOURNALLED: ring bytes that
+                                   call for a checkpoint */
 };
 
-/* backing.c: open the backing file (if any) and the external data file
- * (if any) named by img->hdr, relative to img->dir.  depth counts the
- * images above; ids holds the (dev, ino) pairs already in the chain. */
-struct chain_ids {
-  uint64_t dev[QCOW2_MAX_CHAIN_DEPTH + 1];
-  uint64_t ino[QCOW2_MAX_CHAIN_DEPTH + 1];
-  unsigned n;
-};
-extern int qcow2_open_backing (struct qcow2_image *img, unsigned depth,
-                               struct chain_ids *ids,
-                               const struct qcow2_open_options *opts);
-extern int qcow2_open_data_file (struct qcow2_image *img, bool top,
-                                 const struct qcow2_open_options *opts);
-/* Record io's file identity in ids; fails with ELOOP if already there. */
-extern int qcow2_chain_add (struct chain_ids *ids, struct hostio *io);
-/* The directory part of path (malloc'd). */
-extern char *qcow2_dirname (const char *path);
+/* meta_lock, with its owner recorded so that functions can assert that
+ * their caller holds it. */
+static inline void
+qcow2_meta_lock (struct qcow2_image *img)
+{
+  pthread_mutex_lock (&img->meta_lock);
+  __atomic_store_n (&img->meta_owner, pthread_self (), __ATOMIC_RELAXED);
+}
 
-/* Open one image of a chain (image.c). */
-extern struct qcow2_image *qcow2_open_layer (struct hostio *io,
-                                             const char *dir,
-                                             struct mcache *cache,
-                                             unsigned depth,
-                                             struct chain_ids *ids,
-                                             const struct qcow2_open_options *opts);
+static inline void
+qcow2_meta_unlock (struct qcow2_image *img)
+{
+  __atomic_store_n (&img->meta_owner, (pthread_t) 0, __ATOMIC_RELAXED);
+  pthread_mutex_unlock (&img->meta_lock);
+}
 
-/* snapshot.c: walk and validate the snapshot table. */
-extern int qcow2_check_snapshots (struct qcow2_image *img);
+static inline void
+qcow2_meta_wait (struct qcow2_image *img, pthread_cond_t *cond)
+{
+  __atomic_store_n (&img->meta_owner, (pthread_t) 0, __ATOMIC_RELAXED);
+  pthread_cond_wait (cond, &img->meta_lock);
+  __atomic_store_n (&img->meta_owner, pthread_self (), __ATOMIC_RELAXED);
+}
 
-/* metadata.c: journalled metadata changes (callers hold meta_lock and are
- * between journal_begin and journal_end). */
-extern int qcow2_meta_set64 (struct qcow2_image *img, uint64_t offset,
-                             uint64_t value, bool fresh);
-extern int qcow2_meta_read64 (struct qcow2_image *img, uint64_t offset,
-                              uint64_t *value);
-/* The L2 entry (and subcluster bitmap) of guest offset; *entry_offset is
- * its host offset, 0 if there is no L2 table. */
-extern int qcow2_l2_lookup (struct qcow2_image *img, uint64_t guest,
-                            uint64_t *entry_offset, uint64_t *entry,
-                            uint64_t *bitmap);
-/* Make sure guest offset's L2 table exists and is not shared (allocating
- * or copying it), and return the host offset of its entry. */
-extern int qcow2_l2_prepare (struct qcow2_image *img, uint64_t guest,
-                             uint64_t *entry_offset);
-extern int qcow2_l2_set (struct qcow2_image *img, uint64_t entry_offset,
-                         uint64_t entry, uint64_t bitmap);
+static inline bool
+qcow2_meta_locked (struct qcow2_image *img)
+{
+  return pthread_equal (__atomic_load_n (&img->meta_owner, __ATOMIC_RELAXED),
+                        pthread_self ());
+}
 
-/* refcount.c */
-extern int qcow2_refcounts_load (struct qcow2_image *img);
-extern int qcow2_refcount_get (struct qcow2_image *img, uint64_t offset,
-                               uint64_t *value);
-extern int qcow2_refcount_set (struct qcow2_image *img, uint64_t offset,
-                               uint64_t value);
-/* Reserve n contiguous new clusters past everything in use (not yet
- * referenced or counted: see qcow2_alloc_commit). */
-extern int qcow2_alloc_reserve (struct qcow2_image *img, uint64_t n,
-                                uint64_t *offset);
-/* Before a change that may allocate clusters: make sure host space is
- * reserved for the next few, so that a full host disk fails the request
- * now (ENOSPC), before anything is changed, rather than half way through
- * the change (which stops all writes) or at the checkpoint.  Needs
- * meta_lock. */
-extern int qcow2_reserve_space (struct qcow2_image *img);
-/* Drop one reference to the cluster at offset; frees it (deferred
- * discard) when none is left. */
-extern int qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset);
-/* The same for every host cluster a compressed cluster's data touches. */
-extern int qcow2_compressed_unref (struct qcow2_image *img, uint64_t entry);
-/* Drop what an L2 entry holds: its data cluster (refcounted unless it is
- * in an external data file), or its compressed data. */
-extern int qcow2_release_host (struct qcow2_image *img, uint64_t entry);
-
-/* write.c */
-extern void qcow2_cluster_lock (struct qcow2_image *img, uint64_t cluster);
-extern void qcow2_cluster_unlock (struct qcow2_image *img, uint64_t cluster);
-/* After a failure that leaves the image unsafe to change further: refuse
- * writes and commits from now on (errno kept, returns -1). */
-extern int qcow2_stop_writes (struct qcow2_image *img, const char *why);
-extern int qcow2_change_failed (struct qcow2_image *img);
-/* Under meta_lock, the guest cluster locked: its L2 entry, checked as a
- * read would check it, before a change acts on what it names (fails with
- * the image's error once it has failed). */
-extern int qcow2_entry_to_change (struct qcow2_image *img, uint64_t guest,
-                                  uint64_t *entry_offset, uint64_t *entry,
-                                  uint64_t *bitmap);
-extern uint64_t qcow2_now (void);
-extern int qcow2_pwrite_range (struct qcow2_image *img, const void *buf,
-                               uint64_t count, uint64_t offset);
-
-/* writable.c */
-/* Called by every write: sets up the journal at the first one.  0, or -1
- * with errno (EROFS if the image may not be written). */
-extern int qcow2_begin_write (struct qcow2_image *img);
-extern int qcow2_commit_if_large (struct qcow2_image *img);
-extern int qcow2_close_writable (struct qcow2_image *img);
-
-/* rebuild.c: recount every cluster below file_end and fix what differs
- * (through the journal), with the active tables' COPIED flags. */
-extern int qcow2_rebuild_refcounts (struct qcow2_image *img,
-                                    uint64_t file_end);
-
-/* bitmaps.c: mark every persistent bitmap in use (before a first write). */
-extern int qcow2_bitmaps_mark_in_use (struct qcow2_image *img);
-
-/* checkpoint.c */
-extern int qcow2_checkpoint (struct qcow2_image *img);
-extern void qcow2_checkpoint_wake (struct qcow2_image *img);
-
-/* image.c */
-extern int qcow2_read_l1 (struct qcow2_image *img);
-/* Read the header and L1 table again (and the refcount table, if it was
- * loaded) after a replay changed them. */
-extern int qcow2_reload_metadata (struct qcow2_image *img);
-
-/* read.c: reads through the backing chain for unallocated ranges. */
-extern int qcow2_read_backing (struct qcow2_image *img, void *buf,
-                               uint64_t count, uint64_t offset);
+#define ASSERT_META_LOCKED(img) assert (qcow2_meta_locked (img))
 
 #endif /* QCOW2J_IMAGE_INTERNAL_H */

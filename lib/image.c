@@ -1,13 +1,13 @@
 /* qcow2j lib: opening and closing images, and what the plugin asks of them.
  *
- * Opening reads the header, the active L1 table (at most 32 MiB, bounded
- * by QEMU's limit; 16 KiB for a 1 TiB image of 64 KiB clusters, so opening
- * is instant) and checks the snapshot table; L2 tables are only read when
- * a request needs them.  Nothing is written: the file is opened read-only.
+ * Opening reads and validates the header, the active L1 table and the
+ * snapshot table of each image of the backing chain, and opens any
+ * external data file; L2 tables are only read when a request needs them.
+ * Nothing is written: the file is opened read-only unless asked, and
+ * even then nothing changes until the first write (session.c).
  */
 #include <config.h>
 
-#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -15,59 +15,49 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backing.h"
 #include "format.h"
-#include "image-internal.h"
 #include "lock.h"
 #include "log.h"
 #include "minmax.h"
+#include "session.h"
+#include "snapshot.h"
+#include "tables.h"
 
-int
-qcow2_read_l1 (struct qcow2_image *img)
+/* Open one image of a chain: io (taken over), names relative to dir,
+ * the cache shared along the chain (NULL: make one). */
+static struct qcow2_image *
+open_layer (struct hostio *io, const char *dir, struct mcache *cache,
+            unsigned depth, struct chain_ids *ids,
+            const struct qcow2_open_options *opts);
+
+/* The backing file of img, if any: a raw one is set up by backing.c, a
+ * qcow2 one is the next layer. */
+static int
+open_backing_layer (struct qcow2_image *img, unsigned depth,
+                    struct chain_ids *ids,
+                    const struct qcow2_open_options *opts)
 {
-  const struct qcow2_header *h = &img->hdr;
-  size_t bytes = (size_t) h->l1_size * 8;
+  struct hostio *io;
+  char *dir;
 
-  img->l1 = malloc (bytes ? bytes : 8);
-  if (img->l1 == NULL) {
-    qerror ("malloc: %m");
+  if (qcow2_open_backing (img, depth, ids, opts, &io, &dir) == -1)
     return -1;
-  }
-  if (bytes > 0 &&
-      hostio_pread (img->file, img->l1, bytes, h->l1_table_offset) == -1) {
-    qerror ("%s: read L1 table: %m", img->file->name);
+  if (io == NULL)
+    return 0;
+  img->backing.image = open_layer (io, dir, img->cache, depth + 1, ids, opts);
+  free (dir);
+  if (img->backing.image == NULL)
     return -1;
-  }
-  for (uint32_t i = 0; i < h->l1_size; i++)
-    img->l1[i] = be64toh (img->l1[i]);
+  img->backing.kind = BACKING_QCOW2;
+  img->backing.size = img->backing.image->hdr.size;
   return 0;
 }
 
-int
-qcow2_reload_metadata (struct qcow2_image *img)
-{
-  struct qcow2_header h;
-  int64_t size = hostio_size (img->file);
-  bool refcounts = img->reftable != NULL;
-
-  if (size == -1 || qcow2_header_read (img->file, size, &h) == -1)
-    return -1;
-  qcow2_header_free (&img->hdr);
-  img->hdr = h;
-  img->file_size = size;
-  if (img->data == img->file)
-    img->data_size = size;
-  free (img->l1);
-  img->l1 = NULL;
-  free (img->reftable);
-  img->reftable = NULL;
-  return qcow2_read_l1 (img) == -1 ||
-    (refcounts && qcow2_refcounts_load (img) == -1) ? -1 : 0;
-}
-
-struct qcow2_image *
-qcow2_open_layer (struct hostio *io, const char *dir, struct mcache *cache,
-                  unsigned depth, struct chain_ids *ids,
-                  const struct qcow2_open_options *opts)
+static struct qcow2_image *
+open_layer (struct hostio *io, const char *dir, struct mcache *cache,
+            unsigned depth, struct chain_ids *ids,
+            const struct qcow2_open_options *opts)
 {
   struct qcow2_image *img;
   const struct qcow2_header *h;
@@ -123,9 +113,9 @@ qcow2_open_layer (struct hostio *io, const char *dir, struct mcache *cache,
   img->cache = cache;
 
   if (qcow2_read_l1 (img) == -1 ||
-      qcow2_check_snapshots (img) == -1 ||
+      qcow2_snapshots_load (img) == -1 ||
       qcow2_open_data_file (img, depth == 0, opts) == -1 ||
-      qcow2_open_backing (img, depth, ids, opts) == -1)
+      open_backing_layer (img, depth, ids, opts) == -1)
     goto fail;
   return img;
 
@@ -139,7 +129,7 @@ qcow2_open_hostio (struct hostio *io, const char *dir,
                    const struct qcow2_open_options *opts)
 {
   struct chain_ids ids = { .n = 0 };
-  struct qcow2_image *img = qcow2_open_layer (io, dir, NULL, 0, &ids, opts);
+  struct qcow2_image *img = open_layer (io, dir, NULL, 0, &ids, opts);
 
   /* The caller opened io: writable if it says so. */
   if (img)
@@ -182,12 +172,13 @@ qcow2_close (struct qcow2_image *img)
   if (img == NULL)
     return 0;
   qcow2_stop_checkpointer (img);
-  if (img->writable && qcow2_close_writable (img) == -1) {
+  if (qcow2_session_close (img) == -1) {
     saved_errno = errno;
     r = -1;
   }
   journal_free (img->journal);
   free (img->reftable);
+  free (img->snapshots);
   free (img->inflight);
   if (img->backing.image)
     qcow2_close (img->backing.image);

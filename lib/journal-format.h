@@ -69,6 +69,12 @@
 #define QJ_REC_WRITE        2        /* offset u64, count u32, pad u32, bytes */
 #define QJ_REC_ZERO         3        /* n x { offset u64, count u64 } */
 
+/* The only header bytes records may change: the words from size to
+ * snapshots_offset (24-71 of cluster 0).  The feature words and the
+ * extensions are written in place, never journalled. */
+#define QJ_HEADER_WORDS_START 24
+#define QJ_HEADER_WORDS_END   72
+
 /* Nothing a record touches may lie at or past this host offset (QEMU's
  * limit on host offsets). */
 #define QJ_MAX_TARGET       (1ULL << 56)

@@ -45,7 +45,6 @@ struct journal {
   uint64_t durable_gen;         /* of those, durable */
   bool committing;              /* a thread is writing a transaction */
   int error;                    /* sticky commit failure (errno) */
-  uint64_t commits;
 
   struct open_tx open;
 

@@ -79,8 +79,8 @@ target_ok (const struct journal *j, uint64_t off, uint64_t count,
     return false;
   if (off < j->area + j->size && j->area < off + count)
     return false;               /* overlaps the journal area */
-  if (off < j->cluster_size)    /* cluster 0: header bytes 24-71 only */
-    return off >= 24 && off + count <= 72;
+  if (off < j->cluster_size)    /* cluster 0: the header words only */
+    return off >= QJ_HEADER_WORDS_START && off + count <= QJ_HEADER_WORDS_END;
   return true;
 }
 
@@ -306,14 +306,14 @@ journal_scan (struct journal *j, journal_apply_fn apply, void *opaque,
 }
 
 /* Where replay applies records: the journal's own file, except that
- * header words (bytes 24-71 of cluster 0) are gathered and written at the
- * end in one 48-byte write.  A sector is written whole or not at all
+ * the header words (bytes 24-71) are gathered and written at the end in
+ * one 48-byte write.  A sector is written whole or not at all
  * (docs/journal-format.md M3), so the header a crash leaves during replay
  * is the old one or the replayed one, never a mix that the next open
  * could not even validate before replaying again. */
 struct replay_target {
   struct journal *j;
-  uint8_t header[48];           /* bytes 24-71 */
+  uint8_t header[QJ_HEADER_WORDS_END - QJ_HEADER_WORDS_START];
   bool header_changed;
 };
 
@@ -325,12 +325,13 @@ apply_to_file (void *opaque, uint64_t offset, const void *buf,
   static const uint8_t zeroes[65536];
 
   if (offset < rt->j->cluster_size) {
-    /* target_ok allowed only bytes 24-71 here. */
-    assert (offset >= 24 && offset + count <= 72);
+    /* target_ok allowed only the header words here. */
+    assert (offset >= QJ_HEADER_WORDS_START &&
+            offset + count <= QJ_HEADER_WORDS_END);
     if (buf != NULL)
-      memcpy (rt->header + (offset - 24), buf, count);
+      memcpy (rt->header + (offset - QJ_HEADER_WORDS_START), buf, count);
     else
-      memset (rt->header + (offset - 24), 0, count);
+      memset (rt->header + (offset - QJ_HEADER_WORDS_START), 0, count);
     rt->header_changed = true;
     return 0;
   }
@@ -366,12 +367,14 @@ journal_replay (struct journal *j, struct journal_replay_stats *stats)
 
     size = hostio_size (j->io);
     if (size == -1 ||
-        hostio_pread (j->io, rt.header, sizeof rt.header, 24) == -1 ||
+        hostio_pread (j->io, rt.header, sizeof rt.header,
+                      QJ_HEADER_WORDS_START) == -1 ||
         ((uint64_t) size < stats->min_file_size &&
-         j->io->ops->truncate (j->io, stats->min_file_size) == -1) ||
+         hostio_truncate (j->io, stats->min_file_size) == -1) ||
         walk (j, &chain, apply_to_file, &rt, stats) == -1 ||
         (rt.header_changed &&
-         hostio_pwrite (j->io, rt.header, sizeof rt.header, 24) == -1) ||
+         hostio_pwrite (j->io, rt.header, sizeof rt.header,
+                       QJ_HEADER_WORDS_START) == -1) ||
         hostio_flush (j->io) == -1) {
       qerror ("%s: journal: replay: %m", j->io->name);
       return -1;

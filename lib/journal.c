@@ -711,7 +711,6 @@ journal_commit (struct journal *j, uint64_t *seq_out)
       }
       j->durable_gen = j->sealed_gen;
       j->durable_seq = s.seq;
-      j->commits++;
       if (j->hooks.durable)
         j->hooks.durable (opaque);
     }

@@ -19,6 +19,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "entry.h"
 #include "format.h"
 #include "log.h"
 #include "map.h"
@@ -62,14 +63,15 @@ extend_run (struct qcow2_run *run, enum qcow2_run_type type, uint64_t host,
   return true;
 }
 
-/* Classify the standard (first) half of an L2 entry that is not compressed:
- * returns the host offset of the cluster, 0 meaning unallocated, after
- * checking it. */
+/* Check the standard (first) half of an L2 entry that is not compressed:
+ * no reserved bits, and a host offset that is cluster aligned if the
+ * entry has one. */
 static int
 check_data_entry (struct qcow2_image *img, uint64_t guest, uint64_t e,
-                  uint64_t *host, bool *allocated)
+                  enum qcow2_entry_type type)
 {
   const struct qcow2_header *h = &img->hdr;
+  const uint64_t host = qcow2_entry_host (e);
   uint64_t reserved = L2E_STD_RESERVED_MASK;
 
   if (h->l2_entry_size == 16)
@@ -77,15 +79,10 @@ check_data_entry (struct qcow2_image *img, uint64_t guest, uint64_t e,
   if (e & reserved)
     return bad_entry (img, guest, "L2 entry 0x%016" PRIx64 " has reserved "
                       "bits set", e);
-  *host = e & L2E_OFFSET_MASK;
-  /* With an external data file, offset 0 is a real mapping when COPIED is
-   * set; otherwise offset 0 means unallocated. */
-  *allocated = *host != 0 || (h->data_file && (e & QCOW_OFLAG_COPIED));
-  if (!*allocated)
-    return 0;
-  if (!IS_ALIGNED (*host, h->cluster_size))
+  if ((type == ENTRY_NORMAL || type == ENTRY_ZERO_ALLOC) &&
+      !IS_ALIGNED (host, h->cluster_size))
     return bad_entry (img, guest, "L2 entry 0x%016" PRIx64 ": host offset "
-                      "0x%" PRIx64 " is not cluster aligned", e, *host);
+                      "0x%" PRIx64 " is not cluster aligned", e, host);
   return 0;
 }
 
@@ -110,12 +107,13 @@ add_cluster (struct qcow2_image *img, uint64_t cluster_start, uint64_t from,
              struct qcow2_run *run)
 {
   const struct qcow2_header *h = &img->hdr;
-  uint64_t host = 0;
-  bool allocated = false;
+  const enum qcow2_entry_type type = qcow2_entry_type (img, e);
+  const uint64_t host = qcow2_entry_host (e);
 
-  if (e & QCOW_OFLAG_COMPRESSED) {
-    uint64_t coffset = e & img->coffset_mask;
+  if (type == ENTRY_COMPRESSED) {
+    uint64_t coffset, clen;
 
+    qcow2_compressed (img, e, &coffset, &clen);
     if (h->data_file)
       return bad_entry (img, from, "compressed cluster (L2 entry 0x%016"
                         PRIx64 ") in an image with an external data file", e);
@@ -130,26 +128,30 @@ add_cluster (struct qcow2_image *img, uint64_t cluster_start, uint64_t from,
     return 1;                   /* compressed runs hold one cluster */
   }
 
-  if (check_data_entry (img, from, e, &host, &allocated) == -1)
+  if (check_data_entry (img, from, e, type) == -1)
     return -1;
 
   if (h->l2_entry_size == 8) {
-    enum qcow2_run_type type;
+    enum qcow2_run_type rt = RUN_UNALLOCATED;
 
-    if (e & QCOW_OFLAG_ZERO) {
+    switch (type) {
+    case ENTRY_ZERO_PLAIN:
+    case ENTRY_ZERO_ALLOC:
       if (h->version < 3)
         return bad_entry (img, from, "L2 entry 0x%016" PRIx64 " has the "
                           "zero flag in a version 2 image", e);
-      type = RUN_ZERO;
-    }
-    else if (allocated) {
+      rt = RUN_ZERO;
+      break;
+    case ENTRY_NORMAL:
       if (check_host_in_file (img, from, e, host) == -1)
         return -1;
-      type = RUN_DATA;
+      rt = RUN_DATA;
+      break;
+    case ENTRY_UNALLOCATED:
+    case ENTRY_COMPRESSED:
+      break;
     }
-    else
-      type = RUN_UNALLOCATED;
-    return extend_run (run, type, host + (from - cluster_start), to - from,
+    return extend_run (run, rt, host + (from - cluster_start), to - from,
                        e) ? 0 : 1;
   }
 
@@ -160,7 +162,7 @@ add_cluster (struct qcow2_image *img, uint64_t cluster_start, uint64_t from,
     if (alloc & zero)
       return bad_entry (img, from, "subcluster bitmap 0x%016" PRIx64 " marks "
                         "subclusters both allocated and zero", bitmap);
-    if (alloc && !allocated)
+    if (alloc && type != ENTRY_NORMAL)
       return bad_entry (img, from, "subcluster bitmap 0x%016" PRIx64
                         " allocates subclusters of an unallocated cluster",
                         bitmap);
@@ -170,11 +172,11 @@ add_cluster (struct qcow2_image *img, uint64_t cluster_start, uint64_t from,
     while (from < to) {
       unsigned sc = (from - cluster_start) / h->subcluster_size;
       uint64_t sc_end = MIN (to, cluster_start + (sc + 1) * h->subcluster_size);
-      enum qcow2_run_type type =
+      enum qcow2_run_type rt =
         alloc & (1u << sc) ? RUN_DATA :
         zero & (1u << sc) ? RUN_ZERO : RUN_UNALLOCATED;
 
-      if (!extend_run (run, type, host + (from - cluster_start),
+      if (!extend_run (run, rt, host + (from - cluster_start),
                        sc_end - from, e))
         return 1;
       from = sc_end;

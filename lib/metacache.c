@@ -301,7 +301,7 @@ mcache_read (struct mcache *c, struct hostio *io, const void *owner,
 int
 mcache_write (struct mcache *c, struct hostio *io, const void *owner,
               uint64_t slice_offset, unsigned slice_size, unsigned start,
-              unsigned count, const void *in, bool fresh)
+              unsigned count, const void *in)
 {
   uint64_t h = hash_key (owner, slice_offset);
   struct shard *s = shard_of (c, h);
@@ -314,9 +314,7 @@ mcache_write (struct mcache *c, struct hostio *io, const void *owner,
       ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&s->lock);
       struct slot *slot = lookup (s, h, owner, slice_offset);
 
-      if (slot == NULL && (have || fresh)) {
-        if (fresh)
-          memset (buf, 0, slice_size);
+      if (slot == NULL && have) {
         slot = insert (s, h, owner, slice_offset, slice_size, buf);
         if (slot == NULL) {
           qerror ("metadata cache: %m");
@@ -465,7 +463,5 @@ mcache_stats (struct mcache *c, struct mcache_stats *stats)
     stats->misses += s->misses;
     stats->evictions += s->evictions;
     stats->slices += s->used;
-    for (uint32_t j = 0; j < s->used; j++)
-      stats->pinned += pinned (&s->slots[j]);
   }
 }

@@ -53,13 +53,12 @@ extern int mcache_read (struct mcache *c, struct hostio *io,
                         void *out);
 
 /* Change count bytes at byte start of a slice (reading it first if it is
- * not cached).  fresh: the slice lies in a newly allocated cluster and is
- * all zeroes: do not read it.  Callers serialize changes (the image's
+ * not cached).  Callers serialize changes (the image's
  * metadata lock) and journal them; 0, or -1 with errno. */
 extern int mcache_write (struct mcache *c, struct hostio *io,
                          const void *owner, uint64_t slice_offset,
                          unsigned slice_size, unsigned start, unsigned count,
-                         const void *in, bool fresh);
+                         const void *in);
 
 /* The transaction holding every change made so far is sealed: snapshot
  * the slices changed since the last seal. */
@@ -85,7 +84,7 @@ extern ssize_t mcache_collect (struct mcache *c, const void *owner,
 extern void mcache_cleaned (struct mcache *c, const struct mcache_dirty *d);
 
 struct mcache_stats {
-  uint64_t hits, misses, evictions, slices, pinned;
+  uint64_t hits, misses, evictions, slices;
 };
 extern void mcache_stats (struct mcache *c, struct mcache_stats *stats);
 

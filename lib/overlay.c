@@ -20,12 +20,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cleanup.h"
 #include "format.h"
 #include "image-internal.h"
 #include "journal-format.h"
 #include "journal.h"
 #include "log.h"
 #include "minmax.h"
+#include "state.h"
+#include "tables.h"
 
 #define SECTOR 512
 #define MAX_OVERLAY_BYTES (256ULL << 20)
@@ -248,16 +251,18 @@ static const struct hostio_ops overlay_ops = {
 int
 qcow2_replay_in_memory (struct qcow2_image *img)
 {
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->setup_lock);
   const struct qcow2_header *h = &img->hdr;
   struct journal_replay_stats st;
   struct overlay *ov;
   struct journal *j;
 
-  /* (Once writable, the image replayed its journal in place.) */
-  if (!qcow2_journal_dirty (img) || img->replayed_in_memory ||
-      img->writable)
+  /* Once journalled, the image replayed its journal in place. */
+  if (!qcow2_journal_dirty (img) ||
+      (qcow2_state (img) != SESSION_READ_ONLY &&
+       qcow2_state (img) != SESSION_READY))
     return 0;
-  if (!(h->autoclear_features & QJ_AUTOCLEAR_VALID) || !h->journal.crc_ok) {
+  if (!(h->autoclear_features & QJ_AUTOCLEAR_VALID) || !h->journal.intact) {
     qerror ("%s: its qcow2j journal is marked dirty but is not valid (was "
             "the image changed by another program?): it needs a manual "
             "repair", img->file->name);
@@ -287,7 +292,8 @@ qcow2_replay_in_memory (struct qcow2_image *img)
   if (img->data == img->file)
     img->data = &ov->io;
   img->file = &ov->io;
-  img->replayed_in_memory = true;
+  if (!qcow2_state_move (img, SESSION_READ_ONLY, SESSION_REPLAYED_IN_MEMORY))
+    qcow2_state_move (img, SESSION_READY, SESSION_REPLAYED_IN_MEMORY);
   if (qcow2_reload_metadata (img) == -1)
     return -1;
   img->hdr.incompatible_features &= ~QJ_INCOMPAT_DIRTY;

@@ -14,15 +14,18 @@
 
 #include "cleanup.h"
 #include "compress.h"
+#include "entry.h"
 #include "format.h"
 #include "image-internal.h"
 #include "log.h"
 #include "map.h"
 #include "minmax.h"
 
-int
-qcow2_read_backing (struct qcow2_image *img, void *buf, uint64_t count,
-                    uint64_t offset)
+/* Read a range the image leaves unallocated: from the backing file, and
+ * zeroes past its end. */
+static int
+read_backing (struct qcow2_image *img, void *buf, uint64_t count,
+              uint64_t offset)
 {
   uint64_t avail = 0;
 
@@ -57,14 +60,12 @@ read_compressed (struct qcow2_image *img, uint64_t e, void *buf,
                  uint64_t count, uint64_t offset)
 {
   const struct qcow2_header *h = &img->hdr;
-  uint64_t coffset = e & img->coffset_mask;
-  uint64_t nsectors = ((e >> img->csize_shift) & img->csize_mask) + 1;
-  uint64_t csize = nsectors * QCOW2_COMPRESSED_SECTOR -
-    (coffset & (QCOW2_COMPRESSED_SECTOR - 1));
+  uint64_t coffset, csize;
   uint64_t in_cluster = offset & (h->cluster_size - 1);
   CLEANUP_FREE uint8_t *in = NULL;
   CLEANUP_FREE uint8_t *out = NULL;
 
+  qcow2_compressed (img, e, &coffset, &csize);
   /* csize is at most 2^(cluster_bits-8) sectors, so at most 2 clusters:
    * the allocation is bounded by cluster_bits. */
   in = malloc (csize);
@@ -113,7 +114,7 @@ qcow2_pread (struct qcow2_image *img, void *buf, uint64_t count,
       memset (p, 0, run.length);
       break;
     case RUN_UNALLOCATED:
-      if (qcow2_read_backing (img, p, run.length, offset) == -1)
+      if (read_backing (img, p, run.length, offset) == -1)
         return -1;
       break;
     case RUN_COMPRESSED:

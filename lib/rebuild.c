@@ -17,12 +17,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bitmaps.h"
 #include "byteorder.h"
 #include "cleanup.h"
+#include "commit.h"
+#include "entry.h"
 #include "format.h"
-#include "image-internal.h"
+#include "l2.h"
 #include "log.h"
+#include "metadata.h"
 #include "minmax.h"
+#include "rebuild.h"
+#include "refcount.h"
 
 struct counts {
   uint16_t *v;                  /* expected refcount of each cluster */
@@ -82,19 +88,18 @@ count_l2 (struct qcow2_image *img, struct counts *c, uint64_t l2)
   if (read_table (img, l2, h->cluster_size, &t) == -1)
     return -1;
   for (uint64_t i = 0; i < h->cluster_size; i += h->l2_entry_size) {
-    uint64_t e = get_be64 (t + i), host = e & L2E_OFFSET_MASK;
+    uint64_t e = get_be64 (t + i), first, n;
 
-    if (e & QCOW_OFLAG_COMPRESSED) {
-      uint64_t coffset = (e & img->coffset_mask) & ~511ULL;
-      uint64_t nsectors = ((e >> img->csize_shift) & img->csize_mask) + 1;
-
-      if (add (img, c, coffset, nsectors * 512, "compressed data") == -1)
+    qcow2_entry_clusters (img, e, &first, &n);
+    if (n == 0)
+      continue;
+    if (qcow2_entry_type (img, e) == ENTRY_COMPRESSED) {
+      if (add (img, c, first, n * h->cluster_size, "compressed data") == -1)
         return -1;
     }
-    else if (host != 0 && h->data_file == NULL &&
-             (!IS_ALIGNED (host, h->cluster_size) ||
-              add (img, c, host, h->cluster_size, "a data cluster") == -1))
-      return bad (img, "a data cluster", host);
+    else if (!IS_ALIGNED (first, h->cluster_size) ||
+             add (img, c, first, h->cluster_size, "a data cluster") == -1)
+      return bad (img, "a data cluster", first);
   }
   return 0;
 }
@@ -124,23 +129,12 @@ count_l1 (struct qcow2_image *img, struct counts *c, uint64_t l1,
 static int
 count_snapshots (struct qcow2_image *img, struct counts *c)
 {
-  const struct qcow2_header *h = &img->hdr;
-  uint64_t pos = h->snapshots_offset;
-
-  for (uint32_t i = 0; i < h->nb_snapshots; i++) {
-    uint8_t e[40];
-
-    /* snapshot.c validated the table at open. */
-    if (hostio_pread (img->file, e, sizeof e, pos) == -1) {
-      qerror ("%s: read snapshot table: %m", img->file->name);
+  /* snapshot.c validated the table at open. */
+  for (uint32_t i = 0; i < img->hdr.nb_snapshots; i++)
+    if (count_l1 (img, c, img->snapshots[i].l1_offset,
+                  img->snapshots[i].l1_size) == -1)
       return -1;
-    }
-    if (count_l1 (img, c, get_be64 (e), get_be32 (e + 8)) == -1)
-      return -1;
-    pos += ROUND_UP (40 + (uint64_t) get_be32 (e + 36) + get_be16 (e + 12) +
-                     get_be16 (e + 14), 8);
-  }
-  return add (img, c, h->snapshots_offset, pos - h->snapshots_offset,
+  return add (img, c, img->hdr.snapshots_offset, img->snapshot_table_bytes,
               "the snapshot table");
 }
 
@@ -149,35 +143,28 @@ count_bitmaps (struct qcow2_image *img, struct counts *c)
 {
   const struct qcow2_header *h = &img->hdr;
   CLEANUP_FREE uint8_t *dir = NULL;
-  uint64_t pos = 0;
+  CLEANUP_FREE struct qcow2_bitmap *bitmaps = NULL;
+  int n = qcow2_bitmaps_read (img, &dir, &bitmaps);
 
-  if (!h->has_bitmaps_ext || !(h->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS))
-    return 0;
-  if (add (img, c, h->bitmap_directory_offset, h->bitmap_directory_size,
-           "the bitmap directory") == -1 ||
-      read_table (img, h->bitmap_directory_offset, h->bitmap_directory_size,
-                  &dir) == -1)
+  if (n < 0)
     return -1;
-  for (uint32_t i = 0; i < h->nb_bitmaps; i++) {
+  if (n > 0 && add (img, c, h->bitmap_directory_offset,
+                    h->bitmap_directory_size, "the bitmap directory") == -1)
+    return -1;
+  for (int i = 0; i < n; i++) {
     CLEANUP_FREE uint8_t *t = NULL;
-    uint64_t table, size;
+    uint64_t table = bitmaps[i].table_offset;
+    uint64_t size = bitmaps[i].table_size;
 
-    if (h->bitmap_directory_size - pos < 24)
-      return bad (img, "the bitmap directory", h->bitmap_directory_offset);
-    table = get_be64 (dir + pos);
-    size = get_be32 (dir + pos + 8);
-    if (size > (64u << 20) / 8 ||
-        add (img, c, table, size * 8, "a bitmap table") == -1 ||
+    if (add (img, c, table, size * 8, "a bitmap table") == -1 ||
         read_table (img, table, size * 8, &t) == -1)
       return -1;
     for (uint64_t k = 0; k < size; k++) {
-      uint64_t data = get_be64 (t + 8 * k) & 0x00fffffffffffe00ULL;
+      uint64_t data = get_be64 (t + 8 * k) & QCOW2_BITMAP_TABLE_OFFSET_MASK;
 
       if (data && add (img, c, data, h->cluster_size, "bitmap data") == -1)
         return -1;
     }
-    pos += ROUND_UP (24 + (uint64_t) get_be32 (dir + pos + 20) +
-                     get_be16 (dir + pos + 18), 8);
   }
   return 0;
 }
@@ -192,13 +179,10 @@ fix_copied (struct qcow2_image *img)
   for (uint32_t i = 0; i < img->hdr.l1_size; i++) {
     int r;
 
-    pthread_mutex_lock (&img->meta_lock);
-    journal_begin (img->journal);
-    r = fix_copied_l2 (img, i);
-    if (r == -1)
-      qcow2_change_failed (img);
-    journal_end (img->journal);
-    pthread_mutex_unlock (&img->meta_lock);
+    qcow2_meta_lock (img);
+    qcow2_change_begin (img);
+    r = qcow2_change_end (img, fix_copied_l2 (img, i));
+    qcow2_meta_unlock (img);
     if (r == -1 || qcow2_commit_if_large (img) == -1)
       return -1;
   }
@@ -220,26 +204,24 @@ fix_copied_l2 (struct qcow2_image *img, uint32_t i)
       return -1;
     want = rc == 1 ? l1e | QCOW_OFLAG_COPIED : l1e & ~QCOW_OFLAG_COPIED;
     if (want != l1e) {
-      if (qcow2_meta_set64 (img, h->l1_table_offset + 8 * i, want,
-                            false) == -1)
+      if (qcow2_l1_set (img, i, want) == -1)
         return -1;
-      img->l1[i] = want;
     }
     for (uint64_t k = 0; k < h->cluster_size / 8; k += words) {
       uint64_t e, host;
 
       if (qcow2_meta_read64 (img, l2 + 8 * k, &e) == -1)
         return -1;
-      host = e & L2E_OFFSET_MASK;
-      if ((e & QCOW_OFLAG_COMPRESSED) || (host == 0 && !(e & QCOW_OFLAG_COPIED)))
+      host = qcow2_entry_host (e);
+      if (qcow2_entry_type (img, e) == ENTRY_COMPRESSED ||
+          (host == 0 && !(e & QCOW_OFLAG_COPIED)))
         continue;
       if (h->data_file)
         continue;               /* not refcounted: COPIED as written */
       if (qcow2_refcount_get (img, host, &rc) == -1)
         return -1;
       want = rc == 1 ? e | QCOW_OFLAG_COPIED : e & ~QCOW_OFLAG_COPIED;
-      if (want != e &&
-          qcow2_meta_set64 (img, l2 + 8 * k, want, false) == -1)
+      if (want != e && qcow2_meta_set64 (img, l2 + 8 * k, want) == -1)
         return -1;
     }
   }
@@ -278,7 +260,7 @@ qcow2_rebuild_refcounts (struct qcow2_image *img, uint64_t file_end)
 
   /* Set what differs, committing as transactions grow.  If the refcount
    * table has to move meanwhile, its old clusters are free. */
-  pthread_mutex_lock (&img->meta_lock);
+  qcow2_meta_lock (img);
   const uint64_t old_table = h->refcount_table_offset;
   const uint64_t old_table_end = old_table +
     (uint64_t) h->refcount_table_clusters * cs;
@@ -288,20 +270,18 @@ qcow2_rebuild_refcounts (struct qcow2_image *img, uint64_t file_end)
     if (h->refcount_table_offset != old_table &&
         i * cs >= old_table && i * cs < old_table_end)
       want = 0;
-    journal_begin (img->journal);
+    qcow2_change_begin (img);
     r = qcow2_refcount_get (img, i * cs, &rc);
     if (r == 0 && rc != want)
       r = qcow2_refcount_set (img, i * cs, want);
-    if (r == -1)
-      qcow2_change_failed (img);
-    journal_end (img->journal);
+    qcow2_change_end (img, r);
     if (r == 0 && i % 4096 == 4095) {
-      pthread_mutex_unlock (&img->meta_lock);
+      qcow2_meta_unlock (img);
       r = qcow2_commit_if_large (img);
-      pthread_mutex_lock (&img->meta_lock);
+      qcow2_meta_lock (img);
     }
   }
-  pthread_mutex_unlock (&img->meta_lock);
+  qcow2_meta_unlock (img);
   if (r == 0)
     r = fix_copied (img);
   free (c.v);

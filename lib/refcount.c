@@ -1,16 +1,11 @@
-/* qcow2j lib: refcounts and cluster allocation.
- *
- * Allocation only ever takes new space past the end of everything in use
- * (next_free), and never reuses a freed cluster while the image is open.
- * That keeps the journal's reuse rules (R2, R3) trivially true, and makes
- * every new cluster "fresh" in the sense of the one-flush commit (E2):
- * space no durable metadata has ever pointed at, which reads as zeroes or
- * as the data written to it.  Freed clusters are discarded on the host
- * once the checkpoint has moved past their free; qemu-img and later opens
- * can reuse them.
+/* qcow2j lib: refcounts.
  *
  * A refcount of width w bits (1 to 64) is changed by journalling the
- * whole 8-byte word that holds it, with its final value.
+ * whole 8-byte word that holds it, with its final value.  Refcount blocks
+ * are created when a cluster without one is counted, and the refcount
+ * table moves to a larger copy when it has no entry for it.  A cluster
+ * whose count drops to 0 is freed: its host space is discarded once the
+ * checkpoint has passed the free (rule R3, journal_defer_free).
  */
 #include <config.h>
 
@@ -22,32 +17,12 @@
 
 #include "cleanup.h"
 #include "format.h"
-#include "image-internal.h"
+#include "alloc.h"
+#include "entry.h"
 #include "log.h"
+#include "metadata.h"
 #include "minmax.h"
-
-int
-qcow2_refcounts_load (struct qcow2_image *img)
-{
-  const struct qcow2_header *h = &img->hdr;
-  uint64_t bytes = (uint64_t) h->refcount_table_clusters * h->cluster_size;
-
-  img->reftable = malloc (bytes);
-  if (img->reftable == NULL) {
-    qerror ("malloc: %m");
-    return -1;
-  }
-  if (hostio_pread (img->file, img->reftable, bytes,
-                    h->refcount_table_offset) == -1) {
-    qerror ("%s: read refcount table: %m", img->file->name);
-    return -1;
-  }
-  img->reftable_entries = bytes / 8;
-  for (uint64_t i = 0; i < img->reftable_entries; i++)
-    img->reftable[i] = be64toh (img->reftable[i]);
-  img->refblock_entries = h->cluster_size * 8 >> h->refcount_order;
-  return 0;
-}
+#include "refcount.h"
 
 /* Where the refcount of the cluster at offset lives: the host offset of
  * its 8-byte word and its bit position in the word, counted in the
@@ -139,70 +114,6 @@ qcow2_refcount_get (struct qcow2_image *img, uint64_t offset, uint64_t *value)
   return 0;
 }
 
-int
-qcow2_alloc_reserve (struct qcow2_image *img, uint64_t n, uint64_t *offset)
-{
-  uint64_t end = img->next_free + n * img->hdr.cluster_size;
-
-  if (end > QCOW2_MAX_HOST_OFFSET) {
-    qerror ("%s: the image would grow past the qcow2 limit",
-            img->file->name);
-    errno = ENOSPC;
-    return -1;
-  }
-  /* Extend the file now, so that the new clusters read as zeroes and lie
-   * inside it; the transaction that uses them records the length too
-   * (rule R5). */
-  if ((int64_t) end > hostio_size (img->file) &&
-      img->file->ops->truncate (img->file, end) == -1) {
-    qerror ("%s: extend to %" PRIu64 " bytes: %m", img->file->name, end);
-    return -1;
-  }
-  *offset = img->next_free;
-  img->next_free = end;
-  __atomic_store_n (&img->file_size, end, __ATOMIC_RELEASE);
-  if (img->data == img->file)
-    __atomic_store_n (&img->data_size, end, __ATOMIC_RELEASE);
-  journal_need_file_size (img->journal, end);
-  return 0;
-}
-
-/* Space for this many clusters past next_free before each change (a new
- * cluster, its L2 table, refcount blocks), reserved this far ahead at a
- * time. */
-#define RESERVE_CLUSTERS 8
-#define RESERVE_AHEAD (4ULL << 20)
-
-int
-qcow2_reserve_space (struct qcow2_image *img)
-{
-  const uint64_t cs = img->hdr.cluster_size;
-  const uint64_t need = img->next_free + RESERVE_CLUSTERS * cs;
-  uint64_t from, to;
-  int r;
-
-  if (img->cannot_reserve || img->space_reserved >= need)
-    return 0;
-  from = MAX (img->space_reserved, img->next_free);
-  to = img->next_free + MAX (RESERVE_AHEAD, 2 * RESERVE_CLUSTERS * cs);
-  r = hostio_reserve (img->file, from, to - from);
-  if (r == -1 && errno == ENOSPC) {
-    /* No room to reserve ahead: only what the change may need. */
-    to = need;
-    r = hostio_reserve (img->file, from, to - from);
-  }
-  if (r == -1) {
-    if (errno == ENOTSUP) {
-      img->cannot_reserve = true;
-      return 0;
-    }
-    qerror ("%s: reserve space for new clusters: %m", img->file->name);
-    return -1;
-  }
-  img->space_reserved = to;
-  return 0;
-}
-
 /* The refcount table has no entry ti: move it to a larger copy.  The copy
  * is written outside the journal into new clusters (ordered before the
  * transaction), then the header is switched to it by journalled header
@@ -238,7 +149,7 @@ grow_reftable (struct qcow2_image *img, uint64_t ti)
   memcpy (table, img->reftable, img->reftable_entries * 8);
   for (uint64_t i = 0; i < entries; i++)
     be[i] = htobe64 (table[i]);
-  if (qcow2_alloc_reserve (img, clusters, &offset) == -1 ||
+  if (qcow2_alloc_clusters (img, clusters, &offset) == -1 ||
       hostio_pwrite (img->file, be, entries * 8, offset) == -1) {
     qerror ("%s: write new refcount table: %m", img->file->name);
     free (table);
@@ -248,9 +159,9 @@ grow_reftable (struct qcow2_image *img, uint64_t ti)
 
   /* Switch: header words 48-55 (offset) and 56-63 (clusters and
    * nb_snapshots, unchanged). */
-  if (qcow2_meta_set64 (img, 48, offset, false) == -1 ||
-      qcow2_meta_set64 (img, 56, clusters << 32 | h->nb_snapshots,
-                        false) == -1) {
+  if (qcow2_meta_set64 (img, QCOW2_OFF_REFCOUNT_TABLE_OFFSET, offset) == -1 ||
+      qcow2_meta_set64 (img, QCOW2_OFF_REFCOUNT_TABLE_CLUSTERS,
+                        clusters << 32 | h->nb_snapshots) == -1) {
     free (table);
     return -1;
   }
@@ -279,6 +190,7 @@ qcow2_refcount_set (struct qcow2_image *img, uint64_t offset, uint64_t value)
   uint64_t word_off, word;
   unsigned bit;
 
+  ASSERT_META_LOCKED (img);
   if (w < 64 && value >> w) {
     qerror ("%s: refcount of cluster 0x%" PRIx64 " would overflow %u bits",
             img->file->name, offset, w);
@@ -291,10 +203,9 @@ qcow2_refcount_set (struct qcow2_image *img, uint64_t offset, uint64_t value)
     /* A new refcount block, which may count itself. */
     uint64_t rb;
 
-    if (qcow2_alloc_reserve (img, 1, &rb) == -1 ||
+    if (qcow2_alloc_clusters (img, 1, &rb) == -1 ||
         journal_add_zero (img->journal, rb, h->cluster_size) == -1 ||
-        qcow2_meta_set64 (img, h->refcount_table_offset + 8 * ti, rb,
-                          false) == -1)
+        qcow2_meta_set64 (img, h->refcount_table_offset + 8 * ti, rb) == -1)
       return -1;
     img->reftable[ti] = rb;
     if (qcow2_refcount_set (img, rb, 1) == -1)
@@ -303,8 +214,7 @@ qcow2_refcount_set (struct qcow2_image *img, uint64_t offset, uint64_t value)
   if (locate (img, offset, &word_off, &bit) == -1 ||
       qcow2_meta_read64 (img, word_off, &word) == -1)
     return -1;
-  return qcow2_meta_set64 (img, word_off, encode (word, bit, w, value),
-                           false);
+  return qcow2_meta_set64 (img, word_off, encode (word, bit, w, value));
 }
 
 static bool
@@ -338,6 +248,7 @@ qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset)
 {
   uint64_t rc;
 
+  ASSERT_META_LOCKED (img);
   offset = ROUND_DOWN (offset, img->hdr.cluster_size);
   if (holds_metadata (img, offset)) {
     qerror ("%s: refusing to free cluster 0x%" PRIx64 ", which holds the "
@@ -365,26 +276,12 @@ qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset)
 int
 qcow2_release_host (struct qcow2_image *img, uint64_t entry)
 {
-  uint64_t host = entry & L2E_OFFSET_MASK;
+  const uint64_t cs = img->hdr.cluster_size;
+  uint64_t first, count;
 
-  if (entry & QCOW_OFLAG_COMPRESSED)
-    return qcow2_compressed_unref (img, entry);
-  /* Data clusters in an external data file are not refcounted. */
-  if (host == 0 || img->hdr.data_file != NULL)
-    return 0;
-  return qcow2_cluster_unref (img, host);
-}
-
-int
-qcow2_compressed_unref (struct qcow2_image *img, uint64_t entry)
-{
-  uint64_t coffset = (entry & img->coffset_mask) & ~511ULL;
-  uint64_t nsectors = ((entry >> img->csize_shift) & img->csize_mask) + 1;
-  uint64_t first = ROUND_DOWN (coffset, img->hdr.cluster_size);
-  uint64_t end = coffset + nsectors * 512;
-
-  for (uint64_t c = first; c < end; c += img->hdr.cluster_size)
-    if (qcow2_cluster_unref (img, c) == -1)
+  qcow2_entry_clusters (img, entry, &first, &count);
+  for (uint64_t c = 0; c < count; c++)
+    if (qcow2_cluster_unref (img, first + c * cs) == -1)
       return -1;
   return 0;
 }

@@ -1,7 +1,9 @@
 /* qcow2j lib: the internal snapshot table.
  *
- * Snapshots are only ever read here, to check that the table is what it
- * claims: qcow2j serves the active layer and leaves snapshot metadata
+ * The table is walked once, at open (and again after a replay changed the
+ * header): every entry is validated and what qcow2j needs of it (where
+ * its L1 table is) is kept in img->snapshots, so that no other code walks
+ * the table.  qcow2j serves the active layer and leaves snapshot metadata
  * untouched.  The walk is bounded by QEMU's limits (65536 entries, 1 KiB
  * of extra data each, 64 MiB in all) so a hostile count cannot make the
  * open slow or large.
@@ -11,12 +13,14 @@
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "format.h"
 #include "image-internal.h"
 #include "log.h"
 #include "minmax.h"
+#include "snapshot.h"
 
 #define SNAPSHOT_HEADER_SIZE 40
 
@@ -41,11 +45,23 @@ overlapped_table (const struct qcow2_header *h, uint64_t offset,
 }
 
 int
-qcow2_check_snapshots (struct qcow2_image *img)
+qcow2_snapshots_load (struct qcow2_image *img)
 {
   const struct qcow2_header *h = &img->hdr;
   uint64_t pos = h->snapshots_offset;
   const char *what;
+
+  free (img->snapshots);
+  img->snapshots = NULL;
+  img->snapshot_table_bytes = 0;
+  if (h->nb_snapshots == 0)
+    return 0;
+  /* header.c bounded nb_snapshots by QEMU's limit. */
+  img->snapshots = calloc (h->nb_snapshots, sizeof *img->snapshots);
+  if (img->snapshots == NULL) {
+    qerror ("calloc: %m");
+    return -1;
+  }
 
   for (uint32_t i = 0; i < h->nb_snapshots; i++) {
     uint8_t e[SNAPSHOT_HEADER_SIZE];
@@ -110,6 +126,8 @@ qcow2_check_snapshots (struct qcow2_image *img)
       errno = EINVAL;
       return -1;
     }
+    img->snapshots[i].l1_offset = l1_offset;
+    img->snapshots[i].l1_size = l1_size;
     pos += ROUND_UP (entry_len, 8);
   }
   if ((what = overlapped_table (h, h->snapshots_offset,
@@ -120,5 +138,6 @@ qcow2_check_snapshots (struct qcow2_image *img)
     errno = EINVAL;
     return -1;
   }
+  img->snapshot_table_bytes = pos - h->snapshots_offset;
   return 0;
 }

@@ -18,97 +18,20 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "alloc.h"
 #include "cleanup.h"
+#include "commit.h"
+#include "entry.h"
 #include "format.h"
-#include "image-internal.h"
+#include "inflight.h"
+#include "l2.h"
 #include "log.h"
 #include "map.h"
 #include "minmax.h"
-
-/* In-flight guest clusters (under meta_lock) --------------------------- */
-
-void
-qcow2_cluster_lock (struct qcow2_image *img, uint64_t cluster)
-{
-  for (;;) {
-    bool busy = false;
-
-    for (size_t i = 0; i < img->nr_inflight; i++)
-      busy |= img->inflight[i] == cluster;
-    if (!busy)
-      break;
-    pthread_cond_wait (&img->inflight_done, &img->meta_lock);
-  }
-  if (img->nr_inflight == img->cap_inflight) {
-    size_t cap = img->cap_inflight ? img->cap_inflight * 2 : 64;
-    uint64_t *v = realloc (img->inflight, cap * sizeof *v);
-    if (v == NULL)
-      abort ();                 /* a few bytes; nothing sane to do */
-    img->inflight = v;
-    img->cap_inflight = cap;
-  }
-  img->inflight[img->nr_inflight++] = cluster;
-}
-
-void
-qcow2_cluster_unlock (struct qcow2_image *img, uint64_t cluster)
-{
-  for (size_t i = 0; i < img->nr_inflight; i++)
-    if (img->inflight[i] == cluster) {
-      img->inflight[i] = img->inflight[--img->nr_inflight];
-      break;
-    }
-  pthread_cond_broadcast (&img->inflight_done);
-}
-
-int
-qcow2_stop_writes (struct qcow2_image *img, const char *why)
-{
-  int err = errno ? errno : EIO;
-
-  if (img->failed == 0) {
-    img->failed = err;
-    qerror ("%s: %s: refusing further writes", img->file->name, why);
-  }
-  if (img->journal)
-    journal_fail (img->journal, err);
-  errno = err;
-  return -1;
-}
-
-int
-qcow2_change_failed (struct qcow2_image *img)
-{
-  /* The open transaction may hold half of this change: it must never be
-   * committed.  What was committed before is replayed at the next open. */
-  return qcow2_stop_writes (img, "a metadata change failed (committed "
-                            "data is safe)");
-}
-
-uint64_t
-qcow2_now (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1000000000ULL + ts.tv_nsec;
-}
-
-int
-qcow2_entry_to_change (struct qcow2_image *img, uint64_t guest,
-                       uint64_t *entry_offset, uint64_t *entry,
-                       uint64_t *bitmap)
-{
-  if (img->failed) {
-    errno = img->failed;
-    return -1;
-  }
-  if (qcow2_l2_lookup (img, guest, entry_offset, entry, bitmap) == -1)
-    return -1;
-  return qcow2_check_entry (img, guest, *entry, *bitmap);
-}
+#include "refcount.h"
+#include "state.h"
+#include "write.h"
 
 /* Writing one piece (inside one cluster) ---------------------------------- */
 
@@ -138,14 +61,15 @@ static bool
 reads_zero_without_data (struct qcow2_image *img, uint64_t cluster_start,
                          uint64_t entry)
 {
-  uint64_t host = entry & L2E_OFFSET_MASK;
-
-  if (entry & QCOW_OFLAG_COMPRESSED || host != 0)
-    return false;
-  if (img->hdr.l2_entry_size == 8 && (entry & QCOW_OFLAG_ZERO))
+  switch (qcow2_entry_type (img, entry)) {
+  case ENTRY_ZERO_PLAIN:
     return true;
-  return img->backing.kind == BACKING_NONE ||
-    cluster_start >= img->backing.size;
+  case ENTRY_UNALLOCATED:
+    return img->backing.kind == BACKING_NONE ||
+      cluster_start >= img->backing.size;
+  default:
+    return false;
+  }
 }
 
 /* Write [from, to) at host offset 'host': the client's bytes (count at
@@ -221,19 +145,19 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   if (r != 0)
     return r;
 
-  pthread_mutex_lock (&img->meta_lock);
+  qcow2_meta_lock (img);
   qcow2_cluster_lock (img, cluster);
   /* Someone may have allocated it while we waited. */
-  pthread_mutex_unlock (&img->meta_lock);
+  qcow2_meta_unlock (img);
   r = write_in_place (img, buf, count, offset);
-  pthread_mutex_lock (&img->meta_lock);
+  qcow2_meta_lock (img);
   if (r != 0)
     goto out;
 
-  r = qcow2_entry_to_change (img, offset, &entry_offset, &entry, &bitmap);
+  r = qcow2_l2_entry_to_change (img, offset, &entry_offset, &entry, &bitmap);
   if (r == -1)
     goto out;
-  host = entry & L2E_OFFSET_MASK;
+  host = qcow2_entry_host (entry);
 
   /* Plan the data write: [write_from, write_to) of the cluster, at host
    * cluster 'target' (new, or the existing one for subclusters). */
@@ -255,7 +179,7 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
     /* An external data file maps guest offsets to the same offsets. */
     if (h->data_file != NULL)
       target = cluster;
-    else if (qcow2_alloc_reserve (img, 1, &target) == -1) {
+    else if (qcow2_alloc_clusters (img, 1, &target) == -1) {
       r = -1;
       goto out;
     }
@@ -288,8 +212,17 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
     write_from = offset;
     write_to = offset + count;
   }
+  /* The one-flush commit (docs/journal-format.md 8.4) lets data and
+   * transaction land in any order only when the batch's guest range read
+   * as zeroes from metadata alone (E1: !fill_all) and its new host range
+   * is fresh space (E2: a new cluster from alloc.c, never one reused, and
+   * not this cluster's own host cluster rewritten in place), with no
+   * external data file (E3; compressed data is never written here).  E4
+   * (DIRTY durable, ring space) is the journal's and dirty.c's to keep.
+   * Anything else asks for the two-flush commit (8.3): the data must be
+   * durable (F1) before the transaction is written. */
   ordered = fill_all || !new_cluster || h->data_file != NULL;
-  pthread_mutex_unlock (&img->meta_lock);
+  qcow2_meta_unlock (img);
 
   /* Data, without the lock: old content around the new bytes. */
   if (new_cluster)
@@ -297,7 +230,7 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
                       target + (write_from - cluster));
   else
     r = fill_subclusters (img, buf, count, offset, cluster, target, bitmap);
-  pthread_mutex_lock (&img->meta_lock);
+  qcow2_meta_lock (img);
   if (r == -1)
     goto out;
   if (img->data != img->file &&
@@ -310,7 +243,7 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
     r = -1;
     goto out;
   }
-  journal_begin (img->journal);
+  qcow2_change_begin (img);
   if (new_cluster) {
     new_entry = target | QCOW_OFLAG_COPIED;
     r = h->data_file ? 0 : qcow2_refcount_set (img, target, 1);
@@ -328,19 +261,17 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   }
   if (r == 0 && ordered)
     journal_need_ordering (img->journal);
-  if (r == -1)
-    qcow2_change_failed (img);
-  journal_end (img->journal);
+  qcow2_change_end (img, r);
 
  out:
   qcow2_cluster_unlock (img, cluster);
-  pthread_mutex_unlock (&img->meta_lock);
+  qcow2_meta_unlock (img);
   return r < 0 ? -1 : 0;
 }
 
 int
-qcow2_pwrite_range (struct qcow2_image *img, const void *buf, uint64_t count,
-                    uint64_t offset)
+qcow2_write_range (struct qcow2_image *img, const void *buf, uint64_t count,
+                   uint64_t offset)
 {
   const uint8_t *p = buf;
 
@@ -356,17 +287,5 @@ qcow2_pwrite_range (struct qcow2_image *img, const void *buf, uint64_t count,
     offset += n;
     count -= n;
   }
-  return 0;
-}
-
-int
-qcow2_pwrite (struct qcow2_image *img, const void *buf, uint64_t count,
-              uint64_t offset)
-{
-  if (qcow2_begin_write (img) == -1)
-    return -1;
-  if (qcow2_pwrite_range (img, buf, count, offset) == -1)
-    return -1;
-  __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
   return 0;
 }

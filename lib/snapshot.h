@@ -1,0 +1,12 @@
+/* qcow2j lib: the internal snapshot table. */
+#ifndef QCOW2J_SNAPSHOT_H
+#define QCOW2J_SNAPSHOT_H
+
+#include "image-internal.h"
+
+/* Walk and validate the snapshot table that img->hdr names, filling
+ * img->snapshots and img->snapshot_table_bytes.  0, or -1 with errno
+ * EINVAL after naming the bad field. */
+extern int qcow2_snapshots_load (struct qcow2_image *img);
+
+#endif /* QCOW2J_SNAPSHOT_H */
