@@ -71,6 +71,9 @@ qcow2_checkpoint (struct qcow2_image *img)
   uint64_t seq = journal_durable_seq (img->journal);
   ssize_t n;
 
+  /* checkpoint_lock and meta_lock never nest (image-internal.h). */
+  ASSERT_META_UNLOCKED (img);
+  ASSERT_JOURNAL_SET_UP (img);
   n = mcache_collect (img->cache, img, &d);
   if (n == -1) {
     qerror ("%s: checkpoint: %m", img->file->name);

@@ -29,6 +29,7 @@ void
 qcow2_change_begin (struct qcow2_image *img)
 {
   ASSERT_META_LOCKED (img);
+  ASSERT_JOURNAL_SET_UP (img);
   journal_begin (img->journal);
 }
 
@@ -48,7 +49,8 @@ qcow2_commit (struct qcow2_image *img, bool *covered)
 {
   uint64_t sealed_before, sealed_now, durable_now;
 
-  assert (!qcow2_meta_locked (img));
+  ASSERT_META_UNLOCKED (img);
+  ASSERT_JOURNAL_SET_UP (img);
   journal_generations (img->journal, &sealed_before, &durable_now);
   for (;;) {
     if (journal_commit (img->journal, NULL) == 0)

@@ -189,6 +189,8 @@ qcow2_zero_range (struct qcow2_image *img, uint64_t count, uint64_t offset,
   const struct qcow2_header *h = &img->hdr;
   const bool v2 = h->version < 3;
 
+  ASSERT_META_UNLOCKED (img);
+  ASSERT_JOURNAL_SET_UP (img);
   /* A fast zero must not fall back to writing data: decide up front. */
   if (fast)
     for (uint64_t pos = offset, end = offset + count; pos < end; ) {
@@ -259,6 +261,8 @@ qcow2_trim_range (struct qcow2_image *img, uint64_t count, uint64_t offset)
 {
   const struct qcow2_header *h = &img->hdr;
 
+  ASSERT_META_UNLOCKED (img);
+  ASSERT_JOURNAL_SET_UP (img);
   /* A raw external data file must keep reading as the disk does. */
   if (h->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW)
     return 0;

@@ -3,8 +3,9 @@
  *
  * The files of lib/ form layers; each calls only the layers below it:
  *
- *   image API      image.c (open, close, info), read.c, extents.c,
- *                  overlay.c (a dirty journal replayed in memory)
+ *   image API      image.c (open, close, info), extents.c,
+ *                  overlay.c (a dirty journal replayed in memory),
+ *                  create.c
  *   write session  session.c (the gate every write, zero, trim and flush
  *                  passes; journal set-up; clean close), checkpointer.c
  *                  (the background thread)
@@ -17,24 +18,28 @@
  *                  (cluster 0 written in place), tables.c (L1 and refcount
  *                  table read into memory), state.c (the session state
  *                  and its failure latch)
- *   format         map.c (guest to host), entry.c (what an L2 entry is),
+ *   format         map.c (guest to host), read.c (guest content, for
+ *                  clients and copy-on-write), entry.c (what an L2 entry is),
  *                  snapshot.c, bitmaps.c, backing.c, header.c,
  *                  journal-ext.c (the Q2JL extension)
  *   below          journal.c, journal-replay.c, metacache.c, hostio*.c,
  *                  lock.c, compress.c, crc32c.c, log.c
  *
  * Lock order.  A thread holding a lock of this list may take only locks
- * further down; every lock but meta_lock and the journal's sb_lock is
- * never held across host I/O.
+ * further down.  Host I/O happens under setup_lock (the whole set-up),
+ * checkpoint_lock (the checkpoint's writes and flush), meta_lock (as said
+ * below), dirty_lock (the header word and its flush) and the journal's
+ * sb_lock; never under the others.
  *
  *   1. setup_lock        the journal set-up (session.c); held over all of
  *                        it, including a refcount rebuild
  *   2. checkpoint_lock   one checkpoint at a time (checkpoint.c)
  *   3. meta_lock         metadata changes and the in-flight clusters;
  *                        held over host I/O only to load metadata, grow
- *                        the refcount table, copy an L2 table or reserve
- *                        space.  Never taken with checkpoint_lock held,
- *                        nor the reverse: the two never nest.
+ *                        the refcount table, copy an L2 table, extend
+ *                        the file or reserve space.  Never taken with
+ *                        checkpoint_lock held, nor the reverse: the two
+ *                        never nest.
  *   4. dirty_lock        the "journal dirty" bit (dirty.c)
  *   5. journal sb_lock   superblock writes (journal.c)
  *   6. journal lock      the journal's in-memory state (journal.c); the
@@ -72,9 +77,9 @@ enum backing_kind { BACKING_NONE, BACKING_QCOW2, BACKING_RAW };
  * transitions).  Only the top image of a chain leaves SESSION_READ_ONLY.
  *
  *   READ_ONLY ──prepare──▶ READY ──first write──▶ JOURNALLED ──close──▶ CLOSED
- *       │                    │                        │
- *       │                    └──────── failure ───────┴──▶ FAILED
- *       └──replay in memory──▶ REPLAYED_IN_MEMORY
+ *       │                    │  │                     │
+ *       │                    │  └───── failure ───────┴──▶ FAILED
+ *       └──replay in memory──┴──▶ REPLAYED_IN_MEMORY
  *
  * FAILED and REPLAYED_IN_MEMORY are final: writes are refused until the
  * server restarts. */
@@ -207,5 +212,10 @@ qcow2_meta_locked (struct qcow2_image *img)
 }
 
 #define ASSERT_META_LOCKED(img) assert (qcow2_meta_locked (img))
+#define ASSERT_META_UNLOCKED(img) assert (!qcow2_meta_locked (img))
+
+/* Journalled changes need the journal: set up (session.c), and kept until
+ * the image is freed, even after a failure. */
+#define ASSERT_JOURNAL_SET_UP(img) assert ((img)->journal != NULL)
 
 #endif /* QCOW2J_IMAGE_INTERNAL_H */

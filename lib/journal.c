@@ -617,7 +617,12 @@ seal (struct journal *j, struct sealed *s)
   return 0;
 }
 
-/* Without lock: write what seal produced and make it durable. */
+/* Without lock: write what seal produced and make it durable.
+ *
+ * The commit sequences of docs/journal-format.md: an ordered batch (one
+ * that maps host space which is not fresh, 8.4 E1 to E4 failing; write.c
+ * decides) takes the two-flush commit of 8.3, F1 then F2; any other takes
+ * the one-flush commit of 8.4, whose single flush F is the F2 below. */
 static int
 write_sealed (struct journal *j, const struct sealed *s,
               int (*pre_commit) (void *), void *opaque)
@@ -626,8 +631,9 @@ write_sealed (struct journal *j, const struct sealed *s,
 
   if (r == -1)
     return -1;
-  /* The pre-commit write (DIRTY) must be durable before any byte of the
-   * transaction is written, like ordered data. */
+  /* F1 (8.3 step 3): the batch's data, and the pre-commit write (DIRTY,
+   * 8.3 step 1) are durable before any byte of the transaction is
+   * written. */
   if ((s->ordered || r == 1) && hostio_flush (j->io) == -1)
     return -1;
   /* The ring is empty: nothing is lost by moving the head, and it must be
@@ -640,6 +646,7 @@ write_sealed (struct journal *j, const struct sealed *s,
   if (hostio_pwrite (j->io, s->buf + QJ_TX_HEADER, s->tx_write_len,
                      j->area + s->tx_offset) == -1)
     return -1;
+  /* F2 (8.3 step 5), or F (8.4 step 3): committed. */
   return hostio_flush (j->io);
 }
 

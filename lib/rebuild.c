@@ -29,6 +29,7 @@
 #include "minmax.h"
 #include "rebuild.h"
 #include "refcount.h"
+#include "state.h"
 
 struct counts {
   uint16_t *v;                  /* expected refcount of each cluster */
@@ -236,6 +237,9 @@ qcow2_rebuild_refcounts (struct qcow2_image *img, uint64_t file_end)
   struct counts c;
   int r = 0;
 
+  /* During the set-up: no writer runs beside it (session.c). */
+  assert (qcow2_state (img) == SESSION_READY);
+  ASSERT_JOURNAL_SET_UP (img);
   c.n = DIV_ROUND_UP (file_end, cs);
   c.v = calloc (c.n ? c.n : 1, sizeof *c.v);
   if (c.v == NULL) {

@@ -282,8 +282,7 @@ qcow2_make_writable (struct qcow2_image *img)
     return qcow2_check_writing (img);
   }
   if (set_up (img) == -1)
-    /* Nothing was committed, but the set-up may be half done. */
-    return qcow2_stop_writes (img, "journal set-up failed");
+    return -1;
   /* O8: serve. */
   qcow2_state_move (img, SESSION_READY, SESSION_JOURNALLED);
   return 0;
@@ -301,9 +300,29 @@ begin_write (struct qcow2_image *img)
   case SESSION_JOURNALLED:
     return 0;
   case SESSION_READY:
-    return qcow2_make_writable (img);
+    /* Nothing was committed, but the set-up may be half done.  (A direct
+     * qcow2_make_writable that fails may be tried again.) */
+    if (qcow2_make_writable (img) == -1)
+      return qcow2_stop_writes (img, "journal set-up failed");
+    return 0;
   default:
     return qcow2_check_writing (img);
+  }
+}
+
+/* Flush and close: 1 if the session is JOURNALLED; 0 if nothing was
+ * written yet (or ever, the journal's set-up having failed); -1 with the
+ * latched errno once journalled writes stopped. */
+static int
+journalled (struct qcow2_image *img)
+{
+  switch (qcow2_state (img)) {
+  case SESSION_JOURNALLED:
+    return 1;
+  case SESSION_FAILED:
+    return img->journal ? qcow2_check_writing (img) : 0;
+  default:
+    return 0;
   }
 }
 
@@ -351,15 +370,10 @@ int
 qcow2_flush (struct qcow2_image *img)
 {
   bool covered;
+  int r = journalled (img);
 
-  switch (qcow2_state (img)) {
-  case SESSION_JOURNALLED:
-    break;
-  case SESSION_FAILED:
-    return qcow2_check_writing (img);
-  default:
-    return 0;                   /* nothing written yet (or ever) */
-  }
+  if (r <= 0)
+    return r;
   if (qcow2_commit (img, &covered) == -1)
     return -1;
   if (!covered) {
@@ -384,17 +398,12 @@ qcow2_session_close (struct qcow2_image *img)
   const uint64_t jsize = img->hdr.journal.size;
   bool covered;
   int64_t size;
+  int r = journalled (img);
 
-  switch (qcow2_state (img)) {
-  case SESSION_JOURNALLED:
-    break;
-  case SESSION_FAILED:
-    /* Its journal, if any, is kept, and replayed at the next writable
-     * open. */
-    return qcow2_check_writing (img);
-  default:
-    return 0;
-  }
+  /* After a failure the journal, if any, is kept, and replayed at the
+   * next writable open. */
+  if (r <= 0)
+    return r;
   /* C1 is the caller's (no request in flight).  C2, C3. */
   if (qcow2_commit (img, &covered) == -1 || qcow2_checkpoint (img) == -1)
     return -1;

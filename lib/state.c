@@ -41,7 +41,7 @@ qcow2_stop_writes (struct qcow2_image *img, const char *why)
     int expected = 0;
 
     __atomic_compare_exchange_n (&img->failed_errno, &expected, err, false,
-                                 __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+                                 __ATOMIC_RELEASE, __ATOMIC_ACQUIRE);
     if (__atomic_compare_exchange_n (&img->state, &s, SESSION_FAILED, false,
                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
       qerror ("%s: %s: refusing further writes", img->file->name, why);

@@ -35,6 +35,18 @@
 
 /* Writing one piece (inside one cluster) ---------------------------------- */
 
+/* Guest bytes to host offset 'host' of the data file. */
+static int
+write_data (struct qcow2_image *img, const void *buf, uint64_t count,
+            uint64_t host)
+{
+  if (hostio_pwrite (img->data, buf, count, host) == -1) {
+    qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name, host);
+    return -1;
+  }
+  return 0;
+}
+
 /* Write in place if the piece lies in clusters the image owns alone.
  * Returns 1 if written, 0 if the slow path is needed, -1 on error. */
 static int
@@ -47,11 +59,8 @@ write_in_place (struct qcow2_image *img, const void *buf, uint64_t count,
     return -1;
   if (run.type != RUN_DATA || !run.copied || run.length < count)
     return 0;
-  if (hostio_pwrite (img->data, buf, count, run.host_offset) == -1) {
-    qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name,
-            run.host_offset);
+  if (write_data (img, buf, count, run.host_offset) == -1)
     return -1;
-  }
   return 1;
 }
 
@@ -87,11 +96,7 @@ write_filled (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   if (to - from != count && qcow2_pread (img, cbuf, to - from, from) == -1)
     return -1;
   memcpy (cbuf + (offset - from), buf, count);
-  if (hostio_pwrite (img->data, cbuf, to - from, host) == -1) {
-    qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name, host);
-    return -1;
-  }
-  return 0;
+  return write_data (img, cbuf, to - from, host);
 }
 
 /* Extended L2, a cluster we own: the client's bytes go straight to the
@@ -112,13 +117,8 @@ fill_subclusters (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
     uint64_t a = MAX (from, offset), b = MIN (from + sc, end);
     int r;
 
-    if (bitmap & (1ULL << k)) {
-      r = hostio_pwrite (img->data, buf + (a - offset), b - a,
-                         host + (a - cluster));
-      if (r == -1)
-        qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name,
-                host + (a - cluster));
-    }
+    if (bitmap & (1ULL << k))
+      r = write_data (img, buf + (a - offset), b - a, host + (a - cluster));
     else
       r = write_filled (img, buf + (a - offset), b - a, a, from, from + sc,
                         host + (from - cluster));
@@ -275,6 +275,8 @@ qcow2_write_range (struct qcow2_image *img, const void *buf, uint64_t count,
 {
   const uint8_t *p = buf;
 
+  ASSERT_META_UNLOCKED (img);
+  ASSERT_JOURNAL_SET_UP (img);
   while (count > 0) {
     uint64_t n = MIN (count, img->hdr.cluster_size -
                       (offset & (img->hdr.cluster_size - 1)));
