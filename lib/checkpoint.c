@@ -23,6 +23,8 @@
 #include "cleanup.h"
 #include "journal-format.h"
 #include "log.h"
+#include "metamap.h"
+#include "overlap.h"
 #include "state.h"
 
 static int
@@ -31,6 +33,29 @@ compare_offsets (const void *a, const void *b)
   uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
 
   return x < y ? -1 : x > y;
+}
+
+/* A cluster whose free the head has passed: no longer metadata if it was
+ * a table.  False if the map says it is live metadata (a cluster freed as
+ * data while the map says otherwise: never punch it). */
+static bool
+released (struct qcow2_image *img, uint64_t cluster)
+{
+  const uint64_t cs = img->hdr.cluster_size;
+  uint64_t where;
+
+  switch (qcow2_metamap_find (img, cluster, cs, &where)) {
+  case META_NONE:
+    return true;
+  case META_FREEING:
+    /* Failing to shrink the map (ENOMEM) only keeps the cluster fenced
+     * off and unpunched. */
+    return qcow2_metamap_set (img, cluster, cs, META_NONE) == 0;
+  default:
+    qerror ("%s: checkpoint: freed cluster 0x%" PRIx64 " holds live "
+            "metadata: not discarded", img->file->name, cluster);
+    return false;
+  }
 }
 
 /* Give the host back the clusters whose free the head has passed, in as
@@ -43,9 +68,14 @@ discard_released (struct qcow2_image *img)
   size_t n;
 
   while ((n = journal_take_released (img->journal, v, 1024)) > 0) {
-    qsort (v, n, sizeof v[0], compare_offsets);
-    for (size_t i = 0, j; i < n; i = j) {
-      for (j = i + 1; j < n && v[j] == v[j - 1] + cs; j++)
+    size_t k = 0;
+
+    for (size_t i = 0; i < n; i++)
+      if (released (img, v[i]))
+        v[k++] = v[i];
+    qsort (v, k, sizeof v[0], compare_offsets);
+    for (size_t i = 0, j; i < k; i = j) {
+      for (j = i + 1; j < k && v[j] == v[j - 1] + cs; j++)
         ;
       if (hostio_punch (img->file, v[i], (j - i) * cs) == -1)
         qdebug ("%s: discard 0x%" PRIx64 ": %m", img->file->name, v[i]);
@@ -82,6 +112,17 @@ qcow2_checkpoint (struct qcow2_image *img)
   for (ssize_t i = 0; i < n; i++) {
     int r;
 
+    /* Committed changes go only to tables: a write-back elsewhere would
+     * mean the map and the tables disagree (overlap.c). */
+    if (!qcow2_metamap_is_table (img, d[i].offset, d[i].size)) {
+      uint64_t where = d[i].offset;
+
+      return qcow2_overlap_refuse (img, "a checkpoint write-back",
+                                   d[i].offset,
+                                   qcow2_metamap_find (img, d[i].offset,
+                                                       d[i].size, &where),
+                                   where);
+    }
     if (d[i].offset == 0)       /* the header: its journalled words */
       r = hostio_pwrite (img->file, d[i].data + QJ_HEADER_WORDS_START,
                          QJ_HEADER_WORDS_END - QJ_HEADER_WORDS_START,

@@ -113,3 +113,12 @@ qcow2_dirty_clear_qemu (struct qcow2_image *img)
   img->hdr.incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
   return write_word (img, true);
 }
+
+int
+qcow2_dirty_mark_corrupt (struct qcow2_image *img)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->dirty_lock);
+
+  img->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+  return write_word (img, true);
+}

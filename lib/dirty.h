@@ -1,4 +1,5 @@
-/* qcow2j lib: the "journal dirty" bit, and QEMU's own dirty bit. */
+/* qcow2j lib: the "journal dirty" bit, and QEMU's dirty and corrupt
+ * bits: the incompatible features word. */
 #ifndef QCOW2J_DIRTY_H
 #define QCOW2J_DIRTY_H
 
@@ -23,5 +24,9 @@ extern int qcow2_dirty_clear_replayed (struct qcow2_image *img);
 /* After the refcounts QEMU left stale are rebuilt and checkpointed: clear
  * QEMU's dirty bit (incompatible bit 0), keeping ours as it is. */
 extern int qcow2_dirty_clear_qemu (struct qcow2_image *img);
+/* The image's metadata is corrupt: set QEMU's corrupt bit (incompatible
+ * bit 1), durably, so that neither QEMU nor qcow2j writes the image before
+ * qemu-img check -r repairs it. */
+extern int qcow2_dirty_mark_corrupt (struct qcow2_image *img);
 
 #endif /* QCOW2J_DIRTY_H */

@@ -13,7 +13,8 @@
  *   tables         l2.c (L1 and L2 entries), refcount.c, alloc.c (new
  *                  clusters), inflight.c (one allocation per guest cluster)
  *   commit         commit.c (changes bracketed, commits, journal hooks),
- *                  checkpoint.c, dirty.c (the "journal dirty" bit)
+ *                  checkpoint.c, dirty.c (the "journal dirty" bit),
+ *                  overlap.c (refusing I/O onto metadata)
  *   words          metadata.c (journalled 8-byte words), header-write.c
  *                  (cluster 0 written in place), tables.c (L1 and refcount
  *                  table read into memory), state.c (the session state
@@ -21,7 +22,8 @@
  *   format         map.c (guest to host), read.c (guest content, for
  *                  clients and copy-on-write), entry.c (what an L2 entry is),
  *                  snapshot.c, bitmaps.c, backing.c, header.c,
- *                  journal-ext.c (the Q2JL extension)
+ *                  journal-ext.c (the Q2JL extension), metamap.c (where
+ *                  the metadata is)
  *   below          journal.c, journal-replay.c, metacache.c, hostio*.c,
  *                  lock.c, compress.c, crc32c.c, log.c
  *
@@ -45,6 +47,8 @@
  *   6. journal lock      the journal's in-memory state (journal.c); the
  *                        journal's sealed and durable hooks run under it
  *   7. cache shard lock  one shard of the metadata cache (metacache.c)
+ *   -  map_lock          the metadata map (metamap.c): a leaf, taken
+ *                        under any of the above, nothing taken under it
  *   -  thread_lock       the checkpointer thread's state: a leaf, nothing
  *                        is taken under it
  *
@@ -94,6 +98,31 @@ enum session_state {
   SESSION_CLOSED,               /* closed cleanly: plain qcow2 again */
 };
 
+/* What a host cluster of the image file holds, as far as the metadata
+ * map knows (metamap.c). */
+enum meta_kind {
+  META_NONE,
+  META_HEADER,
+  META_L1,                      /* the active L1 table */
+  META_L2,                      /* an L2 table the active L1 names */
+  META_REFTABLE,
+  META_REFBLOCK,
+  META_SNAPSHOTS,               /* the snapshot table */
+  META_SNAPSHOT_L1,
+  META_SNAPSHOT_L2,             /* an L2 table only snapshots name */
+  META_BITMAP_DIR,
+  META_BITMAP_TABLE,
+  META_BITMAP_DATA,
+  META_JOURNAL,                 /* the live journal area */
+  META_FREEING,                 /* a table freed, the free not yet
+                                   checkpointed */
+};
+
+struct meta_extent {
+  uint64_t start, end;          /* cluster aligned */
+  enum meta_kind kind;
+};
+
 /* A snapshot table entry, as far as qcow2j needs it (snapshot.c). */
 struct qcow2_snapshot {
   uint64_t l1_offset;
@@ -113,6 +142,14 @@ struct qcow2_image {
   uint64_t file_size;           /* atomic: host length of file, as far as
                                    entries may point; raised under
                                    meta_lock */
+  /* Where entries may point: below open_end (the file's length at open,
+   * before the journal's set-up extended it), or into what this session
+   * allocated, [alloc_start, file_size).  Never into the live journal,
+   * [journal_start, journal_end) (0, 0 when there is none).  Set at open
+   * and by the set-up (under setup_lock, before JOURNALLED), or by
+   * overlay.c before any reader runs; read atomically. */
+  uint64_t open_end, alloc_start;
+  uint64_t journal_start, journal_end;
   uint64_t data_size;           /* atomic: the same for data */
 
   uint64_t *l1;                 /* atomic entries, changed under meta_lock:
@@ -164,6 +201,13 @@ struct qcow2_image {
   uint64_t *reftable;           /* meta_lock: refcount table, host order */
   uint64_t reftable_entries;    /* meta_lock */
   uint64_t refblock_entries;    /* const: refcounts per refcount block */
+
+  /* The metadata map (metamap.c): disjoint extents sorted by start.
+   * Changed under meta_lock (or by the set-up) with map_lock held for
+   * writing; read under map_lock alone. */
+  pthread_rwlock_t map_lock;
+  struct meta_extent *map;      /* map_lock */
+  size_t map_len, map_cap;      /* map_lock */
 
   pthread_mutex_t dirty_lock;
   bool dirty_written;           /* dirty_lock: QJ_INCOMPAT_DIRTY written */

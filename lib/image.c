@@ -75,6 +75,7 @@ open_layer (struct hostio *io, const char *dir, struct mcache *cache,
   pthread_mutex_init (&img->dirty_lock, NULL);
   pthread_mutex_init (&img->checkpoint_lock, NULL);
   pthread_mutex_init (&img->thread_lock, NULL);
+  pthread_rwlock_init (&img->map_lock, NULL);
   pthread_cond_init (&img->inflight_done, NULL);
   pthread_cond_init (&img->thread_cond, NULL);
   img->lock_files = opts->lock;
@@ -93,7 +94,7 @@ open_layer (struct hostio *io, const char *dir, struct mcache *cache,
     qerror ("%s: size: %m", io->name);
     goto fail;
   }
-  img->file_size = size;
+  img->file_size = img->open_end = img->alloc_start = size;
   if (qcow2_header_read (io, img->file_size, &img->hdr) == -1)
     goto fail;
   h = &img->hdr;
@@ -190,6 +191,7 @@ qcow2_close (struct qcow2_image *img)
   if (img->owns_cache)
     mcache_free (img->cache);
   free (img->l1);
+  free (img->map);
   free (img->dir);
   qcow2_header_free (&img->hdr);
   pthread_mutex_destroy (&img->meta_lock);
@@ -197,6 +199,7 @@ qcow2_close (struct qcow2_image *img)
   pthread_mutex_destroy (&img->dirty_lock);
   pthread_mutex_destroy (&img->checkpoint_lock);
   pthread_mutex_destroy (&img->thread_lock);
+  pthread_rwlock_destroy (&img->map_lock);
   pthread_cond_destroy (&img->inflight_done);
   pthread_cond_destroy (&img->thread_cond);
   free (img);

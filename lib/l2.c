@@ -19,6 +19,7 @@
 #include "log.h"
 #include "map.h"
 #include "metadata.h"
+#include "metamap.h"
 #include "refcount.h"
 #include "state.h"
 
@@ -88,7 +89,7 @@ copy_l2_table (struct qcow2_image *img, uint64_t l1i, uint64_t old)
   const struct qcow2_header *h = &img->hdr;
   const unsigned words = h->l2_entry_size / 8;
   CLEANUP_FREE uint64_t *table = malloc (h->cluster_size);
-  uint64_t new;
+  uint64_t new, where;
 
   if (table == NULL) {
     qerror ("malloc: %m");
@@ -122,10 +123,14 @@ copy_l2_table (struct qcow2_image *img, uint64_t l1i, uint64_t old)
     return -1;
   }
   journal_need_ordering (img->journal);
-  if (qcow2_refcount_set (img, new, 1) == -1 ||
+  if (qcow2_metamap_set (img, new, h->cluster_size, META_L2) == -1 ||
+      qcow2_refcount_set (img, new, 1) == -1 ||
       qcow2_l1_set (img, l1i, new | QCOW_OFLAG_COPIED) == -1 ||
       qcow2_cluster_unref (img, old) == -1)
     return -1;
+  /* Still a snapshot's, unless that free was its last reference. */
+  if (qcow2_metamap_find (img, old, 1, &where) == META_L2)
+    return qcow2_metamap_set (img, old, h->cluster_size, META_SNAPSHOT_L2);
   return 0;
 }
 
@@ -142,6 +147,7 @@ qcow2_l2_prepare (struct qcow2_image *img, uint64_t guest,
   if (l2 == 0) {
     /* A new, empty L2 table. */
     if (qcow2_alloc_clusters (img, 1, &l2) == -1 ||
+        qcow2_metamap_set (img, l2, img->hdr.cluster_size, META_L2) == -1 ||
         journal_add_zero (img->journal, l2, img->hdr.cluster_size) == -1 ||
         qcow2_refcount_set (img, l2, 1) == -1 ||
         qcow2_l1_set (img, l1i, l2 | QCOW_OFLAG_COPIED) == -1)

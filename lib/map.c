@@ -7,9 +7,10 @@
  * bounds the work done per call.
  *
  * Entries are validated as they are used, the way QEMU does: an entry with
- * reserved bits, an unaligned offset or an offset past the end of the file
- * fails that read with EIO and a message naming the guest offset and the
- * entry, and leaves the rest of the disk readable.
+ * reserved bits, an unaligned offset, an offset past the end of the file
+ * (as it was at open, or as this session extended it) or into the live
+ * journal fails that read with EIO and a message naming the guest offset
+ * and the entry, and leaves the rest of the disk readable.
  */
 #include <config.h>
 
@@ -86,16 +87,39 @@ check_data_entry (struct qcow2_image *img, uint64_t guest, uint64_t e,
   return 0;
 }
 
+/* What is wrong with host bytes [host, host + len) of the image file (or
+ * of the data file, if in_data) named by an entry, or NULL: an entry may
+ * name what the file held at open or what this session allocated, never
+ * the live journal (image-internal.h).  The live length of the file is no
+ * guide: space past the end at open, where a power cut may have left
+ * entries, is where the journal and new clusters go. */
+static const char *
+host_problem (struct qcow2_image *img, bool in_data, uint64_t host,
+              uint64_t len)
+{
+  if (in_data && img->data != img->file)
+    return host < __atomic_load_n (&img->data_size, __ATOMIC_ACQUIRE) ?
+      NULL : "is past the end of the data file";
+  if (host < __atomic_load_n (&img->journal_end, __ATOMIC_ACQUIRE) &&
+      __atomic_load_n (&img->journal_start, __ATOMIC_ACQUIRE) < host + len)
+    return "is inside the qcow2j journal";
+  if (host < __atomic_load_n (&img->open_end, __ATOMIC_ACQUIRE) ||
+      (host >= __atomic_load_n (&img->alloc_start, __ATOMIC_ACQUIRE) &&
+       host < __atomic_load_n (&img->file_size, __ATOMIC_ACQUIRE)))
+    return NULL;
+  return "is past the end of the file";
+}
+
 static int
 check_host_in_file (struct qcow2_image *img, uint64_t guest, uint64_t e,
                     uint64_t host)
 {
-  uint64_t size = __atomic_load_n (&img->data_size, __ATOMIC_ACQUIRE);
+  const char *problem = host_problem (img, true, host,
+                                     img->hdr.cluster_size);
 
-  if (host >= size)
+  if (problem)
     return bad_entry (img, guest, "L2 entry 0x%016" PRIx64 ": host offset "
-                      "0x%" PRIx64 " is past the end of %s (%" PRIu64
-                      " bytes)", e, host, img->data->name, size);
+                      "0x%" PRIx64 " %s", e, host, problem);
   return 0;
 }
 
@@ -111,6 +135,7 @@ add_cluster (struct qcow2_image *img, uint64_t cluster_start, uint64_t from,
   const uint64_t host = qcow2_entry_host (e);
 
   if (type == ENTRY_COMPRESSED) {
+    const char *problem;
     uint64_t coffset, clen;
 
     qcow2_compressed (img, e, &coffset, &clen);
@@ -121,9 +146,9 @@ add_cluster (struct qcow2_image *img, uint64_t cluster_start, uint64_t from,
       return bad_entry (img, from, "compressed cluster (L2 entry 0x%016"
                         PRIx64 ") has subcluster bitmap 0x%016" PRIx64, e,
                         bitmap);
-    if (coffset >= __atomic_load_n (&img->file_size, __ATOMIC_ACQUIRE))
+    if ((problem = host_problem (img, false, coffset, clen)) != NULL)
       return bad_entry (img, from, "compressed cluster at host offset 0x%"
-                        PRIx64 " is past the end of the file", coffset);
+                        PRIx64 " %s", coffset, problem);
     extend_run (run, RUN_COMPRESSED, 0, to - from, e);
     return 1;                   /* compressed runs hold one cluster */
   }
@@ -192,6 +217,7 @@ qcow2_l2_table (struct qcow2_image *img, uint64_t guest, uint64_t *l2_offset)
   const uint64_t l1_index = guest >> (h->cluster_bits + h->l2_bits);
   const uint64_t l1e = l1_index < h->l1_size ?
     __atomic_load_n (&img->l1[l1_index], __ATOMIC_ACQUIRE) : 0;
+  const char *problem;
 
   *l2_offset = l1e & L1E_OFFSET_MASK;
   if (l1e & L1E_RESERVED_MASK)
@@ -203,10 +229,9 @@ qcow2_l2_table (struct qcow2_image *img, uint64_t guest, uint64_t *l2_offset)
     return bad_entry (img, guest, "L1 entry %" PRIu64 ": L2 table offset "
                       "0x%" PRIx64 " is not cluster aligned", l1_index,
                       *l2_offset);
-  if (*l2_offset >= __atomic_load_n (&img->file_size, __ATOMIC_ACQUIRE))
+  if ((problem = host_problem (img, false, *l2_offset, h->cluster_size)) != NULL)
     return bad_entry (img, guest, "L1 entry %" PRIu64 ": L2 table offset "
-                      "0x%" PRIx64 " is past the end of the file",
-                      l1_index, *l2_offset);
+                      "0x%" PRIx64 " %s", l1_index, *l2_offset, problem);
   return 0;
 }
 

@@ -299,10 +299,13 @@ qcow2_replay_in_memory (struct qcow2_image *img)
   img->hdr.incompatible_features &= ~QJ_INCOMPAT_DIRTY;
   /* Host offsets up to the journal's file size read as zeroes. */
   if (st.min_file_size > img->file_size) {
-    img->file_size = st.min_file_size;
+    img->file_size = img->open_end = img->alloc_start = st.min_file_size;
     if (img->data == img->file)
       img->data_size = img->file_size;
   }
+  /* The journal stays live in the file: no entry may name it. */
+  img->journal_start = img->hdr.journal.offset;
+  img->journal_end = img->hdr.journal.offset + img->hdr.journal.size;
   qdebug ("%s: journal replayed in memory: %" PRIu64 " transactions, %"
           PRIu64 " records, %zu sectors", ov->inner->name, st.transactions,
           st.records, ov->used);

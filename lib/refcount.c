@@ -21,7 +21,9 @@
 #include "entry.h"
 #include "log.h"
 #include "metadata.h"
+#include "metamap.h"
 #include "minmax.h"
+#include "overlap.h"
 #include "refcount.h"
 
 /* Where the refcount of the cluster at offset lives: the host offset of
@@ -171,7 +173,13 @@ grow_reftable (struct qcow2_image *img, uint64_t ti)
   img->hdr.refcount_table_offset = offset;
   img->hdr.refcount_table_clusters = clusters;
 
-  /* Count the new table, free the old one. */
+  /* Count the new table, free the old one (metadata until that free is
+   * checkpointed). */
+  if (qcow2_metamap_set (img, offset, clusters * h->cluster_size,
+                         META_REFTABLE) == -1 ||
+      qcow2_metamap_set (img, old_offset, old_clusters * h->cluster_size,
+                         META_FREEING) == -1)
+    return -1;
   for (uint64_t c = 0; c < clusters; c++)
     if (qcow2_refcount_set (img, offset + c * h->cluster_size, 1) == -1)
       return -1;
@@ -204,6 +212,7 @@ qcow2_refcount_set (struct qcow2_image *img, uint64_t offset, uint64_t value)
     uint64_t rb;
 
     if (qcow2_alloc_clusters (img, 1, &rb) == -1 ||
+        qcow2_metamap_set (img, rb, h->cluster_size, META_REFBLOCK) == -1 ||
         journal_add_zero (img->journal, rb, h->cluster_size) == -1 ||
         qcow2_meta_set64 (img, h->refcount_table_offset + 8 * ti, rb) == -1)
       return -1;
@@ -217,46 +226,20 @@ qcow2_refcount_set (struct qcow2_image *img, uint64_t offset, uint64_t value)
   return qcow2_meta_set64 (img, word_off, encode (word, bit, w, value));
 }
 
-static bool
-overlaps (uint64_t offset, uint64_t len, uint64_t start, uint64_t end)
-{
-  return offset < end && start < offset + len;
-}
-
-/* Does the cluster at offset hold the header, the L1 or refcount table,
- * or the journal?  An L2 entry naming one is corruption, not a reason to
- * free it. */
-static bool
-holds_metadata (struct qcow2_image *img, uint64_t offset)
-{
-  const struct qcow2_header *h = &img->hdr;
-  const uint64_t cs = h->cluster_size;
-
-  return offset < cs ||
-    overlaps (offset, cs, h->l1_table_offset,
-              h->l1_table_offset + (uint64_t) h->l1_size * 8) ||
-    overlaps (offset, cs, h->refcount_table_offset,
-              h->refcount_table_offset +
-              (uint64_t) h->refcount_table_clusters * cs) ||
-    (h->journal.size &&
-     overlaps (offset, cs, h->journal.offset,
-               h->journal.offset + h->journal.size));
-}
-
 int
 qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset)
 {
-  uint64_t rc;
+  enum meta_kind kind;
+  uint64_t rc, where;
 
   ASSERT_META_LOCKED (img);
   offset = ROUND_DOWN (offset, img->hdr.cluster_size);
-  if (holds_metadata (img, offset)) {
-    qerror ("%s: refusing to free cluster 0x%" PRIx64 ", which holds the "
-            "image's own metadata: the image is corrupt", img->file->name,
-            offset);
-    errno = EIO;
-    return -1;
-  }
+  /* Only data clusters and L2 tables are freed one cluster at a time (a
+   * table being freed whole is marked so first). */
+  kind = qcow2_metamap_find (img, offset, 1, &where);
+  if (kind != META_NONE && kind != META_L2 && kind != META_SNAPSHOT_L2 &&
+      kind != META_FREEING)
+    return qcow2_overlap_refuse (img, "a free", offset, kind, where);
   if (qcow2_refcount_get (img, offset, &rc) == -1)
     return -1;
   if (rc == 0) {
@@ -267,10 +250,16 @@ qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset)
   }
   if (qcow2_refcount_set (img, offset, rc - 1) == -1)
     return -1;
-  /* Discard its bytes on the host once the free is checkpointed. */
-  if (rc == 1)
-    return journal_defer_free (img->journal, offset);
-  return 0;
+  if (rc > 1)
+    return 0;
+  /* A table stays metadata until its free is checkpointed (its committed
+   * changes may still be written back), then its bytes are discarded on
+   * the host (checkpoint.c). */
+  if (kind != META_NONE &&
+      qcow2_metamap_set (img, offset, img->hdr.cluster_size,
+                         META_FREEING) == -1)
+    return -1;
+  return journal_defer_free (img->journal, offset);
 }
 
 int
@@ -280,6 +269,10 @@ qcow2_release_host (struct qcow2_image *img, uint64_t entry)
   uint64_t first, count;
 
   qcow2_entry_clusters (img, entry, &first, &count);
+  if (count > 0 &&
+      qcow2_overlap_check (img, first, count * cs, "freeing a data cluster")
+      == -1)
+    return -1;
   for (uint64_t c = 0; c < count; c++)
     if (qcow2_cluster_unref (img, first + c * cs) == -1)
       return -1;

@@ -33,6 +33,7 @@
 #include "journal-format.h"
 #include "lock.h"
 #include "log.h"
+#include "metamap.h"
 #include "minmax.h"
 #include "rebuild.h"
 #include "refcount.h"
@@ -154,11 +155,14 @@ reusable_area (struct qcow2_image *img)
   const struct qcow2_journal_ext *e = &img->hdr.journal;
   const uint64_t cs = img->hdr.cluster_size;
 
+  uint64_t where;
+
   if (!e->intact || e->size < QJ_MIN_AREA || e->size > QJ_MAX_AREA ||
       e->size % QJ_BLOCK != 0 || !IS_ALIGNED (e->offset, cs) ||
       e->offset % QJ_BLOCK != 0 ||
       !IS_ALIGNED (e->size, cs) || e->offset < cs ||
-      e->offset > img->next_free || e->size > img->next_free - e->offset)
+      e->offset > img->next_free || e->size > img->next_free - e->offset ||
+      qcow2_metamap_find (img, e->offset, e->size, &where) != META_NONE)
     return false;
   for (uint64_t c = e->offset; c < e->offset + e->size; c += cs) {
     uint64_t rc;
@@ -198,7 +202,8 @@ set_up (struct qcow2_image *img)
     return -1;
   if (qcow2_journal_dirty (img) && replay (img) == -1)
     return -1;
-  if (qcow2_bitmaps_mark_in_use (img) == -1)
+  if (qcow2_bitmaps_mark_in_use (img) == -1 ||
+      qcow2_metamap_build (img) == -1)
     return -1;
   /* QEMU's dirty bit: refcounts lag (lazy refcounts); rebuilt below,
    * once the journal exists.  Until then nothing may trust them, not
@@ -225,9 +230,18 @@ set_up (struct qcow2_image *img)
       return -1;
     }
   }
-  img->file_size = img->next_free;
+  /* Entries may name what the file held before the journal came, or
+   * what this session allocates past it; never the journal. */
+  if (qcow2_metamap_set (img, jarea, jsize, META_JOURNAL) == -1)
+    return -1;
+  /* Readers run meanwhile: the journal is fenced off before the file's
+   * bounds take it in. */
+  __atomic_store_n (&img->journal_start, jarea, __ATOMIC_RELEASE);
+  __atomic_store_n (&img->journal_end, jarea + jsize, __ATOMIC_RELEASE);
+  __atomic_store_n (&img->alloc_start, img->next_free, __ATOMIC_RELEASE);
+  __atomic_store_n (&img->file_size, img->next_free, __ATOMIC_RELEASE);
   if (img->data == img->file)
-    img->data_size = img->next_free;
+    __atomic_store_n (&img->data_size, img->next_free, __ATOMIC_RELEASE);
 
   /* O6: a new journal id, never the one the extension held. */
   do {

@@ -29,17 +29,21 @@
 #include "log.h"
 #include "map.h"
 #include "minmax.h"
+#include "overlap.h"
 #include "refcount.h"
 #include "state.h"
 #include "write.h"
 
 /* Writing one piece (inside one cluster) ---------------------------------- */
 
-/* Guest bytes to host offset 'host' of the data file. */
+/* Guest bytes to host offset 'host' of the data file, never onto the
+ * image's metadata (overlap.c). */
 static int
 write_data (struct qcow2_image *img, const void *buf, uint64_t count,
             uint64_t host)
 {
+  if (qcow2_overlap_check (img, host, count, "a guest write") == -1)
+    return -1;
   if (hostio_pwrite (img->data, buf, count, host) == -1) {
     qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name, host);
     return -1;
