@@ -133,8 +133,12 @@ long_arg (char **argv, size_t argc, size_t i)
   const struct long_option *o =
     find_long (name, eq ? (size_t) (eq - name) : strlen (name));
 
-  if (o == NULL || !o->has_arg)
+  if (o == NULL)
     return i;
+  if (!o->has_arg) {
+    option (o->meaning, NULL);
+    return i;
+  }
   if (eq) {
     option (o->meaning, eq + 1);
     return i;

@@ -213,6 +213,11 @@ qcow2j_config_complete (void)
                   " (to make a new one add create=true size=SIZE)" : "");
     return -1;
   }
+  if (o->backing_file && o->backing_format == NULL) {
+    nbdkit_error ("%s: backing-file= needs backing-format=qcow2 or raw "
+                  "(as qemu-img create needs -F)", file_arg);
+    return -1;
+  }
   if (o->size == -1 && o->backing_file == NULL) {
     nbdkit_error ("%s: create=true needs size= (or backing-file=) for a "
                   "new image", file_arg);

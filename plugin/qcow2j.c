@@ -35,6 +35,14 @@ NBDKIT_DLL_PUBLIC int qcow2j_debug_cache;
 static struct qcow2_image *image;       /* shared by all connections */
 static bool writable;                   /* decided at startup */
 
+/* lib/ reports through nbdkit from the start (create=true runs in
+ * .config_complete). */
+static void
+qcow2j_load (void)
+{
+  qlog_set_handlers (nbdkit_verror, nbdkit_vdebug);
+}
+
 static void
 qcow2j_unload (void)
 {
@@ -54,7 +62,6 @@ qcow2j_dump_plugin (void)
 static int
 qcow2j_get_ready (void)
 {
-  qlog_set_handlers (nbdkit_verror, nbdkit_vdebug);
   qlog_debug_map = qcow2j_debug_map;
 
   if (qcow2j_cmdline_parse () == -1)
@@ -224,6 +231,7 @@ static struct nbdkit_plugin plugin = {
   .longname           = "nbdkit qcow2 plugin with a metadata journal",
   .version            = PACKAGE_VERSION,
   .magic_config_key   = "file",
+  .load               = qcow2j_load,
   .unload             = qcow2j_unload,
   .config             = qcow2j_config,
   .config_complete    = qcow2j_config_complete,
