@@ -50,7 +50,7 @@ check_layout ()
     names=$(sed -n 2p <<<"$out")
     [ "$(grep -o 51324a4c <<<"$types" | wc -l)" = 1 ] ||
         fail "$1: not exactly one Q2JL extension: $types"
-    [[ $names == *'qcow2j journal dirty'* ]] ||
+    [[ $names == *'qcow2j journal dirty: serve with nbdkit qcow2j'* ]] ||
         fail "$1: the last feature name table lacks our names: $names"
 }
 
@@ -64,7 +64,7 @@ busy_kill ()
     nbdsh -u "$uri" -c "h.pwrite(b'\x3c' * 8192, $at)" -c 'h.flush()'
     serve_stop KILL
     info=$(qemu-img info "$img" 2>&1) && fail "$img: QEMU opened a dirty image"
-    [[ $info == *'qcow2j journal dirty'* ]] ||
+    [[ $info == *'qcow2j journal dirty: serve with nbdkit qcow2j'* ]] ||
         fail "$img: QEMU's refusal does not name our feature: $info"
     qcow2j_rw "$img" 'nbdinfo --size "$uri" >/dev/null'
     qemu-io -f qcow2 -c "read -P 0x3c $at 8k" "$img" >/dev/null ||
