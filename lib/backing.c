@@ -4,10 +4,11 @@
  * to the server's working directory (which nbdkit changes to / when it
  * daemonizes), so they are resolved here, at open time, and the files are
  * kept open.  The directory is that of the path as given, not of a
- * symlink's target: QEMU looks backing files up the same way.  A chain is bounded in depth and checked for loops by file
- * identity (device and inode), so that a hostile chain cannot recurse
- * forever or exhaust file descriptors.  A qcow2 backing file is opened
- * here and handed back: image.c opens it as the next layer of the chain.
+ * symlink's target: QEMU looks backing files up the same way.  A chain
+ * is bounded in depth and checked for loops by file identity (device and
+ * inode), so that a hostile chain cannot recurse forever or exhaust file
+ * descriptors.  A qcow2 backing file is opened here and handed back:
+ * image.c opens it as the next layer of the chain.
  */
 #include <config.h>
 

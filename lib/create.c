@@ -78,7 +78,6 @@ struct layout {
   uint64_t cluster_size;
   uint32_t refcount_order;
   uint64_t l1_entries;
-  uint64_t l2_entries;          /* per L2 table */
   uint64_t reftable_clusters;
   uint64_t refblocks;
   uint64_t l1_clusters;
@@ -139,7 +138,7 @@ plan_layout (const char *path, const struct qcow2_create_options *o,
 {
   const uint64_t cluster_size = o->cluster_size;
   const bool extended_l2 = o->extended_l2;
-  uint64_t bytes_per_l1, max_size;
+  uint64_t l2_entries, bytes_per_l1, max_size;
   uint64_t refblock_entries, reftable_entries;
 
   memset (l, 0, sizeof *l);
@@ -186,8 +185,8 @@ plan_layout (const char *path, const struct qcow2_create_options *o,
   /* The L1 table may be at most QCOW2_MAX_L1_BYTES.  This is at most
    * 2^61 bytes (2 MiB clusters), so QEMU's other limit, about 2^63, never
    * matters; nor can anything here overflow. */
-  l->l2_entries = cluster_size / (extended_l2 ? 16 : 8);
-  bytes_per_l1 = cluster_size * l->l2_entries;
+  l2_entries = cluster_size / (extended_l2 ? 16 : 8);
+  bytes_per_l1 = cluster_size * l2_entries;
   max_size = (uint64_t) (QCOW2_MAX_L1_BYTES / 8) * bytes_per_l1;
   if (size > max_size)
     return refuse (path, "size %" PRIu64 " is too large for cluster size %"
