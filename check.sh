@@ -10,6 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 top=$PWD
+./deps.sh --test || exit 1
 ./build.sh || exit 1
 
 # Threaded unit tests, and tests of the plugin under concurrent clients

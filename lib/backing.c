@@ -3,10 +3,12 @@
  * Names stored in an image are relative to the image's own directory, not
  * to the server's working directory (which nbdkit changes to / when it
  * daemonizes), so they are resolved here, at open time, and the files are
- * kept open.  A chain is bounded in depth and checked for loops by file
- * identity (device and inode), so that a hostile chain cannot recurse
- * forever or exhaust file descriptors.  A qcow2 backing file is opened
- * here and handed back: image.c opens it as the next layer of the chain.
+ * kept open.  The directory is that of the path as given, not of a
+ * symlink's target: QEMU looks backing files up the same way.  A chain
+ * is bounded in depth and checked for loops by file identity (device and
+ * inode), so that a hostile chain cannot recurse forever or exhaust file
+ * descriptors.  A qcow2 backing file is opened here and handed back:
+ * image.c opens it as the next layer of the chain.
  */
 #include <config.h>
 
@@ -134,7 +136,10 @@ qcow2_open_backing (struct qcow2_image *img, unsigned depth,
     return -1;
   io = hostio_file_open (img->backing.path, false);
   if (io == NULL) {
-    qerror ("%s: cannot open its backing file \"%s\"", img->file->name, name);
+    qerror ("%s: cannot open its backing file \"%s\" (%s): if it has "
+            "moved, point the image at it with: qemu-img rebase -u -b "
+            "NEW-NAME -F %s %s", img->file->name, name, img->backing.path,
+            format ? format : "qcow2", img->file->name);
     return -1;
   }
   if (format == NULL)

@@ -22,7 +22,9 @@
 #include "journal-ext.h"
 #include "log.h"
 
-#define QJ_DIRTY_NAME "qcow2j journal dirty"
+/* What QEMU's tools print when they refuse a dirty image: the way out
+ * (at most 46 bytes). */
+#define QJ_DIRTY_NAME "qcow2j journal dirty: serve with nbdkit qcow2j"
 #define QJ_VALID_NAME "qcow2j journal valid"
 /* Q2JL, a feature name table of our two entries, an end marker. */
 #define MAX_ADDITIONS (8 + QJ_EXT_LENGTH + 8 + 2 * 48 + 8)

@@ -270,7 +270,9 @@ qcow2_header_read (struct hostio *io, uint64_t file_size,
   }
   if (get_be32 (fixed) != QCOW2_MAGIC)
     return invalid (io, "not a qcow2 image: magic 0x%08" PRIx32
-                    " is not 0x%08x", get_be32 (fixed), QCOW2_MAGIC);
+                    " is not 0x%08x (a raw disk image? serve it with "
+                    "nbdkit's file plugin: nbdkit file %s)",
+                    get_be32 (fixed), QCOW2_MAGIC, io->name);
   h->version = get_be32 (fixed + 4);
   h->backing_file_offset = get_be64 (fixed + 8);
   h->backing_file_size = get_be32 (fixed + 16);

@@ -82,12 +82,20 @@ prepare (struct qcow2_image *img)
     return refuse (img, EROFS, "it is open read-only");
   if (img->data != img->file && !img->data_rw)
     return refuse (img, EROFS, "its external data file is read-only");
-  if (img->hdr.version < 3)
-    return refuse (img, ENOTSUP, "version 2 images are served read-only; "
-                   "upgrade it with: qemu-img amend -o compat=1.1");
-  if (img->hdr.incompatible_features & QCOW2_INCOMPAT_CORRUPT)
-    return refuse (img, EROFS, "it is marked corrupt; "
-                   "repair it with: qemu-img check -r all");
+  if (img->hdr.version < 3) {
+    qerror ("%s: cannot write to this image: it is a version 2 image; stop "
+            "the server, then upgrade it with: qemu-img amend -f qcow2 "
+            "-o compat=1.1 %s", img->file->name, img->file->name);
+    errno = ENOTSUP;
+    return -1;
+  }
+  if (img->hdr.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
+    qerror ("%s: cannot write to this image: it is marked corrupt; stop "
+            "the server, then repair it with: qemu-img check -r all %s",
+            img->file->name, img->file->name);
+    errno = EROFS;
+    return -1;
+  }
   if (img->hdr.journal.present && img->hdr.journal.pos == 0)
     return refuse (img, EINVAL, "its qcow2j journal extension (Q2JL) has "
                    "a length other than 32");

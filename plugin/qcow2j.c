@@ -1,27 +1,21 @@
 /* nbdkit-qcow2j-plugin: the nbdkit glue.
  *
- * Thin on purpose: parameters, lifecycle, and mapping NBD requests, flags
- * and errors onto the image API in lib/.  No qcow2 format logic lives here.
+ * Thin on purpose: lifecycle, and mapping NBD requests, flags and errors
+ * onto the image API in lib/.  No qcow2 format logic lives here; the
+ * parameters are params.c's, and what happens at startup is startup.c's.
  *
  * One image object serves every connection (so a flush on any connection
  * will cover writes from all of them, and multi-conn can be advertised),
  * under the PARALLEL thread model; lib/ does its own locking.
  *
- * The image is opened and validated in .get_ready, the last point where an
- * error reaches the user's terminal.  Nothing in the file is modified
- * there: .get_ready cannot know whether nbdkit runs with -r, or whether a
- * filter (cow, checkwrite) will only ever open the plugin read-only.
+ * The image is opened, and whether it is served writable decided, in
+ * .get_ready, the last point where an error reaches the user's terminal.
  */
 #include <config.h>
 
-#include <errno.h>
-#include <inttypes.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
@@ -29,123 +23,31 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#include "cleanup.h"
-#include "create.h"
 #include "image.h"
 #include "log.h"
+#include "qcow2j.h"
 
 /* -D qcow2j.map=1: log every guest to host mapping (very chatty). */
 NBDKIT_DLL_PUBLIC int qcow2j_debug_map;
 /* -D qcow2j.cache=1: log L2 cache statistics when the server stops. */
 NBDKIT_DLL_PUBLIC int qcow2j_debug_cache;
 
-static const char *file_arg;            /* file=, as given */
-static char *filename;                  /* file=, absolute */
-static bool readonly;                   /* readonly= */
-static uint64_t l2_cache_bytes;         /* l2-cache-size= */
-static bool locking = true;             /* locking= */
-static bool create;                     /* create= */
-static int64_t create_size = -1;        /* size= */
-static int64_t create_cluster_size = 65536; /* cluster-size= */
-
 static struct qcow2_image *image;       /* shared by all connections */
-/* Serializes the first writable .open (journal replay and set-up). */
-static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
-static bool writable;                   /* image set up for writing */
+static bool writable;                   /* decided at startup */
+
+/* lib/ reports through nbdkit from the start (create=true runs in
+ * .config_complete). */
+static void
+qcow2j_load (void)
+{
+  qlog_set_handlers (nbdkit_verror, nbdkit_vdebug);
+}
 
 static void
 qcow2j_unload (void)
 {
-  free (filename);
+  qcow2j_params_free ();
 }
-
-static int
-qcow2j_config (const char *key, const char *value)
-{
-  int r;
-
-  if (strcmp (key, "file") == 0)
-    file_arg = value;           /* resolved in .config_complete */
-  else if (strcmp (key, "readonly") == 0) {
-    r = nbdkit_parse_bool (value);
-    if (r == -1)
-      return -1;
-    readonly = r;
-  }
-  else if (strcmp (key, "l2-cache-size") == 0) {
-    int64_t size = nbdkit_parse_size (value);
-    if (size == -1)
-      return -1;
-    if (size < 65536) {
-      nbdkit_error ("l2-cache-size must be at least 64K");
-      return -1;
-    }
-    l2_cache_bytes = size;
-  }
-  else if (strcmp (key, "create") == 0) {
-    r = nbdkit_parse_bool (value);
-    if (r == -1)
-      return -1;
-    create = r;
-  }
-  else if (strcmp (key, "size") == 0) {
-    create_size = nbdkit_parse_size (value);
-    if (create_size == -1)
-      return -1;
-  }
-  else if (strcmp (key, "cluster-size") == 0) {
-    create_cluster_size = nbdkit_parse_size (value);
-    if (create_cluster_size == -1)
-      return -1;
-  }
-  else if (strcmp (key, "locking") == 0) {
-    r = nbdkit_parse_bool (value);
-    if (r == -1)
-      return -1;
-    locking = r;
-  }
-  else {
-    nbdkit_error ("unknown parameter '%s'", key);
-    return -1;
-  }
-  return 0;
-}
-
-static int
-qcow2j_config_complete (void)
-{
-  if (file_arg == NULL) {
-    nbdkit_error ("you must supply the file=<FILENAME> parameter");
-    return -1;
-  }
-  if ((create_size != -1 || create_cluster_size != 65536) && !create) {
-    nbdkit_error ("size= and cluster-size= go with create=true");
-    return -1;
-  }
-  /* Resolve now: nbdkit changes directory to / when it daemonizes. */
-  if (create && access (file_arg, F_OK) == -1) {
-    if (create_size == -1) {
-      nbdkit_error ("create=true needs size= for a new image");
-      return -1;
-    }
-    filename = nbdkit_absolute_path (file_arg);
-    if (filename == NULL ||
-        qcow2_create (filename, create_size, create_cluster_size, false,
-                      true) == -1)
-      return -1;
-  }
-  else
-    filename = nbdkit_realpath (file_arg);
-  return filename ? 0 : -1;
-}
-
-#define qcow2j_config_help \
-  "[file=]<FILENAME>     (required) The qcow2 image to serve.\n" \
-  "readonly=true         Serve read-only.\n" \
-  "l2-cache-size=SIZE    Bound of the L2 metadata cache (default 32M).\n" \
-  "locking=false         Do not take QEMU-compatible image locks.\n" \
-  "create=true size=SIZE [cluster-size=SIZE]\n" \
-  "                      Create a new image if the file does not exist."
 
 static void
 qcow2j_dump_plugin (void)
@@ -160,29 +62,19 @@ qcow2j_dump_plugin (void)
 static int
 qcow2j_get_ready (void)
 {
-  struct qcow2_open_options opts = {
-    .l2_cache_bytes = l2_cache_bytes,
-    .lock = locking,
-    .writable = !readonly,
-  };
-
-  qlog_set_handlers (nbdkit_verror, nbdkit_vdebug);
   qlog_debug_map = qcow2j_debug_map;
 
-  image = qcow2_open (filename, &opts);
-  if (image == NULL)
+  if (qcow2j_cmdline_parse () == -1)
     return -1;
-  if (qcow2_is_corrupt (image))
-    nbdkit_debug ("%s: image is marked corrupt: serving it read-only",
-                  filename);
-  return 0;
+  image = qcow2j_open_image (&writable);
+  return image ? 0 : -1;
 }
 
 /* nbdkit forks after .get_ready: threads start here, never earlier. */
 static int
 qcow2j_after_fork (void)
 {
-  if (image && qcow2_can_write (image))
+  if (image && writable)
     return qcow2_start_checkpointer (image);
   return 0;
 }
@@ -196,33 +88,15 @@ qcow2j_cleanup (void)
    * qcow2 behind. */
   if (qcow2_close (image) == -1)
     nbdkit_error ("%s: clean close failed: the journal is kept and will be "
-                  "replayed at the next writable open", filename);
+                  "replayed at the next writable open",
+                  qcow2j_params.filename);
   image = NULL;
 }
 
+/* Everything was decided at startup: a connection needs no state. */
 static void *
 qcow2j_open (int readonly_connection)
 {
-  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&open_lock);
-
-  /* A writable connection may write: check that the image allows it and
-   * take QEMU's writer locks; the journal is set up at the first write.
-   * A dirty journal is replayed now (it must be, before any read): in
-   * place for a writable connection; in memory otherwise, so that -r and
-   * read-only filters never change the file (the image then stays
-   * read-only until the server restarts).  An image that cannot be
-   * written is served read-only, with the reason logged. */
-  if (!readonly_connection && !readonly && !writable &&
-      qcow2_can_write (image)) {
-    int r = qcow2_journal_dirty (image) ? qcow2_make_writable (image)
-      : qcow2_prepare_writable (image);
-    if (r == 0)
-      writable = true;
-    else if (qcow2_journal_dirty (image))
-      return NULL;
-  }
-  if (qcow2_replay_in_memory (image) == -1)
-    return NULL;
   return NBDKIT_HANDLE_NOT_NEEDED;
 }
 
@@ -357,6 +231,7 @@ static struct nbdkit_plugin plugin = {
   .longname           = "nbdkit qcow2 plugin with a metadata journal",
   .version            = PACKAGE_VERSION,
   .magic_config_key   = "file",
+  .load               = qcow2j_load,
   .unload             = qcow2j_unload,
   .config             = qcow2j_config,
   .config_complete    = qcow2j_config_complete,

@@ -39,7 +39,7 @@ h.flush()
 '
     serve_stop KILL
     info=$(qemu-img info "$img" 2>&1) && fail "$img: the image is not dirty"
-    [[ $info == *'qcow2j journal dirty'* ]] || fail "$img: $info"
+    [[ $info == *'qcow2j journal dirty: serve with nbdkit qcow2j'* ]] || fail "$img: $info"
 }
 
 # read_all IMG OUT HOW: the disk served read-only (HOW: param, -r or

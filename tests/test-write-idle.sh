@@ -21,7 +21,7 @@ uri="nbd+unix:///?socket=$sock"
 nbdsh -u "$uri" -c 'h.pwrite(b"\x17" * 65536 * 4, 1 << 20)' -c 'h.flush()'
 # Busy: the journal holds the change; QEMU must refuse the image.
 info=$(qemu-img info -U img.qcow2 2>&1) && fail "qemu-img opened a dirty image: $info"
-[[ $info == *'qcow2j journal dirty'* ]] || fail "no feature name: $info"
+[[ $info == *'qcow2j journal dirty: serve with nbdkit qcow2j'* ]] || fail "no feature name: $info"
 
 # Idle for longer than the checkpoint's idle delay.
 sleep 8

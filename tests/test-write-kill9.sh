@@ -242,7 +242,7 @@ while [ $r -lt $rounds ]; do
             echo "$out" >&2
             fail "round $r: after SIGKILL qemu-img info succeeds but qemu-img check exits $rc"
         fi
-    elif grep -qF "qcow2j journal dirty" <<<"$info"; then
+    elif grep -qF "qcow2j journal dirty: serve with nbdkit qcow2j" <<<"$info"; then
         dirty_rounds=$((dirty_rounds + 1))
     else
         echo "$info" >&2
