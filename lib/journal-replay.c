@@ -17,9 +17,9 @@
  *
  * Each record is bounded on its own (QJ_MAX_ZERO, QJ_MAX_TRANSACTION),
  * but a ring of 1 GiB could still hold a few million of them: the whole
- * chain is bounded too (rule R6: QJ_MAX_LIVE_SECTORS sectors touched,
- * QJ_MAX_LIVE_RECORDS records), and a chain that asks for more is
- * refused before anything is applied.  Both a replay in place and one in
+ * chain is bounded too (rule R6: transactions, records, and sectors its
+ * target ranges touch), and a chain that asks for more is refused before
+ * anything is applied.  Both a replay in place and one in
  * memory (overlay.c) go through walk, which enforces it.
  */
 #include <config.h>
@@ -235,26 +235,45 @@ struct chain {
 /* The replay work of the chain so far (rule R6). */
 struct work {
   uint64_t first_seq;           /* where the chain starts */
-  uint64_t sectors, records;
+  uint64_t transactions, records, sectors;
 };
 
 /* Add transaction seq's work to *w; refuse (-1, EFBIG) once the chain
  * asks for more than a writer may leave in the live region. */
 static int
 add_work (const struct journal *j, struct work *w, uint64_t seq,
-          uint64_t sectors, uint32_t records)
+          uint32_t records, uint64_t sectors)
 {
-  w->sectors += sectors;
+  const char *what;
+  uint64_t total, bound;
+
+  w->transactions++;
   w->records += records;
-  if (w->sectors <= QJ_MAX_LIVE_SECTORS && w->records <= QJ_MAX_LIVE_RECORDS)
+  w->sectors += sectors;
+  if (w->transactions > QJ_MAX_LIVE_TRANSACTIONS) {
+    what = "transactions";
+    total = w->transactions;
+    bound = QJ_MAX_LIVE_TRANSACTIONS;
+  }
+  else if (w->records > QJ_MAX_LIVE_RECORDS) {
+    what = "records";
+    total = w->records;
+    bound = QJ_MAX_LIVE_RECORDS;
+  }
+  else if (w->sectors > QJ_MAX_LIVE_SECTORS) {
+    what = "sectors written";
+    total = w->sectors;
+    bound = QJ_MAX_LIVE_SECTORS;
+  }
+  else
     return 0;
-  qerror ("%s: journal transactions %" PRIu64 " to %" PRIu64 ": replay work: "
-          "%" PRIu64 " sectors (%" PRIu64 " MiB) in %" PRIu64 " records, "
-          "more than the bound of %llu sectors (%llu MiB) and %llu records "
-          "(docs/journal-format.md rule R6): refusing to replay the journal",
-          j->io->name, w->first_seq, seq, w->sectors,
-          w->sectors * QJ_SECTOR >> 20, w->records, QJ_MAX_LIVE_SECTORS,
-          QJ_MAX_LIVE_SECTORS * QJ_SECTOR >> 20, QJ_MAX_LIVE_RECORDS);
+  qerror ("%s: journal transactions %" PRIu64 " to %" PRIu64 " ask replay "
+          "for too much work: %s: %" PRIu64 ", more than the bound of %"
+          PRIu64 " (docs/journal-format.md rule R6; %" PRIu64 " MiB to "
+          "write, at most %" PRIu64 " MiB): refusing to replay the journal",
+          j->io->name, w->first_seq, seq, what, total, bound,
+          w->sectors * QJ_SECTOR >> 20,
+          (uint64_t) QJ_MAX_LIVE_SECTORS * QJ_SECTOR >> 20);
   errno = EFBIG;
   return -1;
 }
@@ -300,8 +319,8 @@ walk (struct journal *j, struct chain *chain, journal_apply_fn apply,
      * Checked again when applying, so that what is applied (overlay.c
      * relies on the bound) is what was checked. */
     if (check_transaction (j, seq, buf, payload, &sectors) == -1 ||
-        add_work (j, &work, seq, sectors,
-                  get_be32 (buf + QJ_TX_OFF_NR_RECORDS)) == -1)
+        add_work (j, &work, seq, get_be32 (buf + QJ_TX_OFF_NR_RECORDS),
+                  sectors) == -1)
       return -1;
     if (apply == NULL) {
       if (!(flags & QJ_TX_FLAG_SKIP)) {

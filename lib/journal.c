@@ -26,7 +26,7 @@
  *    sequence numbers (head_seq == next_seq means empty).
  *
  * 5. The live region never asks replay for more work than rule R6 allows
- *    (QJ_MAX_LIVE_SECTORS, QJ_MAX_LIVE_RECORDS): one transaction never
+ *    (QJ_MAX_LIVE_TRANSACTIONS, _RECORDS, _SECTORS): one transaction never
  *    does (journal_add_* refuse with EFBIG), and a commit that would take
  *    the live region past it returns EAGAIN, like a full ring, so that
  *    the caller checkpoints first.  Without this, records a few bytes
@@ -586,7 +586,8 @@ add_pending (struct journal *j, uint64_t seq, uint64_t end, uint64_t sectors,
   j->npending++;
   j->live_sectors += sectors;
   j->live_records += records;
-  assert (j->live_sectors <= QJ_MAX_LIVE_SECTORS &&
+  assert (j->npending <= QJ_MAX_LIVE_TRANSACTIONS &&
+          j->live_sectors <= QJ_MAX_LIVE_SECTORS &&
           j->live_records <= QJ_MAX_LIVE_RECORDS);
 }
 
@@ -614,7 +615,8 @@ seal (struct journal *j, struct sealed *s)
   }
   /* Rule R6, like a full ring: a checkpoint must empty the live region
    * first.  An empty one always has room (open_charge). */
-  if (t->sectors > QJ_MAX_LIVE_SECTORS - j->live_sectors ||
+  if (j->npending + 1 + s->has_skip > QJ_MAX_LIVE_TRANSACTIONS ||
+      t->sectors > QJ_MAX_LIVE_SECTORS - j->live_sectors ||
       t->nr_records > QJ_MAX_LIVE_RECORDS - j->live_records) {
     assert (j->npending > 0);
     errno = EAGAIN;
