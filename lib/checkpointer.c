@@ -26,14 +26,17 @@
 static void
 tick (struct qcow2_image *img)
 {
-  uint64_t idle = qcow2_now () - __atomic_load_n (&img->last_change,
-                                                  __ATOMIC_RELAXED);
-  bool pending = journal_durable_seq (img->journal) >=
-    journal_head_seq (img->journal);
-  bool open_records = journal_open_bytes (img->journal) > 0;
+  uint64_t idle;
+  bool pending, open_records;
 
+  /* No journal before (a writable open whose replay was refused never
+   * gets one). */
   if (qcow2_state (img) != SESSION_JOURNALLED)
     return;
+  idle = qcow2_now () - __atomic_load_n (&img->last_change, __ATOMIC_RELAXED);
+  pending = journal_durable_seq (img->journal) >=
+    journal_head_seq (img->journal);
+  open_records = journal_open_bytes (img->journal) > 0;
   /* Changes nobody flushed, left for a while: commit them. */
   if (open_records && idle > CHECKPOINT_AFTER_NS) {
     if (journal_commit (img->journal, NULL) == -1 && errno != EAGAIN)
