@@ -19,8 +19,8 @@
  * but a ring of 1 GiB could still hold a few million of them: the whole
  * chain is bounded too (rule R6: transactions, records, and sectors its
  * target ranges touch), and a chain that asks for more is refused before
- * anything is applied.  Both a replay in place and one in
- * memory (overlay.c) go through walk, which enforces it.
+ * anything is applied.  Both a replay in place and one in memory
+ * (overlay.c) go through walk, which enforces it.
  */
 #include <config.h>
 

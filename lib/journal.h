@@ -95,8 +95,8 @@ extern int journal_defer_free (struct journal *j, uint64_t value);
 /* Make everything added so far (by any thread) durable.  Returns 0 once it
  * is; -1 with errno EAGAIN if the ring has no room for the open
  * transaction, or if the live region and it would together ask replay
- * for more work than QJ_MAX_LIVE_SECTORS or QJ_MAX_LIVE_RECORDS
- * (checkpoint, then commit again), or with the I/O error that
+ * for more work than rule R6 allows (QJ_MAX_LIVE_TRANSACTIONS, _RECORDS,
+ * _SECTORS) (checkpoint, then commit again), or with the I/O error that
  * broke the journal (every later commit then fails too).  On return *seq,
  * if not NULL, is the sequence number covering the caller's records. */
 extern int journal_commit (struct journal *j, uint64_t *seq);
@@ -151,8 +151,8 @@ typedef int (*journal_apply_fn) (void *opaque, uint64_t offset,
  * it is applied).  Stops at the first invalid transaction.  Fails with
  * EINVAL on a valid transaction that carries an unknown record type or a
  * malformed record, and with EFBIG if the chain asks for more replay work
- * than QJ_MAX_LIVE_SECTORS or QJ_MAX_LIVE_RECORDS: such a journal is
- * refused, never half-applied. */
+ * than rule R6 allows (QJ_MAX_LIVE_TRANSACTIONS, _RECORDS, _SECTORS):
+ * such a journal is refused, never half-applied. */
 extern int journal_scan (struct journal *j, journal_apply_fn apply,
                          void *opaque, struct journal_replay_stats *stats);
 

@@ -90,9 +90,10 @@ grow (struct overlay *ov)
   return 0;
 }
 
-/* The overlay's copy of sector number, made from the file on first use. */
+/* The overlay's copy of sector number, made on first use: from the file,
+ * unless the caller is about to overwrite all of it (whole). */
 static uint8_t *
-sector_for_write (struct overlay *ov, uint64_t number)
+sector_for_write (struct overlay *ov, uint64_t number, bool whole)
 {
   struct sector *s = find (ov, number);
   size_t i;
@@ -114,7 +115,8 @@ sector_for_write (struct overlay *ov, uint64_t number)
     qerror ("malloc: %m");
     return NULL;
   }
-  if (hostio_pread (ov->inner, ov->table[i].data, SECTOR,
+  if (!whole &&
+      hostio_pread (ov->inner, ov->table[i].data, SECTOR,
                     number * SECTOR) == -1) {
     qerror ("%s: read: %m", ov->inner->name);
     free (ov->table[i].data);
@@ -134,7 +136,7 @@ overlay_apply (void *opaque, uint64_t offset, const void *buf, uint64_t count)
 
   while (count > 0) {
     uint64_t in = offset % SECTOR, n = MIN (count, SECTOR - in);
-    uint8_t *s = sector_for_write (ov, offset / SECTOR);
+    uint8_t *s = sector_for_write (ov, offset / SECTOR, n == SECTOR);
 
     if (s == NULL)
       return -1;

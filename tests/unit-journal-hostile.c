@@ -1,8 +1,9 @@
 /* Unit test of journal replay against hostile and corrupted journals.
  *
  * Replay must either refuse cleanly (journal_replay returns -1 with errno
- * EINVAL, the file byte-for-byte unchanged, docs/journal-format.md 6.6 and
- * 11.2 step 5) or stop at the first invalid transaction and apply exactly
+ * EINVAL, or EFBIG past the replay work bound of rule R6, the file
+ * byte-for-byte unchanged, docs/journal-format.md 6.6, 9 and 11.2 step 5)
+ * or stop at the first invalid transaction and apply exactly
  * the valid prefix (11.2 step 4); never crash, hang or allocate without
  * bound.  The base journal holds three committed transactions; each case
  * corrupts a copy (recomputing the CRC where the point is to get past it)

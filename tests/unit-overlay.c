@@ -10,6 +10,8 @@
  * and must be refused, quickly, by a read-only open (EFBIG, before the
  * overlay holds a sector) and by a writable one, without a byte of the
  * file changing; 128 reach the bound and must be accepted by both.
+ * Last, the writer's side: a workload that asks for more than the bound
+ * in all must checkpoint on the way and leave a journal that replays.
  */
 #include <config.h>
 
@@ -117,6 +119,70 @@ zero_chain (const uint8_t *dirty, uint64_t dirty_size, unsigned ntx)
   }
   qcow2_header_free (&h);
   return m;
+}
+
+/* The writer keeps the live region within the bound (rule R6): 72 new
+ * 2 MiB L2 tables (a ZERO of 4096 sectors each, 294 912 in all, more than
+ * the bound) written and flushed with no checkpoint thread running: the
+ * commits must checkpoint on the way (the head moves), every write
+ * succeeds, and the journal a killed server would leave replays, in
+ * memory and in place, to the disk as written. */
+static void
+writer_bound (void)
+{
+  struct qcow2_open_options rw = { .writable = true };
+  struct qcow2_open_options ro = { .writable = false };
+  const uint64_t span = 512ULL << 30;   /* what one 2 MiB L2 table maps */
+  const unsigned ntables = 72;
+  char path[] = "/tmp/qcow2j-overlay-bound.XXXXXX", copy[64];
+  uint8_t sector[512], got[512], sb[2][QJ_SB_USED];
+  struct qcow2_image *img, *w;
+  struct qcow2_header h;
+  struct hostio *io;
+  int fd;
+
+  fd = mkstemp (path);
+  CHECK (fd >= 0);
+  close (fd);
+  snprintf (copy, sizeof copy, "%s.dirty", path);
+  CHECK (qcow2_create (path, ntables * span, 2 * MiB, false, false) == 0);
+  w = qcow2_open (path, &rw);
+  CHECK (w != NULL && qcow2_make_writable (w) == 0);
+  for (unsigned i = 0; i < ntables; i++) {
+    memset (sector, i + 1, sizeof sector);
+    CHECK (qcow2_pwrite (w, sector, sizeof sector, i * span) == 0);
+  }
+  CHECK (qcow2_flush (w) == 0);
+  /* What a server killed now leaves: dirty, the head moved. */
+  CHECK (run_shell ("cp --sparse=always %s %s", path, copy) == 0);
+  CHECK (qcow2_close (w) == 0);
+  io = hostio_file_open (copy, false);
+  CHECK (io != NULL && qcow2_header_read (io, hostio_size (io), &h) == 0);
+  CHECK (h.incompatible_features & QJ_INCOMPAT_DIRTY);
+  CHECK (hostio_pread (io, sb[0], QJ_SB_USED, h.journal.offset) == 0 &&
+         hostio_pread (io, sb[1], QJ_SB_USED,
+                       h.journal.offset + QJ_BLOCK) == 0);
+  CHECK (get_be64 (sb[0] + QJ_SB_OFF_HEAD_SEQ) > 1 ||
+         get_be64 (sb[1] + QJ_SB_OFF_HEAD_SEQ) > 1);
+  qcow2_header_free (&h);
+  hostio_close (io);
+
+  for (int writable = 0; writable <= 1; writable++) {
+    img = qcow2_open (copy, writable ? &rw : &ro);
+    CHECK (img != NULL && qcow2_journal_dirty (img));
+    CHECK (writable ? qcow2_make_writable (img) == 0
+           : qcow2_replay_in_memory (img) == 0);
+    for (unsigned i = 0; i < ntables; i++) {
+      memset (sector, i + 1, sizeof sector);
+      CHECK (qcow2_pread (img, got, sizeof got, i * span) == 0);
+      CHECK (memcmp (got, sector, sizeof got) == 0);
+    }
+    CHECK (qcow2_close (img) == 0);
+  }
+  unlink (copy);
+  unlink (path);
+  printf ("writer: %u new 2 MiB L2 tables, checkpointed on the way, "
+          "replayed\n", ntables);
 }
 
 int
@@ -259,6 +325,7 @@ main (void)
   free (dirty);
   free (model);
   free (got);
+  writer_bound ();
   printf ("unit-overlay: ok\n");
   return EXIT_SUCCESS;
 }
