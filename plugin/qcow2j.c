@@ -218,13 +218,8 @@ qcow2j_open (int readonly_connection)
       : qcow2_prepare_writable (image);
     if (r == 0)
       writable = true;
-    else if (qcow2_journal_dirty (image)) {
-      /* Every refused connection says why (the first error, logged once,
-       * has the details). */
-      nbdkit_error ("%s: its dirty journal could not be replayed: %m: "
-                    "refusing the connection", filename);
+    else if (qcow2_journal_dirty (image))
       return NULL;
-    }
   }
   if (qcow2_replay_in_memory (image) == -1)
     return NULL;
