@@ -848,7 +848,8 @@ put_tx (uint8_t *d, uint64_t *off, uint64_t seq, const uint8_t *rec,
   put_be32 (t + QJ_TX_OFF_TOTAL, ROUNDUP (payload, QJ_BLOCK));
   put_be32 (t + QJ_TX_OFF_NR_RECORDS, nr);
   put_be64 (t + QJ_TX_OFF_MIN_FILE, min_file);
-  memcpy (t + QJ_TX_HEADER, rec, len);
+  if (len > 0)
+    memcpy (t + QJ_TX_HEADER, rec, len);
   reseal_len (d, AREA + *off, payload);
   *off += ROUNDUP (payload, QJ_BLOCK);
 }
