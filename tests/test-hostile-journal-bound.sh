@@ -2,8 +2,9 @@
 # A dirty journal that asks replay for more work than rule R6 allows
 # (docs/journal-format.md section 9: here, transactions of a few dozen
 # bytes that each zero the same 1 MiB, 129 MiB in all) is refused by every
-# open, at the open, with a message naming the total and the bound: the
-# read-only server serves nothing and the writable one lets no write,
+# open, at the open (a server logs a message naming the total and the
+# bound at its first): the read-only server serves nothing and the
+# writable one lets no write,
 # zero, trim or flush through, neither crashes nor hangs, and the file
 # does not change by a byte.  The same journal with 100 such transactions
 # (under the bound) is replayed, in memory and in place: the refusals are
