@@ -68,8 +68,7 @@ qcow2_commit_if_large (struct qcow2_image *img)
 {
   bool covered;
 
-  if (journal_open_bytes (img->journal) >
-      journal_ring_size (img->journal) / 8 &&
+  if (journal_open_is_large (img->journal) &&
       qcow2_commit (img, &covered) == -1)
     return -1;
   if (journal_ring_used (img->journal) > img->ring_high_water)

@@ -69,6 +69,29 @@
 #define QJ_REC_WRITE        2        /* offset u64, count u32, pad u32, bytes */
 #define QJ_REC_ZERO         3        /* n x { offset u64, count u64 } */
 
+/* Replay work (docs/journal-format.md rule R6): the live region (the
+ * transactions from the durable head to the tail) may hold at most
+ * QJ_MAX_LIVE_TRANSACTIONS transactions (SKIP fillers included) and
+ * QJ_MAX_LIVE_RECORDS records, and their target ranges may touch at most
+ * QJ_MAX_LIVE_SECTORS 512-byte sectors, counted once per target range (a
+ * SET64 entry, a WRITE record, a ZERO entry).  A writer checkpoints
+ * before it would exceed any of them; a reader refuses, before it changes
+ * anything, a journal that does.  Without them a few hundred bytes of
+ * ZERO records could ask a replay for gigabytes of writes, and a full
+ * ring for petabytes. */
+#define QJ_SECTOR                512
+#define QJ_MAX_LIVE_SECTORS      (1ULL << 18)    /* 128 MiB of sectors */
+#define QJ_MAX_LIVE_RECORDS      (1ULL << 20)
+#define QJ_MAX_LIVE_TRANSACTIONS (1ULL << 15)
+
+/* The sectors that the target range [offset, offset + count) touches
+ * (count >= 1, and the range ends at or below QJ_MAX_TARGET). */
+static inline uint64_t
+qj_target_sectors (uint64_t offset, uint64_t count)
+{
+  return (offset + count - 1) / QJ_SECTOR - offset / QJ_SECTOR + 1;
+}
+
 /* The only header bytes records may change: the words from size to
  * snapshots_offset (24-71 of cluster 0).  The feature words and the
  * extensions are written in place, never journalled. */

@@ -15,6 +15,7 @@ struct open_tx {
   uint8_t *buf;                 /* records, ready to follow the header */
   size_t len, cap;
   uint32_t nr_records;
+  uint64_t sectors;             /* replay work of its target ranges (R6) */
   size_t last_set64;            /* offset in buf of the last SET64 record */
   bool has_last_set64;
   uint64_t min_file_size;
@@ -48,9 +49,11 @@ struct journal {
 
   struct open_tx open;
 
-  /* Sealed transactions not yet checkpointed: where each ends. */
-  struct { uint64_t seq, end; } *pending;
+  /* Sealed transactions not yet checkpointed (the live region): where
+   * each ends and the replay work it holds, and that work's totals. */
+  struct { uint64_t seq, end, sectors, records; } *pending;
   size_t npending, cap_pending;
+  uint64_t live_sectors, live_records;
   /* Deferred frees waiting for the head to pass their transaction. */
   struct { uint64_t seq, value; } *deferred;
   size_t ndeferred, cap_deferred;

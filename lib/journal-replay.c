@@ -14,6 +14,13 @@
  * transaction that does check but carries an unknown record type or a
  * malformed record refuses the whole replay: skipping a record would
  * break the transaction's atomicity, and applying a prefix of it would too.
+ *
+ * Each record is bounded on its own (QJ_MAX_ZERO, QJ_MAX_TRANSACTION),
+ * but a ring of 1 GiB could still hold a few million of them: the whole
+ * chain is bounded too (rule R6: transactions, records, and sectors its
+ * target ranges touch), and a chain that asks for more is refused before
+ * anything is applied.  Both a replay in place and one in memory
+ * (overlay.c) go through walk, which enforces it.
  */
 #include <config.h>
 
@@ -85,10 +92,11 @@ target_ok (const struct journal *j, uint64_t off, uint64_t count,
 }
 
 /* Check a crc-valid transaction whose bytes are tx[0..payload).  Returns 0
- * if it is well formed, else refuses (-1, EINVAL). */
+ * if it is well formed, with the sectors its target ranges touch in
+ * *sectors (rule R6), else refuses (-1, EINVAL). */
 static int
 check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
-                   uint32_t payload)
+                   uint32_t payload, uint64_t *sectors)
 {
   uint32_t flags = get_be32 (tx + QJ_TX_OFF_FLAGS);
   uint32_t nr_records = get_be32 (tx + QJ_TX_OFF_NR_RECORDS);
@@ -96,6 +104,7 @@ check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
   const uint8_t *p = tx + QJ_TX_HEADER;
   uint32_t len = payload - QJ_TX_HEADER, n = 0;
 
+  *sectors = 0;
   if (flags & ~QJ_TX_FLAG_SKIP)
     return refuse (j, seq, "unknown flags 0x%" PRIx32, flags);
   for (int i = 48; i < QJ_TX_HEADER; i++)
@@ -145,6 +154,7 @@ check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
           return refuse (j, seq, "record %" PRIu32 " (type %u): target "
                          "0x%" PRIx64 "+%" PRIu64 " is out of bounds", n,
                          type, off, count);
+        *sectors += qj_target_sectors (off, count);
       }
       break;
     case QJ_REC_WRITE: {
@@ -165,6 +175,7 @@ check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
       if (!target_ok (j, off, count, min_file))
         return refuse (j, seq, "record %" PRIu32 " (write): target 0x%"
                        PRIx64 "+%" PRIu64 " is out of bounds", n, off, count);
+      *sectors += qj_target_sectors (off, count);
       break;
     }
     default:
@@ -221,12 +232,59 @@ struct chain {
   uint64_t end, end_seq;        /* where it stops */
 };
 
+/* The replay work of the chain so far (rule R6). */
+struct work {
+  uint64_t first_seq;           /* where the chain starts */
+  uint64_t transactions, records, sectors;
+};
+
+/* Add transaction seq's work to *w; refuse (-1, EFBIG) once the chain
+ * asks for more than a writer may leave in the live region. */
+static int
+add_work (const struct journal *j, struct work *w, uint64_t seq,
+          uint32_t records, uint64_t sectors)
+{
+  const char *what;
+  uint64_t total, bound;
+
+  w->transactions++;
+  w->records += records;
+  w->sectors += sectors;
+  if (w->transactions > QJ_MAX_LIVE_TRANSACTIONS) {
+    what = "transactions";
+    total = w->transactions;
+    bound = QJ_MAX_LIVE_TRANSACTIONS;
+  }
+  else if (w->records > QJ_MAX_LIVE_RECORDS) {
+    what = "records";
+    total = w->records;
+    bound = QJ_MAX_LIVE_RECORDS;
+  }
+  else if (w->sectors > QJ_MAX_LIVE_SECTORS) {
+    what = "sectors written";
+    total = w->sectors;
+    bound = QJ_MAX_LIVE_SECTORS;
+  }
+  else
+    return 0;
+  qerror ("%s: journal transactions %" PRIu64 " to %" PRIu64 " ask replay "
+          "for too much work: %s: %" PRIu64 ", more than the bound of %"
+          PRIu64 " (docs/journal-format.md rule R6; %" PRIu64 " MiB to "
+          "write, at most %" PRIu64 " MiB): refusing to replay the journal",
+          j->io->name, w->first_seq, seq, what, total, bound,
+          w->sectors * QJ_SECTOR >> 20,
+          (uint64_t) QJ_MAX_LIVE_SECTORS * QJ_SECTOR >> 20);
+  errno = EFBIG;
+  return -1;
+}
+
 static int
 walk (struct journal *j, struct chain *chain, journal_apply_fn apply,
       void *opaque, struct journal_replay_stats *stats)
 {
   uint64_t off = j->head, seq = j->head_seq, walked = 0;
   const uint64_t ring = j->size - QJ_RING_START;
+  struct work work = { .first_seq = seq };
   CLEANUP_FREE uint8_t *buf = NULL;
   uint64_t n;
 
@@ -235,6 +293,7 @@ walk (struct journal *j, struct chain *chain, journal_apply_fn apply,
   for (n = 0; apply == NULL || n < chain->length; n++) {
     uint8_t h[QJ_TX_HEADER];
     uint32_t payload, total, flags, crc;
+    uint64_t sectors;
 
     if (apply == NULL && walked >= ring)
       break;
@@ -255,11 +314,15 @@ walk (struct journal *j, struct chain *chain, journal_apply_fn apply,
     if (crc32c (0, buf, payload) != crc)
       break;
 
+    /* Certainly written by a qcow2j journal: anything in it that we do
+     * not understand refuses the replay rather than ending the chain.
+     * Checked again when applying, so that what is applied (overlay.c
+     * relies on the bound) is what was checked. */
+    if (check_transaction (j, seq, buf, payload, &sectors) == -1 ||
+        add_work (j, &work, seq, get_be32 (buf + QJ_TX_OFF_NR_RECORDS),
+                  sectors) == -1)
+      return -1;
     if (apply == NULL) {
-      /* Certainly written by a qcow2j journal: anything in it that we do
-       * not understand refuses the replay rather than ending the chain. */
-      if (check_transaction (j, seq, buf, payload) == -1)
-        return -1;
       if (!(flags & QJ_TX_FLAG_SKIP)) {
         if (stats->transactions == 0)
           stats->first_seq = seq;
@@ -281,6 +344,7 @@ walk (struct journal *j, struct chain *chain, journal_apply_fn apply,
     chain->length = n;
     chain->end = off;
     chain->end_seq = seq;
+    stats->sectors = work.sectors;
   }
   else if (n != chain->length) {
     qerror ("%s: journal changed while it was replayed", j->io->name);

@@ -25,6 +25,14 @@
  * 4. Empty and full rings both have head == tail; they are told apart by
  *    sequence numbers (head_seq == next_seq means empty).
  *
+ * 5. The live region never asks replay for more work than rule R6 allows
+ *    (QJ_MAX_LIVE_TRANSACTIONS, _RECORDS, _SECTORS): one transaction never
+ *    does (journal_add_* refuse with EFBIG), and a commit that would take
+ *    the live region past it returns EAGAIN, like a full ring, so that
+ *    the caller checkpoints first.  Without this, records a few bytes
+ *    long (a ZERO of a 2 MiB table) could fill the ring with more work
+ *    than any reader can afford, and a reader must refuse such a journal.
+ *
  * Locking: 'lock' guards all in-memory state and is never held across I/O.
  * 'sb_lock' serializes superblock writes (generation and copy alternate),
  * and is held across that write and its flush: only the checkpoint and
@@ -193,6 +201,7 @@ journal_reset_ring (struct journal *j, uint64_t head, uint64_t head_seq)
   j->head_seq = j->next_seq = head_seq;
   j->durable_seq = head_seq - 1;
   j->npending = 0;
+  j->live_sectors = j->live_records = 0;
 }
 
 struct journal *
@@ -323,6 +332,28 @@ raise_min_file_size (struct journal *j, uint64_t end)
   j->open.touched = true;
 }
 
+/* Under lock: may the open transaction take records more records whose
+ * target ranges touch sectors more sectors?  Rule R6 bounds what the
+ * live region asks of a replay; one transaction alone must fit in it.
+ * Checked before anything is added, so a refusal adds nothing. */
+static int
+open_charge (struct journal *j, uint64_t sectors, uint64_t records)
+{
+  const struct open_tx *t = &j->open;
+
+  if (sectors > QJ_MAX_LIVE_SECTORS - t->sectors ||
+      records > QJ_MAX_LIVE_RECORDS - t->nr_records) {
+    qerror ("%s: journal: transaction would ask replay for %" PRIu64
+            " sectors in %" PRIu64 " records, more than the bound of %llu "
+            "sectors and %llu records", j->io->name, t->sectors + sectors,
+            t->nr_records + records, QJ_MAX_LIVE_SECTORS,
+            QJ_MAX_LIVE_RECORDS);
+    errno = EFBIG;
+    return -1;
+  }
+  return 0;
+}
+
 /* Reserve len bytes at the end of the open transaction's records. */
 static uint8_t *
 open_append (struct journal *j, size_t len)
@@ -355,6 +386,8 @@ journal_add_set64 (struct journal *j, uint64_t offset, uint64_t value)
   /* Extend the last record if it is a SET64: 16 bytes per entry. */
   if (t->has_last_set64 && t->last_set64 + get_be32 (t->buf + t->last_set64 + 4)
       == t->len) {
+    if (open_charge (j, 1, 0) == -1)
+      return -1;
     p = open_append (j, 16);
     if (p == NULL)
       return -1;
@@ -362,6 +395,8 @@ journal_add_set64 (struct journal *j, uint64_t offset, uint64_t value)
               get_be32 (t->buf + t->last_set64 + 4) + 16);
   }
   else {
+    if (open_charge (j, 1, 1) == -1)
+      return -1;
     p = open_append (j, QJ_REC_HEADER + 16);
     if (p == NULL)
       return -1;
@@ -375,6 +410,7 @@ journal_add_set64 (struct journal *j, uint64_t offset, uint64_t value)
   }
   put_be64 (p, offset);
   put_be64 (p + 8, value);
+  t->sectors++;
   raise_min_file_size (j, offset + 8);
   return 0;
 }
@@ -387,7 +423,10 @@ journal_add_write (struct journal *j, uint64_t offset, const void *buf,
   size_t len = QJ_REC_HEADER + 16 + ROUND_UP ((size_t) count, 8);
   uint8_t *p;
 
-  assert (offset < QJ_MAX_TARGET && count <= QJ_MAX_TARGET - offset);
+  assert (count >= 1 && offset < QJ_MAX_TARGET &&
+          count <= QJ_MAX_TARGET - offset);
+  if (open_charge (j, qj_target_sectors (offset, count), 1) == -1)
+    return -1;
   p = open_append (j, len);
   if (p == NULL)
     return -1;
@@ -398,6 +437,7 @@ journal_add_write (struct journal *j, uint64_t offset, const void *buf,
   put_be32 (p + 16, count);
   memcpy (p + 24, buf, count);
   j->open.nr_records++;
+  j->open.sectors += qj_target_sectors (offset, count);
   raise_min_file_size (j, offset + count);
   return 0;
 }
@@ -409,6 +449,10 @@ journal_add_zero (struct journal *j, uint64_t offset, uint64_t count)
 
   assert (offset % 512 == 0 && count % 512 == 0);
   assert (offset < QJ_MAX_TARGET && count <= QJ_MAX_TARGET - offset);
+  /* One record per QJ_MAX_ZERO bytes, one sector per 512 bytes. */
+  if (open_charge (j, count / QJ_SECTOR,
+                   (count + QJ_MAX_ZERO - 1) / QJ_MAX_ZERO) == -1)
+    return -1;
   while (count > 0) {
     uint64_t n = MIN (count, (uint64_t) QJ_MAX_ZERO);
     uint8_t *p = open_append (j, QJ_REC_HEADER + 16);
@@ -421,6 +465,7 @@ journal_add_zero (struct journal *j, uint64_t offset, uint64_t count)
     put_be64 (p + 8, offset);
     put_be64 (p + 16, n);
     j->open.nr_records++;
+    j->open.sectors += n / QJ_SECTOR;
     raise_min_file_size (j, offset + n);
     offset += n;
     count -= n;
@@ -527,14 +572,23 @@ seal_crc (uint8_t *h, uint32_t payload)
   put_be32 (h + QJ_TX_OFF_CRC, crc32c (0, h, payload));
 }
 
-/* Under lock, with room reserved: remember where transaction seq ends. */
+/* Under lock, with room reserved: remember where transaction seq ends,
+ * and the replay work it adds to the live region. */
 static void
-add_pending (struct journal *j, uint64_t seq, uint64_t end)
+add_pending (struct journal *j, uint64_t seq, uint64_t end, uint64_t sectors,
+             uint64_t records)
 {
   assert (j->npending < j->cap_pending);
   j->pending[j->npending].seq = seq;
   j->pending[j->npending].end = end;
+  j->pending[j->npending].sectors = sectors;
+  j->pending[j->npending].records = records;
   j->npending++;
+  j->live_sectors += sectors;
+  j->live_records += records;
+  assert (j->npending <= QJ_MAX_LIVE_TRANSACTIONS &&
+          j->live_sectors <= QJ_MAX_LIVE_SECTORS &&
+          j->live_records <= QJ_MAX_LIVE_RECORDS);
 }
 
 /* Under lock: turn the open transaction into bytes to write and claim its
@@ -559,6 +613,15 @@ seal (struct journal *j, struct sealed *s)
     errno = EAGAIN;
     return -1;
   }
+  /* Rule R6, like a full ring: a checkpoint must empty the live region
+   * first.  An empty one always has room (open_charge). */
+  if (j->npending + 1 + s->has_skip > QJ_MAX_LIVE_TRANSACTIONS ||
+      t->sectors > QJ_MAX_LIVE_SECTORS - j->live_sectors ||
+      t->nr_records > QJ_MAX_LIVE_RECORDS - j->live_records) {
+    assert (j->npending > 0);
+    errno = EAGAIN;
+    return -1;
+  }
   /* Reserve everything that can fail before changing any state. */
   if (grow ((void **) &j->pending, &j->cap_pending, j->npending + 2,
             sizeof *j->pending) == -1 ||
@@ -578,7 +641,7 @@ seal (struct journal *j, struct sealed *s)
     encode_tx_header (j, s->buf, j->next_seq, QJ_TX_HEADER, skip_total, 0,
                       QJ_TX_FLAG_SKIP, 0);
     seal_crc (s->buf, QJ_TX_HEADER);
-    add_pending (j, j->next_seq, j->size);
+    add_pending (j, j->next_seq, j->size, 0, 0);
     j->next_seq++;
     j->tail = QJ_RING_START;
   }
@@ -595,7 +658,7 @@ seal (struct journal *j, struct sealed *s)
   if (t->len > 0)
     memcpy (h + QJ_TX_HEADER, t->buf, t->len);
   seal_crc (h, payload);
-  add_pending (j, s->seq, j->tail + total);
+  add_pending (j, s->seq, j->tail + total, t->sectors, t->nr_records);
   j->next_seq++;
   j->tail = journal_ring_next (j, j->tail + total);
 
@@ -608,6 +671,7 @@ seal (struct journal *j, struct sealed *s)
 
   t->len = 0;
   t->nr_records = 0;
+  t->sectors = 0;
   t->nr_frees = 0;
   t->has_last_set64 = false;
   t->min_file_size = 0;
@@ -752,6 +816,15 @@ journal_open_bytes (struct journal *j)
   return j->open.len;
 }
 
+bool
+journal_open_is_large (struct journal *j)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+  return j->open.len > (j->size - QJ_RING_START) / 8 ||
+    j->open.sectors > QJ_MAX_LIVE_SECTORS / 8 ||
+    j->open.nr_records > QJ_MAX_LIVE_RECORDS / 8;
+}
+
 /* Checkpoint hooks ---------------------------------------------------------- */
 
 uint64_t
@@ -818,8 +891,10 @@ journal_checkpointed (struct journal *j, uint64_t seq)
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
   j->head = new_head;
   j->head_seq = new_head_seq;
-  for (k = 0; k < j->npending && j->pending[k].seq < new_head_seq; k++)
-    ;
+  for (k = 0; k < j->npending && j->pending[k].seq < new_head_seq; k++) {
+    j->live_sectors -= j->pending[k].sectors;
+    j->live_records -= j->pending[k].records;
+  }
   memmove (j->pending, j->pending + k, (j->npending - k) * sizeof *j->pending);
   j->npending -= k;
 

@@ -73,7 +73,8 @@ extern void journal_end (struct journal *j);
  * (replay may apply them more than once).  Each raises the transaction's
  * min_file_size to cover its target.  ZERO ranges are 512-byte aligned.
  * -1 with ENOMEM, or EFBIG if the transaction would exceed the largest
- * one the ring can hold (commit, then add again). */
+ * one the ring can hold, or the replay work one journal may ask for
+ * (QJ_MAX_LIVE_SECTORS, QJ_MAX_LIVE_RECORDS): commit, then add again. */
 extern int journal_add_set64 (struct journal *j, uint64_t offset,
                               uint64_t value);
 extern int journal_add_write (struct journal *j, uint64_t offset,
@@ -93,7 +94,9 @@ extern int journal_defer_free (struct journal *j, uint64_t value);
 
 /* Make everything added so far (by any thread) durable.  Returns 0 once it
  * is; -1 with errno EAGAIN if the ring has no room for the open
- * transaction (checkpoint, then commit again), or with the I/O error that
+ * transaction, or if the live region and it would together ask replay
+ * for more work than rule R6 allows (QJ_MAX_LIVE_TRANSACTIONS, _RECORDS,
+ * _SECTORS) (checkpoint, then commit again), or with the I/O error that
  * broke the journal (every later commit then fails too).  On return *seq,
  * if not NULL, is the sequence number covering the caller's records. */
 extern int journal_commit (struct journal *j, uint64_t *seq);
@@ -106,6 +109,10 @@ extern void journal_generations (struct journal *j, uint64_t *sealed,
                                  uint64_t *durable);
 /* Bytes of records in the open transaction. */
 extern size_t journal_open_bytes (struct journal *j);
+/* True if the open transaction should be committed before more is added
+ * to it: it holds an eighth of the ring, or of the replay work one
+ * journal may ask for (so that no change finds it full). */
+extern bool journal_open_is_large (struct journal *j);
 
 /* Checkpoint hooks. */
 extern uint64_t journal_durable_seq (struct journal *j);
@@ -129,6 +136,7 @@ extern size_t journal_take_released (struct journal *j, uint64_t *values,
 struct journal_replay_stats {
   uint64_t transactions;        /* valid transactions applied */
   uint64_t records;
+  uint64_t sectors;             /* replay work of their target ranges */
   uint64_t first_seq, last_seq; /* range applied (if transactions > 0) */
   uint64_t min_file_size;       /* largest min_file_size seen */
 };
@@ -139,10 +147,12 @@ typedef int (*journal_apply_fn) (void *opaque, uint64_t offset,
                                  const void *buf, uint64_t count);
 
 /* Walk the valid transactions from the head, in order, passing each one's
- * records to apply (every record of a transaction is checked before any
- * of it is applied).  Stops at the first invalid transaction.  Fails with
+ * records to apply (every record of the chain is checked before any of
+ * it is applied).  Stops at the first invalid transaction.  Fails with
  * EINVAL on a valid transaction that carries an unknown record type or a
- * malformed record: such a journal is refused, never half-applied. */
+ * malformed record, and with EFBIG if the chain asks for more replay work
+ * than rule R6 allows (QJ_MAX_LIVE_TRANSACTIONS, _RECORDS, _SECTORS):
+ * such a journal is refused, never half-applied. */
 extern int journal_scan (struct journal *j, journal_apply_fn apply,
                          void *opaque, struct journal_replay_stats *stats);
 

@@ -7,14 +7,18 @@
  * reads its file through a hostio that returns the file's bytes patched
  * with those sectors.  Guest data is never in the journal, so only
  * metadata sectors are held.  A hostile journal could name a great many
- * sectors: the overlay refuses to grow past MAX_OVERLAY_BYTES (a writable
- * open replays any journal in place).
+ * sectors, or the same ones over and over: journal_scan refuses, before
+ * any record reaches the overlay, a journal whose records touch more than
+ * QJ_MAX_LIVE_SECTORS sectors in all (rule R6, the bound a writable
+ * open's replay in place obeys too), so the overlay never holds more than
+ * that many, nor spends more than that much copying.
  *
  * The overlay is built once, before any reader uses the image, and only
  * read afterwards: no lock is needed.
  */
 #include <config.h>
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -30,8 +34,7 @@
 #include "state.h"
 #include "tables.h"
 
-#define SECTOR 512
-#define MAX_OVERLAY_BYTES (256ULL << 20)
+#define SECTOR QJ_SECTOR
 
 struct sector {
   uint64_t number;              /* file offset / SECTOR, + 1 (0: empty) */
@@ -87,29 +90,19 @@ grow (struct overlay *ov)
   return 0;
 }
 
-static int
-too_much (const struct overlay *ov)
-{
-  qerror ("%s: journal: more than %llu MiB of metadata to replay in "
-          "memory: open the image writable to replay it",
-          ov->inner->name, MAX_OVERLAY_BYTES >> 20);
-  errno = EFBIG;
-  return -1;
-}
-
-/* The overlay's copy of sector number, made from the file on first use. */
+/* The overlay's copy of sector number, made on first use: from the file,
+ * unless the caller is about to overwrite all of it (whole). */
 static uint8_t *
-sector_for_write (struct overlay *ov, uint64_t number)
+sector_for_write (struct overlay *ov, uint64_t number, bool whole)
 {
   struct sector *s = find (ov, number);
   size_t i;
 
   if (s)
     return s->data;
-  if ((ov->used + 1) * SECTOR > MAX_OVERLAY_BYTES) {
-    too_much (ov);
-    return NULL;
-  }
+  /* Every sector copied was touched by a record that journal_scan
+   * counted against the bound. */
+  assert (ov->used < QJ_MAX_LIVE_SECTORS);
   if (ov->used * 2 >= ov->cap && grow (ov) == -1) {
     qerror ("calloc: %m");
     return NULL;
@@ -122,7 +115,8 @@ sector_for_write (struct overlay *ov, uint64_t number)
     qerror ("malloc: %m");
     return NULL;
   }
-  if (hostio_pread (ov->inner, ov->table[i].data, SECTOR,
+  if (!whole &&
+      hostio_pread (ov->inner, ov->table[i].data, SECTOR,
                     number * SECTOR) == -1) {
     qerror ("%s: read: %m", ov->inner->name);
     free (ov->table[i].data);
@@ -140,12 +134,9 @@ overlay_apply (void *opaque, uint64_t offset, const void *buf, uint64_t count)
 {
   struct overlay *ov = opaque;
 
-  /* One record past the bound is refused before any sector is copied. */
-  if (count > MAX_OVERLAY_BYTES)
-    return too_much (ov);
   while (count > 0) {
     uint64_t in = offset % SECTOR, n = MIN (count, SECTOR - in);
-    uint8_t *s = sector_for_write (ov, offset / SECTOR);
+    uint8_t *s = sector_for_write (ov, offset / SECTOR, n == SECTOR);
 
     if (s == NULL)
       return -1;

@@ -1,8 +1,9 @@
 /* Unit test of journal replay against hostile and corrupted journals.
  *
  * Replay must either refuse cleanly (journal_replay returns -1 with errno
- * EINVAL, the file byte-for-byte unchanged, docs/journal-format.md 6.6 and
- * 11.2 step 5) or stop at the first invalid transaction and apply exactly
+ * EINVAL, or EFBIG past the replay work bound of rule R6, the file
+ * byte-for-byte unchanged, docs/journal-format.md 6.6, 9 and 11.2 step 5)
+ * or stop at the first invalid transaction and apply exactly
  * the valid prefix (11.2 step 4); never crash, hang or allocate without
  * bound.  The base journal holds three committed transactions; each case
  * corrupts a copy (recomputing the CRC where the point is to get past it)
@@ -16,6 +17,7 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -226,10 +228,22 @@ struct outcome {
   uint8_t *d;                   /* the file afterwards */
   size_t n;
   char msg[512];
+  double secs;                  /* journal_open and journal_replay took */
 };
 
+static double
+now (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Open the journal of area_size bytes at AREA in a copy of img, and
+ * replay it. */
 static void
-run (const uint8_t *img, size_t n, struct outcome *o)
+run_area (const uint8_t *img, size_t n, uint64_t area_size, struct outcome *o)
 {
   struct mem_io *m = mem_io_new ("hostile", n);
   struct journal *j;
@@ -238,7 +252,8 @@ run (const uint8_t *img, size_t n, struct outcome *o)
   memcpy (m->data, img, n);
   last_msg[0] = '\0';
   errno = 0;
-  j = journal_open (&m->io, AREA, AREA_SIZE, ID, CLUSTER);
+  o->secs = now ();
+  j = journal_open (&m->io, AREA, area_size, ID, CLUSTER);
   o->opened = j != NULL;
   o->err = errno;
   if (j) {
@@ -249,11 +264,18 @@ run (const uint8_t *img, size_t n, struct outcome *o)
     o->head_seq = journal_head_seq (j);
     journal_free (j);
   }
+  o->secs = now () - o->secs;
   snprintf (o->msg, sizeof o->msg, "%s", last_msg);
   o->n = m->size;
   o->d = malloc (m->size);
   memcpy (o->d, m->data, m->size);
   hostio_close (&m->io);
+}
+
+static void
+run (const uint8_t *img, size_t n, struct outcome *o)
+{
+  run_area (img, n, AREA_SIZE, o);
 }
 
 static void
@@ -790,6 +812,252 @@ superblock_cases (void)
   expect_prefix ("sb1 made newest", d, base2_n, B2, 7, 4);
 }
 
+/* The replay work bound (rule R6). ------------------------------------- */
+
+/* A file of file_size bytes with a fresh journal of area_size bytes at
+ * AREA (empty ring) and 0x5a bytes after it, where ZERO records aim. */
+static uint8_t *
+bound_image (uint64_t area_size, size_t file_size)
+{
+  struct mem_io *m = mem_io_new ("bound", file_size);
+  struct journal *j = journal_create (&m->io, AREA, area_size, ID, CLUSTER);
+  uint8_t *d;
+
+  CHECK (j != NULL && m->size == file_size);
+  journal_free (j);
+  memset (m->data + AREA + area_size, 0x5a, file_size - AREA - area_size);
+  d = dup_img (m->data, file_size);
+  hostio_close (&m->io);
+  return d;
+}
+
+/* Write transaction seq at area offset *off of d, holding the nr records
+ * rec[0..len), and move *off past it. */
+static void
+put_tx (uint8_t *d, uint64_t *off, uint64_t seq, const uint8_t *rec,
+        uint32_t len, uint32_t nr, uint64_t min_file)
+{
+  uint8_t *t = d + AREA + *off;
+  uint32_t payload = QJ_TX_HEADER + len;
+
+  memset (t, 0, QJ_TX_HEADER);
+  memcpy (t + QJ_TX_OFF_MAGIC, QJ_TX_MAGIC, 4);
+  put_be64 (t + QJ_TX_OFF_ID, ID);
+  put_be64 (t + QJ_TX_OFF_SEQ, seq);
+  put_be32 (t + QJ_TX_OFF_PAYLOAD, payload);
+  put_be32 (t + QJ_TX_OFF_TOTAL, ROUNDUP (payload, QJ_BLOCK));
+  put_be32 (t + QJ_TX_OFF_NR_RECORDS, nr);
+  put_be64 (t + QJ_TX_OFF_MIN_FILE, min_file);
+  if (len > 0)
+    memcpy (t + QJ_TX_HEADER, rec, len);
+  reseal_len (d, AREA + *off, payload);
+  *off += ROUNDUP (payload, QJ_BLOCK);
+}
+
+/* Replay d (area_size at AREA): accepted with ntx transactions and
+ * sectors sectors of work, or (ntx 0) refused with EFBIG, the file
+ * unchanged and a message naming the total (needle). */
+static void
+expect_bound (const char *name, uint8_t *d, size_t n, uint64_t area_size,
+              uint64_t ntx, uint64_t sectors, const char *needle)
+{
+  struct outcome o;
+
+  begin (name);
+  run_area (d, n, area_size, &o);
+  EXPECT (o.opened);
+  if (ntx > 0) {
+    EXPECT (o.r == 0);
+    EXPECT (o.st.transactions == ntx && o.st.sectors == sectors);
+  }
+  else {
+    EXPECT (o.r == -1 && o.err == EFBIG);
+    EXPECT (o.n == n && memcmp (o.d, d, n) == 0);
+    EXPECT (strstr (o.msg, needle) != NULL);
+    EXPECT (strstr (o.msg, "rule R6") != NULL);
+  }
+  printf ("%s: %s in %.3f s%s%s\n", name, o.r == 0 ? "replayed" : "refused",
+          o.secs, o.r == 0 ? "" : ": ", o.r == 0 ? "" : o.msg);
+  if (case_failed)
+    fprintf (stderr, "  [%s] replay = %d, errno %d, %" PRIu64 " tx, %" PRIu64
+             " sectors, message \"%s\"\n", name, o.r, o.err,
+             o.st.transactions, o.st.sectors, o.msg);
+  free (o.d);
+  free (d);
+  end ();
+}
+
+/* Chains of n transactions that each zero the same 1 MiB (2048 sectors,
+ * counted every time): 128 reach the bound, 129 pass it. */
+static uint8_t *
+zero_chain (unsigned n, size_t *size)
+{
+  const uint64_t tgt = AREA + AREA_SIZE;
+  uint8_t rec[QJ_REC_HEADER + 16], *d;
+  uint64_t off = QJ_RING_START;
+
+  *size = tgt + (1 << 20);
+  d = bound_image (AREA_SIZE, *size);
+  memset (rec, 0, sizeof rec);
+  put_be16 (rec, QJ_REC_ZERO);
+  put_be32 (rec + 4, sizeof rec);
+  put_be64 (rec + 8, tgt);
+  put_be64 (rec + 16, 1 << 20);
+  for (unsigned k = 1; k <= n; k++)
+    put_tx (d, &off, k, rec, sizeof rec, 1, tgt + (1 << 20));
+  return d;
+}
+
+static void
+bound_cases (void)
+{
+  const uint64_t big_area = 129ULL << 20;
+  struct outcome o;
+  uint8_t *d, *pad;
+  uint64_t off;
+  size_t n;
+
+  /* How sectors are counted: base1 touches 10 (the 1024-byte WRITE two);
+   * a 13-byte WRITE across a sector boundary touches two. */
+  begin ("sectors of the base journal");
+  run (base1, base1_n, &o);
+  EXPECT (o.r == 0 && o.st.sectors == 10);
+  free (o.d);
+  end ();
+  begin ("a WRITE across a sector boundary");
+  run (d = tx2_put64 (R_WRITE + 8, META + 0x2000 + 505), base1_n, &o);
+  EXPECT (o.r == 0 && o.st.sectors == 11);
+  free (o.d);
+  free (d);
+  end ();
+
+  /* Sectors: many small ZERO transactions. */
+  d = zero_chain (128, &n);
+  expect_bound ("128 transactions zeroing 1 MiB each (at the bound)", d, n,
+                AREA_SIZE, 128, QJ_MAX_LIVE_SECTORS, NULL);
+  d = zero_chain (128, &n);
+  run (d, n, &o);
+  for (size_t i = AREA + AREA_SIZE; i < n && o.r == 0; i++)
+    CHECK (o.d[i] == 0);
+  free (o.d);
+  free (d);
+  d = zero_chain (129, &n);
+  expect_bound ("129 transactions zeroing 1 MiB each", d, n, AREA_SIZE, 0, 0,
+                "sectors written: 264192, more than the bound of 262144");
+  d = zero_chain (200, &n);
+  expect_bound ("200 transactions zeroing 1 MiB each", d, n, AREA_SIZE, 0, 0,
+                "transactions 1 to 129 ask replay");
+
+  /* One 328-byte transaction zeroing 512 MiB (issue #11). */
+  {
+    uint8_t rec[QJ_REC_HEADER + 16 * 16];
+    const uint64_t tgt = AREA + AREA_SIZE;
+
+    n = tgt + 4096;
+    d = bound_image (AREA_SIZE, n);
+    memset (rec, 0, sizeof rec);
+    put_be16 (rec, QJ_REC_ZERO);
+    put_be32 (rec + 4, sizeof rec);
+    for (int i = 0; i < 16; i++) {
+      put_be64 (rec + 8 + 16 * i, tgt + (uint64_t) i * QJ_MAX_ZERO);
+      put_be64 (rec + 16 + 16 * i, QJ_MAX_ZERO);
+    }
+    off = QJ_RING_START;
+    put_tx (d, &off, 1, rec, sizeof rec, 1, tgt + 16ULL * QJ_MAX_ZERO);
+    CHECK (get_be32 (d + AREA + QJ_RING_START + QJ_TX_OFF_PAYLOAD) == 328);
+    expect_bound ("one 328-byte transaction zeroing 512 MiB", d, n, AREA_SIZE,
+                  0, 0, "sectors written: 1048576");
+  }
+
+  /* Transactions: empty ones, in a ring large enough for 32769. */
+  n = AREA + big_area;
+  d = bound_image (big_area, n);
+  off = QJ_RING_START;
+  for (uint64_t k = 1; k <= QJ_MAX_LIVE_TRANSACTIONS; k++)
+    put_tx (d, &off, k, NULL, 0, 0, 0);
+  expect_bound ("32768 empty transactions", dup_img (d, n), n, big_area,
+                QJ_MAX_LIVE_TRANSACTIONS, 0, NULL);
+  put_tx (d, &off, QJ_MAX_LIVE_TRANSACTIONS + 1, NULL, 0, 0, 0);
+  expect_bound ("32769 empty transactions", d, n, big_area, 0, 0,
+                "transactions: 32769, more than the bound of 32768");
+
+  /* Records: one transaction of PAD records. */
+  n = AREA + (16ULL << 20);
+  pad = calloc (QJ_MAX_LIVE_RECORDS + 1, 8);
+  CHECK (pad != NULL);
+  for (uint64_t i = 0; i <= QJ_MAX_LIVE_RECORDS; i++)
+    put_be32 (pad + 8 * i + 4, 8);
+  d = bound_image (16ULL << 20, n);
+  off = QJ_RING_START;
+  put_tx (d, &off, 1, pad, 8 * QJ_MAX_LIVE_RECORDS, QJ_MAX_LIVE_RECORDS, 0);
+  expect_bound ("2^20 PAD records", d, n, 16ULL << 20, 1, 0, NULL);
+  d = bound_image (16ULL << 20, n);
+  off = QJ_RING_START;
+  put_tx (d, &off, 1, pad, 8 * (QJ_MAX_LIVE_RECORDS + 1),
+          QJ_MAX_LIVE_RECORDS + 1, 0);
+  expect_bound ("2^20 + 1 PAD records", d, n, 16ULL << 20, 0, 0,
+                "records: 1048577, more than the bound of 1048576");
+  free (pad);
+}
+
+/* The writer never leaves a live region past the bound: one transaction
+ * may not exceed it (EFBIG), and a commit that would take the live region
+ * past it asks for a checkpoint first (EAGAIN), as a full ring does. */
+static void
+writer_bound_cases (void)
+{
+  const uint64_t half = QJ_MAX_LIVE_SECTORS / 2 * QJ_SECTOR;
+  const uint64_t tgt = AREA + AREA_SIZE, big_area = 129ULL << 20;
+  struct mem_io *m = mem_io_new ("writer", FILE0);
+  struct journal *j = journal_create (&m->io, AREA, AREA_SIZE, ID, CLUSTER);
+  struct outcome o;
+  uint64_t seq;
+
+  begin ("writer: sectors");
+  CHECK (j != NULL);
+  errno = 0;
+  EXPECT (journal_add_zero (j, tgt, QJ_MAX_LIVE_SECTORS * QJ_SECTOR + 512)
+          == -1 && errno == EFBIG);
+  EXPECT (journal_open_bytes (j) == 0 && journal_is_idle (j));
+  EXPECT (journal_add_zero (j, tgt, half) == 0);
+  EXPECT (journal_open_is_large (j));
+  EXPECT (journal_commit (j, &seq) == 0 && seq == 1);
+  EXPECT (journal_add_zero (j, tgt, half) == 0);
+  EXPECT (journal_commit (j, &seq) == 0 && seq == 2);
+  /* The live region is at the bound, and a reader accepts it. */
+  run (m->data, m->size, &o);
+  EXPECT (o.r == 0 && o.st.transactions == 2 &&
+          o.st.sectors == QJ_MAX_LIVE_SECTORS);
+  free (o.d);
+  EXPECT (journal_add_set64 (j, META, 1) == 0);
+  errno = 0;
+  EXPECT (journal_commit (j, &seq) == -1 && errno == EAGAIN);
+  EXPECT (journal_checkpointed (j, 2) == 0);
+  EXPECT (journal_commit (j, &seq) == 0 && seq == 3);
+  journal_free (j);
+  hostio_close (&m->io);
+  end ();
+
+  begin ("writer: transactions");
+  m = mem_io_new ("writer", AREA + big_area);
+  j = journal_create (&m->io, AREA, big_area, ID, CLUSTER);
+  CHECK (j != NULL);
+  for (uint64_t k = 1; k <= QJ_MAX_LIVE_TRANSACTIONS; k++) {
+    journal_need_file_size (j, FILE0);
+    CHECK (journal_commit (j, &seq) == 0 && seq == k);
+  }
+  journal_need_file_size (j, FILE0);
+  errno = 0;
+  EXPECT (journal_commit (j, &seq) == -1 && errno == EAGAIN);
+  EXPECT (journal_ring_used (j) + QJ_BLOCK <= journal_ring_size (j));
+  EXPECT (journal_checkpointed (j, QJ_MAX_LIVE_TRANSACTIONS) == 0);
+  EXPECT (journal_commit (j, &seq) == 0 &&
+          seq == QJ_MAX_LIVE_TRANSACTIONS + 1);
+  journal_free (j);
+  hostio_close (&m->io);
+  end ();
+}
+
 /* Fuzz ------------------------------------------------------------------- */
 
 /* A file that fails (EFBIG) to grow past a cap, and records whether it
@@ -1086,7 +1354,7 @@ fuzz (unsigned iters, uint64_t seed)
         fprintf (stderr, "fuzz seed %" PRIu64 " iteration %u: replay "
                  "failed without errno\n", seed, it);
       CHECK (err != 0);
-      if (err == EINVAL) {
+      if (err == EINVAL || (err == EFBIG && strstr (last_msg, "rule R6"))) {
         /* A refusal writes nothing. */
         if (cp->mods != 0)
           fprintf (stderr, "fuzz seed %" PRIu64 " iteration %u: refused "
@@ -1155,6 +1423,8 @@ main (void)
   refuse_cases ();
   accept_cases ();
   superblock_cases ();
+  bound_cases ();
+  writer_bound_cases ();
 
   s = getenv ("QCOW2J_SEED");
   seed = s ? strtoull (s, NULL, 0) : 0x5eed;
