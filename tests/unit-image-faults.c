@@ -187,7 +187,7 @@ tap_note (struct tap *tp, int k, int r)
       tp->site_cap[k] = tp->site_cap[k] ? tp->site_cap[k] * 2 : 256;
       tp->site_op[k] = realloc (tp->site_op[k],
                                 tp->site_cap[k] * sizeof *tp->site_op[k]);
-      CHECK (tp->site_op[k] != NULL);
+      REQUIRE (tp->site_op[k] != NULL);
     }
     tp->site_op[k][i] = tp->op;
   }
@@ -400,7 +400,7 @@ do_op (struct qcow2_image *img, unsigned i)
     uint8_t *buf = malloc (w->len);
     int r, e;
 
-    CHECK (buf != NULL);
+    REQUIRE (buf != NULL);
     gen_data (i, w->offset, w->len, buf);
     r = qcow2_pwrite (img, buf, w->len, w->offset);
     e = errno;
@@ -438,9 +438,9 @@ baseline (struct tap *tp, struct powercut **pcp)
   tp->record_sites = true;
 
   img = qcow2_open_hostio (&tp->io, NULL, &opts);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   snap[0] = calloc (1, disk_size);
-  CHECK (snap[0] != NULL);
+  REQUIRE (snap[0] != NULL);
   for (unsigned i = 0; i < nops; i++) {
     const struct wop *w = &workload[i];
 
@@ -466,7 +466,7 @@ baseline (struct tap *tp, struct powercut **pcp)
     }
     if (w->type != OP_CLOSE) {
       uint8_t *live = malloc (disk_size);
-      CHECK (live != NULL);
+      REQUIRE (live != NULL);
       CHECK (qcow2_pread (img, live, disk_size, 0) == 0);
       if (memcmp (live, snap[i + 1], disk_size) != 0) {
         fprintf (stderr, "baseline: after op %u (%s) the disk differs from "
@@ -531,7 +531,7 @@ recover (const uint8_t *data, uint64_t size, unsigned acked, unsigned last,
   uint8_t *disk = malloc (disk_size);
   uint64_t bad;
 
-  CHECK (disk != NULL);
+  REQUIRE (disk != NULL);
   reopen_checks++;
   img = qcow2_open_hostio (powercut_io (pc), NULL, &opts);
   if (img == NULL) {
@@ -601,7 +601,7 @@ fault_run (int k, uint64_t nth, int err, const struct tap *base)
 
   lib_quiet = true;
   img = qcow2_open_hostio (&tp.io, NULL, &opts);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   for (unsigned i = 0; i < nops; i++) {
     tp.op = i;
     errno = 0;
@@ -760,7 +760,7 @@ run_config (const struct config *cfg)
   nsect = disk_size / SECTOR;
   build_workload ();
   trimmed = calloc (nops * nsect, sizeof *trimmed);
-  CHECK (trimmed != NULL);
+  REQUIRE (trimmed != NULL);
 
   /* The initial image. */
   snprintf (path, sizeof path, "%s/base.qcow2", dir);
@@ -770,7 +770,7 @@ run_config (const struct config *cfg)
   CHECK (fstat (fd, &st) == 0);
   initial_size = st.st_size;
   initial = malloc (initial_size);
-  CHECK (initial != NULL);
+  REQUIRE (initial != NULL);
   CHECK (pread (fd, initial, initial_size, 0) == (ssize_t) initial_size);
   close (fd);
   unlink (path);

@@ -267,7 +267,7 @@ push_entry (struct trial *t, uint64_t s, struct entry e)
   if (h->n == h->cap) {
     h->cap = h->cap ? h->cap * 2 : 4;
     h->e = realloc (h->e, h->cap * sizeof *h->e);
-    CHECK (h->e != NULL);
+    REQUIRE (h->e != NULL);
   }
   h->e[h->n++] = e;
 }
@@ -292,7 +292,7 @@ note_sector (struct trial *t, uint64_t s, uint32_t op, bool full, bool gen,
     if (t->nstore == t->cap_store) {
       t->cap_store = t->cap_store ? t->cap_store * 2 : 64;
       t->store = realloc (t->store, t->cap_store * sizeof *t->store);
-      CHECK (t->store != NULL);
+      REQUIRE (t->store != NULL);
     }
     memcpy (t->store[t->nstore], p, SECTOR);
     e.kind = C_STORED;
@@ -383,7 +383,7 @@ buf_reserve (struct buf_io *b, uint64_t size)
     return;
   b->cap = size + size / 4;
   b->data = realloc (b->data, b->cap);
-  CHECK (b->data != NULL);
+  REQUIRE (b->data != NULL);
 }
 
 static int
@@ -538,7 +538,7 @@ begin_op (struct trial *t, enum op_type type, uint64_t offset, uint64_t len)
   if (t->nops == t->cap_ops) {
     t->cap_ops = t->cap_ops ? t->cap_ops * 2 : 256;
     t->ops = realloc (t->ops, t->cap_ops * sizeof *t->ops);
-    CHECK (t->ops != NULL);
+    REQUIRE (t->ops != NULL);
   }
   op = t->nops++;
   o = &t->ops[op];
@@ -625,7 +625,7 @@ do_write (struct worker *w, bool small)
   s0 = offset / SECTOR;
   s1 = (offset + len + SECTOR - 1) / SECTOR;
   buf = malloc (len);
-  CHECK (buf != NULL);
+  REQUIRE (buf != NULL);
   /* The data depends on the call's number. */
   op = begin_op (t, OP_WRITE, offset, len);
   for (uint64_t s = s0; s < s1; s++) {
@@ -694,7 +694,7 @@ do_trim (struct worker *w, bool small)
   /* What the trim did: whole sectors of the range may read as zeroes now;
    * nothing else may change. */
   live = malloc ((s1 - s0) * SECTOR);
-  CHECK (live != NULL);
+  REQUIRE (live != NULL);
   CHECK (qcow2_pread (t->img, live, (s1 - s0) * SECTOR, s0 * SECTOR) == 0);
   for (uint64_t s = s0; s < s1; s++) {
     const uint8_t *p = live + (s - s0) * SECTOR;
@@ -760,7 +760,7 @@ check_live (struct trial *t)
 {
   uint8_t *buf = malloc (t->cfg.size);
 
-  CHECK (buf != NULL);
+  REQUIRE (buf != NULL);
   CHECK (qcow2_pread (t->img, buf, t->cfg.size, 0) == 0);
   for (uint64_t s = 0; s < t->nsect; s++)
     if (memcmp (buf + s * SECTOR, t->model + s * SECTOR, SECTOR) != 0) {
@@ -876,7 +876,7 @@ run_workload (struct trial *t, unsigned nops)
   CHECK (fd >= 0);
   CHECK (fstat (fd, &st) == 0);
   data = malloc (st.st_size);
-  CHECK (data != NULL);
+  REQUIRE (data != NULL);
   CHECK (pread (fd, data, st.st_size, 0) == st.st_size);
   CHECK (st.st_size >= (off_t) sizeof t->init_header);
   memcpy (t->init_header, data, sizeof t->init_header);
@@ -892,7 +892,7 @@ run_workload (struct trial *t, unsigned nops)
   if (pc_rand (&t->rng) % 3 == 0)
     opts.l2_cache_bytes = 64 * KiB;
   t->img = qcow2_open_hostio (&t->tap.io, dir, &opts);
-  CHECK (t->img != NULL);
+  REQUIRE (t->img != NULL);
   CHECK (qcow2_prepare_writable (t->img) == 0);
   check_live (t);
 
@@ -912,7 +912,7 @@ run_workload (struct trial *t, unsigned nops)
   else {
     CHECK (qcow2_start_checkpointer (t->img) == 0);
     for (unsigned i = 0; i < nw; i++)
-      CHECK (pthread_create (&w[i].thread, NULL, run_worker, &w[i]) == 0);
+      REQUIRE (pthread_create (&w[i].thread, NULL, run_worker, &w[i]) == 0);
     for (unsigned i = 0; i < nw; i++)
       CHECK (pthread_join (w[i].thread, NULL) == 0);
     qcow2_stop_checkpointer (t->img);
@@ -1071,7 +1071,7 @@ check_disk (struct trial *t, uint64_t moment)
     if (!ok && partial_after > 0) {
       /* Bytes of several sub-sector writes: each byte from a version. */
       uint8_t (*v)[SECTOR] = malloc (n * SECTOR);
-      CHECK (v != NULL);
+      REQUIRE (v != NULL);
       for (size_t i = 0; i < n; i++)
         entry_content (t, allowed[i], s, v[i]);
       ok = true;
@@ -1249,7 +1249,7 @@ run_trial (uint64_t seed, unsigned samples)
   unsigned nops, flush_every;
   struct timespec t0, t1, t2;
 
-  CHECK (t != NULL);
+  REQUIRE (t != NULL);
   t->seed = seed;
   t->rng = seed;
   t->cfg = configs[seed % NR_CONFIGS];

@@ -781,7 +781,7 @@ make_backing_file (const char *path)
 
   CHECK (qcow2_create (path, DISK, 65536, false, true) == 0);
   b = qcow2_open (path, &opts);
-  CHECK (b != NULL);
+  REQUIRE (b != NULL);
   CHECK (qcow2_prepare_writable (b) == 0);
   /* Data in runs of 3 KiB every 8 KiB or so: never cluster-aligned. */
   for (uint64_t s = 0; s < NSECT; s++) {
@@ -858,7 +858,7 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
     memset (wlog[i], 0, LOG_CAP * sizeof wlog[i][0]);
 
   img = qcow2_open (path, &opts);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   CHECK (qcow2_prepare_writable (img) == 0);
   CHECK (qcow2_start_checkpointer (img) == 0);
 
@@ -870,7 +870,7 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
     w[i].buf = malloc (REGION_LEN);
     w[i].obs = malloc (RSN * sizeof (uint64_t));
     w[i].g = malloc (RSN * sizeof (uint64_t));
-    CHECK (pthread_create (&w[i].thread, NULL, worker_thread, &w[i]) == 0);
+    REQUIRE (pthread_create (&w[i].thread, NULL, worker_thread, &w[i]) == 0);
   }
   sleep_s (1.0 * scale);
   __atomic_store_n (&phase, 1, __ATOMIC_RELEASE);
@@ -925,7 +925,7 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
   /* A fresh open reads the same. */
   opts.writable = false;
   img = qcow2_open (path, &opts);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   CHECK (!qcow2_journal_dirty (img));
   full_read (img, again);
   for (uint64_t s = 0; s < NSECT; s++)
@@ -945,7 +945,7 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
               path, raw);
     CHECK (run_shell ("%s", cmd) == 0);
     f = fopen (raw, "rb");
-    CHECK (f != NULL);
+    REQUIRE (f != NULL);
     CHECK (fread (again, 1, DISK, f) == DISK);
     fclose (f);
     for (uint64_t s = 0; s < NSECT; s++)
@@ -991,7 +991,7 @@ main (void)
   if (!have_qemu_img)
     printf ("qemu-img not found: no backing files, no qemu-img check\n");
   for (unsigned i = 0; i < NWORKERS; i++)
-    CHECK ((wlog[i] = malloc (LOG_CAP * sizeof wlog[i][0])) != NULL);
+    REQUIRE ((wlog[i] = malloc (LOG_CAP * sizeof wlog[i][0])) != NULL);
 
   for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++) {
     if (configs[i].backing && !have_qemu_img)

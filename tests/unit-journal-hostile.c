@@ -22,6 +22,7 @@
 #include "journal.h"
 #include "journal-format.h"
 #include "log.h"
+#include "mem-io.h"
 #include "unit.h"
 
 #define CLUSTER    65536ULL
@@ -55,20 +56,15 @@ capture (const char *fs, va_list args)
   nr_msgs++;
 }
 
-/* Soft checks: report the case and go on, so one run lists every failing
- * case. */
+/* A check naming the corruption being tried (cur), which also notes
+ * that the outcome is worth printing. */
 static const char *cur;
-static unsigned failures;
 static bool case_failed;
 
 #define EXPECT(expr)                                                    \
-  do {                                                                  \
-    if (!(expr)) {                                                      \
-      fprintf (stderr, "FAIL [%s] %s:%d: %s\n", cur, __FILE__,          \
-               __LINE__, #expr);                                        \
-      case_failed = true;                                               \
-    }                                                                   \
-  } while (0)
+  ((expr) ? (void) 0                                                    \
+   : (FAIL ("[%s] check failed: %s", cur, #expr),                       \
+      (void) (case_failed = true)))
 
 /* The base journals. ------------------------------------------------------ */
 
@@ -104,7 +100,7 @@ build_base (bool checkpoint, size_t *n)
   uint8_t *out;
   uint64_t seq;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   for (int t = 0; t < 3; t++) {
     uint64_t end = 0;
     for (int i = 0; i < 4 && txops[t][i].kind; i++) {
@@ -263,13 +259,6 @@ begin (const char *name)
   case_failed = false;
 }
 
-static void
-end (void)
-{
-  if (case_failed)
-    failures++;
-}
-
 /* Refused: -1 EINVAL, unchanged file, a message naming the transaction. */
 static void
 expect_refuse (const char *name, uint8_t *img, size_t n, uint64_t seq)
@@ -290,7 +279,6 @@ expect_refuse (const char *name, uint8_t *img, size_t n, uint64_t seq)
              "message \"%s\"\n", name, o.r, o.err, o.st.transactions, o.msg);
   free (o.d);
   free (img);
-  end ();
 }
 
 /* Replayed exactly the transactions in mask (a valid prefix of the chain
@@ -330,7 +318,6 @@ expect_prefix (const char *name, uint8_t *img, size_t n, const uint8_t *b,
   free (o.d);
   free (e);
   free (img);
-  end ();
 }
 
 /* Accepted, all three applied (over a patched tx 2), and the 8 bytes at
@@ -351,7 +338,6 @@ expect_accept (const char *name, uint8_t *img, size_t n, uint64_t off,
              name, o.r, o.err, o.msg);
   free (o.d);
   free (img);
-  end ();
 }
 
 static void
@@ -366,7 +352,6 @@ expect_open_fails (const char *name, uint8_t *img, size_t n)
   EXPECT (o.n == n && memcmp (o.d, img, n) == 0);
   free (o.d);
   free (img);
-  end ();
 }
 
 /* The cases. ------------------------------------------------------------- */
@@ -405,8 +390,7 @@ tx2_put16 (uint32_t at, uint16_t v)
 #define SET0_OFF (R_SET + 8)      /* tx 2's first SET64 offset */
 #define SET0_VAL (R_SET + 16)
 
-static void
-chain_cases (void)
+UNIT_CASE (chain)
 {
   uint8_t *d;
 
@@ -496,8 +480,7 @@ chain_cases (void)
   expect_prefix ("bad crc in tx 1", d, base1_n, B1, 0, 1);
 }
 
-static void
-refuse_cases (void)
+UNIT_CASE (refuse)
 {
   uint8_t *d;
 
@@ -651,8 +634,7 @@ refuse_cases (void)
 
 /* Patched records that are within the rules (controls for the patching:
  * the refusals above are not artefacts of it). */
-static void
-accept_cases (void)
+UNIT_CASE (accept)
 {
   const uint64_t v = 0xa2a2a2a2a2a2a2a2ULL;
   uint8_t *d;
@@ -690,8 +672,7 @@ accept_cases (void)
                  META + 8, 0);
 }
 
-static void
-superblock_cases (void)
+UNIT_CASE (superblock)
 {
   uint8_t *d;
   struct { const char *name; unsigned off, width; uint64_t v; } bad[] = {
@@ -772,8 +753,7 @@ superblock_cases (void)
     EXPECT (strstr (o.msg, "generation") != NULL);
     free (o.d);
     free (d);
-    end ();
-  }
+    }
 
   /* Same generation, different contents: neither can be trusted. */
   d = dup_img (B2);
@@ -833,7 +813,7 @@ cap_grow (struct cap_io *c, uint64_t size)
   }
   if (size > c->alloc) {
     c->data = realloc (c->data, size);
-    CHECK (c->data != NULL);
+    REQUIRE (c->data != NULL);
     c->alloc = size;
   }
   if (size > c->size)
@@ -949,7 +929,7 @@ build_wrapped_base (size_t *n)
   uint64_t seq, ring_blocks = (AREA_SIZE - QJ_RING_START) / QJ_BLOCK;
   uint8_t *out;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   memset (buf, 0x77, sizeof buf);
   for (uint64_t k = 1; k <= ring_blocks - 4; k++) {
     CHECK (journal_add_set64 (j, META + 8 * k, k) == 0);
@@ -1107,7 +1087,7 @@ fuzz (unsigned iters, uint64_t seed)
     /* Idempotent: replaying again finds nothing and writes nothing. */
     cp->mods = 0;
     j = journal_open (&cp->io, AREA, AREA_SIZE, ID, CLUSTER);
-    CHECK (j != NULL);
+    REQUIRE (j != NULL);
     CHECK (journal_replay (j, &st) == 0);
     if (st.transactions != 0) {
       fprintf (stderr, "fuzz seed %" PRIu64 " iteration %u (base %d): a "
@@ -1136,25 +1116,12 @@ fuzz (unsigned iters, uint64_t seed)
   CHECK (replayed > 0 && refused > 0);
 }
 
-int
-main (void)
+/* Flip bytes in the superblocks and the ring. */
+UNIT_CASE (fuzz)
 {
   const char *s;
   uint64_t seed;
   unsigned iters = 3000;
-
-  alarm (120);
-  setvbuf (stdout, NULL, _IONBF, 0);
-  memset (aa, 0xaa, sizeof aa);
-  base1 = build_base (false, &base1_n);
-  base2 = build_base (true, &base2_n);
-  base3 = build_wrapped_base (&base3_n);
-  qlog_set_handlers (capture, NULL);
-
-  chain_cases ();
-  refuse_cases ();
-  accept_cases ();
-  superblock_cases ();
 
   s = getenv ("QCOW2J_SEED");
   seed = s ? strtoull (s, NULL, 0) : 0x5eed;
@@ -1164,14 +1131,30 @@ main (void)
   printf ("fuzz seed %" PRIu64 " (QCOW2J_SEED=%" PRIu64 " repeats it)\n",
           seed, seed);
   fuzz (iters, seed);
+}
 
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (chain),
+  UNIT_ENTRY (refuse),
+  UNIT_ENTRY (accept),
+  UNIT_ENTRY (superblock),
+  UNIT_ENTRY (fuzz),
+};
+
+int
+main (int argc, char *argv[])
+{
+  UNIT_SELECT (argc, argv, cases);
+  alarm (120);
+  memset (aa, 0xaa, sizeof aa);
+  base1 = build_base (false, &base1_n);
+  base2 = build_base (true, &base2_n);
+  base3 = build_wrapped_base (&base3_n);
+  qlog_set_handlers (capture, NULL);
+  UNIT_RUN (cases);
   free (base1);
   free (base2);
   free (base3);
-  if (failures) {
-    printf ("unit-journal-hostile: %u case(s) failed\n", failures);
-    return EXIT_FAILURE;
-  }
-  printf ("unit-journal-hostile: ok (%u messages captured)\n", nr_msgs);
-  return EXIT_SUCCESS;
+  printf ("unit-journal-hostile: %u messages captured\n", nr_msgs);
+  return unit_status ();
 }

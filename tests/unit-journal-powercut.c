@@ -216,7 +216,7 @@ run_workload (struct trial *t, unsigned ops)
   /* The journal is created before the recording starts: a power cut
    * before it is durable is the open sequence's business, not replay's. */
   j = journal_create (powercut_io (setup), AREA, AREA_SIZE, t->id, CS);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   journal_free (j);
   data = powercut_data (setup, &size);
   t->pc = powercut_new ("image", data, size);
@@ -224,7 +224,7 @@ run_workload (struct trial *t, unsigned ops)
   free (zero);
 
   t->j = journal_open (powercut_io (t->pc), AREA, AREA_SIZE, t->id, CS);
-  CHECK (t->j != NULL);
+  REQUIRE (t->j != NULL);
   {
     const struct journal_hooks hooks = { .pre_commit = pre_commit };
     journal_set_hooks (t->j, &hooks, t);
@@ -301,7 +301,7 @@ check_moment (struct trial *t, uint64_t moment)
   pc = powercut_new ("crash", crash, crash_size);
   free (crash);
   j = journal_open (powercut_io (pc), AREA, AREA_SIZE, t->id, CS);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   CHECK (journal_replay (j, &stats) == 0);
   journal_free (j);
   states++;
@@ -322,7 +322,7 @@ check_moment (struct trial *t, uint64_t moment)
     memcpy (first, d, first_size);
   }
   j = journal_open (powercut_io (pc), AREA, AREA_SIZE, t->id, CS);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   CHECK (journal_replay (j, &stats) == 0);
   journal_free (j);
   {
@@ -346,7 +346,7 @@ check_moment (struct trial *t, uint64_t moment)
     pc2 = powercut_new ("crash2", crash2, crash2_size);
     free (crash2);
     j = journal_open (powercut_io (pc2), AREA, AREA_SIZE, t->id, CS);
-    CHECK (j != NULL);
+    REQUIRE (j != NULL);
     CHECK (journal_replay (j, &stats) == 0);
     journal_free (j);
     replay_states++;

@@ -19,6 +19,7 @@
 #include "header.h"
 #include "image.h"
 #include "journal.h"
+#include "mem-io.h"
 #include "unit.h"
 
 #define MiB (1ULL << 20)
@@ -29,7 +30,7 @@ copy_io (const uint8_t *data, uint64_t size)
 {
   struct mem_io *m = mem_io_new ("copy", size);
 
-  CHECK (m != NULL);
+  REQUIRE (m != NULL);
   memcpy (m->data, data, size);
   return m;
 }
@@ -40,34 +41,39 @@ read_disk (struct qcow2_image *img, uint8_t *buf)
   CHECK (qcow2_pread (img, buf, DISK, 0) == 0);
 }
 
-int
-main (void)
+static struct qcow2_open_options rw = { .writable = true };
+static struct qcow2_open_options ro = { .writable = false };
+static uint8_t *model, *got;    /* what the client wrote; a disk read */
+static uint8_t *dirty;          /* the image file, its journal dirty */
+static uint64_t dirty_size;
+
+/* Writes, zeroes and trims, flushed: the journal holds them. */
+static void
+make_dirty (void)
 {
-  struct qcow2_open_options rw = { .writable = true };
-  struct qcow2_open_options ro = { .writable = false };
   char path[] = "/tmp/qcow2j-overlay.XXXXXX";
-  uint8_t *model = calloc (1, DISK), *got = malloc (DISK), *dirty;
-  uint64_t dirty_size, seed = 12345;
+  uint64_t seed = 12345;
   struct qcow2_image *img;
   struct mem_io *m;
   struct stat st;
   int fd;
 
-  CHECK (model && got);
+  model = calloc (1, DISK);
+  got = malloc (DISK);
+  REQUIRE (model && got);
   fd = mkstemp (path);
-  CHECK (fd >= 0);
+  REQUIRE (fd >= 0);
   close (fd);
   CHECK (qcow2_create (path, DISK, 4096, false, false) == 0);
   fd = open (path, O_RDONLY);
-  CHECK (fd >= 0 && fstat (fd, &st) == 0);
+  REQUIRE (fd >= 0 && fstat (fd, &st) == 0);
   m = mem_io_new ("image", st.st_size);
   CHECK (pread (fd, m->data, st.st_size, 0) == st.st_size);
   close (fd);
   unlink (path);
 
-  /* Writes, zeroes and trims, flushed: the journal holds them. */
   img = qcow2_open_hostio (&m->io, NULL, &rw);
-  CHECK (img != NULL && qcow2_make_writable (img) == 0);
+  REQUIRE (img != NULL && qcow2_make_writable (img) == 0);
   for (int i = 0; i < 200; i++) {
     uint64_t off, len;
 
@@ -88,22 +94,30 @@ main (void)
   CHECK (qcow2_flush (img) == 0);
   dirty_size = m->size;
   dirty = malloc (dirty_size);
-  CHECK (dirty != NULL);
+  REQUIRE (dirty != NULL);
   memcpy (dirty, m->data, dirty_size);
-  /* The checkpoint thread never ran: the journal must be dirty on disk. */
-  {
-    struct mem_io *c = copy_io (dirty, dirty_size);
-    struct qcow2_image *probe = qcow2_open_hostio (&c->io, NULL, &ro);
-
-    CHECK (probe != NULL && qcow2_journal_dirty (probe));
-    qcow2_close (probe);
-  }
   CHECK (qcow2_close (img) == 0);
+}
 
-  /* Read-only: replayed in memory, the file untouched. */
-  m = copy_io (dirty, dirty_size);
-  img = qcow2_open_hostio (&m->io, NULL, &ro);
-  CHECK (img != NULL && qcow2_journal_dirty (img));
+/* The checkpoint thread never ran: the journal must be dirty on disk. */
+UNIT_CASE (dirty_on_disk)
+{
+  struct mem_io *c = copy_io (dirty, dirty_size);
+  struct qcow2_image *probe = qcow2_open_hostio (&c->io, NULL, &ro);
+
+  REQUIRE (probe != NULL);
+  CHECK (qcow2_journal_dirty (probe));
+  qcow2_close (probe);
+}
+
+/* Read-only: replayed in memory, the file untouched. */
+UNIT_CASE (replay_in_memory)
+{
+  struct mem_io *m = copy_io (dirty, dirty_size);
+  struct qcow2_image *img = qcow2_open_hostio (&m->io, NULL, &ro);
+
+  REQUIRE (img != NULL);
+  CHECK (qcow2_journal_dirty (img));
   CHECK (qcow2_replay_in_memory (img) == 0);
   CHECK (!qcow2_journal_dirty (img));
   read_disk (img, got);
@@ -111,50 +125,72 @@ main (void)
   CHECK (qcow2_pwrite (img, model, 512, 0) == -1);
   CHECK (m->size == dirty_size && memcmp (m->data, dirty, dirty_size) == 0);
   CHECK (qcow2_close (img) == 0);
+}
 
-  /* Writable: replayed in place, the same disk. */
-  m = copy_io (dirty, dirty_size);
-  img = qcow2_open_hostio (&m->io, NULL, &rw);
-  CHECK (img != NULL && qcow2_make_writable (img) == 0);
+/* Writable: replayed in place, the same disk. */
+UNIT_CASE (replay_in_place)
+{
+  struct mem_io *m = copy_io (dirty, dirty_size);
+  struct qcow2_image *img = qcow2_open_hostio (&m->io, NULL, &rw);
+
+  REQUIRE (img != NULL);
+  CHECK (qcow2_make_writable (img) == 0);
   read_disk (img, got);
   CHECK (memcmp (got, model, DISK) == 0);
   CHECK (qcow2_close (img) == 0);
+}
 
-  /* Hostile: one transaction zeroing 300 MiB past the end of the file. */
-  {
-    struct qcow2_header h;
-    struct journal *j;
-    uint64_t seq;
+/* Hostile: one transaction zeroing 300 MiB past the end of the file. */
+UNIT_CASE (huge_zero_refused)
+{
+  struct mem_io *m = copy_io (dirty, dirty_size);
+  struct qcow2_header h;
+  struct qcow2_image *img;
+  struct journal *j;
+  uint8_t *before;
+  uint64_t seq, before_size;
 
-    m = copy_io (dirty, dirty_size);
-    CHECK (qcow2_header_read (&m->io, m->size, &h) == 0);
-    j = journal_create (&m->io, h.journal.offset, h.journal.size,
-                        h.journal.id, h.cluster_size);
-    CHECK (j != NULL);
-    journal_begin (j);
-    journal_need_file_size (j, 1024 * MiB);
-    CHECK (journal_add_zero (j, 512 * MiB, 300 * MiB) == 0);
-    journal_end (j);
-    CHECK (journal_commit (j, &seq) == 0);
-    journal_free (j);
-    qcow2_header_free (&h);
-    free (dirty);
-    dirty_size = m->size;
-    dirty = malloc (dirty_size);
-    CHECK (dirty != NULL);
-    memcpy (dirty, m->data, dirty_size);
-    img = qcow2_open_hostio (&m->io, NULL, &ro);
-    CHECK (img != NULL && qcow2_journal_dirty (img));
-    errno = 0;
-    CHECK (qcow2_replay_in_memory (img) == -1 && errno == EFBIG);
-    CHECK (qcow2_journal_dirty (img));
-    CHECK (m->size == dirty_size && memcmp (m->data, dirty, dirty_size) == 0);
-    qcow2_close (img);
-  }
+  REQUIRE (qcow2_header_read (&m->io, m->size, &h) == 0);
+  j = journal_create (&m->io, h.journal.offset, h.journal.size,
+                      h.journal.id, h.cluster_size);
+  REQUIRE (j != NULL);
+  journal_begin (j);
+  journal_need_file_size (j, 1024 * MiB);
+  CHECK (journal_add_zero (j, 512 * MiB, 300 * MiB) == 0);
+  journal_end (j);
+  CHECK (journal_commit (j, &seq) == 0);
+  journal_free (j);
+  qcow2_header_free (&h);
+  before_size = m->size;
+  before = malloc (before_size);
+  REQUIRE (before != NULL);
+  memcpy (before, m->data, before_size);
+  img = qcow2_open_hostio (&m->io, NULL, &ro);
+  REQUIRE (img != NULL);
+  CHECK (qcow2_journal_dirty (img));
+  errno = 0;
+  CHECK (qcow2_replay_in_memory (img) == -1 && errno == EFBIG);
+  CHECK (qcow2_journal_dirty (img));
+  CHECK (m->size == before_size && memcmp (m->data, before, before_size) == 0);
+  qcow2_close (img);
+  free (before);
+}
 
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (dirty_on_disk),
+  UNIT_ENTRY (replay_in_memory),
+  UNIT_ENTRY (replay_in_place),
+  UNIT_ENTRY (huge_zero_refused),
+};
+
+int
+main (int argc, char *argv[])
+{
+  UNIT_SELECT (argc, argv, cases);
+  make_dirty ();
+  UNIT_RUN (cases);
   free (dirty);
   free (model);
   free (got);
-  printf ("unit-overlay: ok\n");
-  return EXIT_SUCCESS;
+  return unit_status ();
 }
