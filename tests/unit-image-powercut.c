@@ -66,6 +66,7 @@
 #include "log.h"
 #include "powercut.h"
 #include "qemu-check.h"
+#include "run-shell.h"
 #include "unit.h"
 
 extern char **environ;
@@ -192,7 +193,7 @@ struct worker {
 };
 
 static char dir[256];
-static uint64_t nr_trials, states, failures, sb_writes;
+static uint64_t nr_trials, states, sb_writes;
 static uint64_t recovery_cuts, byte_checked, ops_total;
 static uint64_t threaded_trials, backing_trials, reftable_moves;
 static uint64_t zero_hash;
@@ -636,9 +637,9 @@ do_write (struct worker *w, bool small)
     memcpy (buf + (a - offset), g + (a - s * SECTOR), b - a);
   }
   if (qcow2_pwrite (t->img, buf, len, offset) != 0) {
-    fprintf (stderr, "seed %" PRIu64 ": qcow2_pwrite (%" PRIu64 ", %"
-             PRIu64 ") failed: %m\n", t->seed, len, offset);
-    exit (EXIT_FAILURE);
+    FAIL ("seed %" PRIu64 ": qcow2_pwrite (%" PRIu64 ", %" PRIu64
+          ") failed: %s", t->seed, len, offset, strerror (errno));
+    unit_stop ();
   }
   end_op (t, op);
   memcpy (t->model + offset, buf, len);
@@ -667,9 +668,9 @@ do_zero (struct worker *w, bool small)
   if (r != 0) {
     if (fast && errno == ENOTSUP)
       return;                   /* nothing changed: the final check says */
-    fprintf (stderr, "seed %" PRIu64 ": qcow2_zero (%" PRIu64 ", %"
-             PRIu64 ") failed: %m\n", t->seed, len, offset);
-    exit (EXIT_FAILURE);
+    FAIL ("seed %" PRIu64 ": qcow2_zero (%" PRIu64 ", %" PRIu64
+          ") failed: %s", t->seed, len, offset, strerror (errno));
+    unit_stop ();
   }
   memset (t->model + offset, 0, len);
   for (uint64_t s = s0; s < s1; s++)
@@ -703,10 +704,9 @@ do_trim (struct worker *w, bool small)
     if (memcmp (p, t->model + s * SECTOR, SECTOR) == 0)
       continue;
     if (!full || !is_zero (p, SECTOR)) {
-      fprintf (stderr, "seed %" PRIu64 ": trim (%" PRIu64 ", %" PRIu64
-               ") changed sector %" PRIu64 " to something else than "
-               "zeroes\n", t->seed, len, offset, s);
-      __atomic_add_fetch (&failures, 1, __ATOMIC_SEQ_CST);
+      FAIL ("seed %" PRIu64 ": trim (%" PRIu64 ", %" PRIu64 ") changed "
+            "sector %" PRIu64 " to something else than zeroes", t->seed,
+            len, offset, s);
     }
     memcpy (t->model + s * SECTOR, p, SECTOR);
     note_sector (t, s, op, true, false, true);
@@ -721,8 +721,9 @@ do_flush (struct worker *w)
   uint32_t op = begin_op (t, OP_FLUSH, 0, 0);
 
   if (qcow2_flush (t->img) != 0) {
-    fprintf (stderr, "seed %" PRIu64 ": qcow2_flush failed: %m\n", t->seed);
-    exit (EXIT_FAILURE);
+    FAIL ("seed %" PRIu64 ": qcow2_flush failed: %s", t->seed,
+          strerror (errno));
+    unit_stop ();
   }
   end_op (t, op);
 }
@@ -764,9 +765,8 @@ check_live (struct trial *t)
   CHECK (qcow2_pread (t->img, buf, t->cfg.size, 0) == 0);
   for (uint64_t s = 0; s < t->nsect; s++)
     if (memcmp (buf + s * SECTOR, t->model + s * SECTOR, SECTOR) != 0) {
-      fprintf (stderr, "seed %" PRIu64 ": the live image differs from the "
-               "model at sector %" PRIu64 "\n", t->seed, s);
-      failures++;
+      FAIL ("seed %" PRIu64 ": the live image differs from the model at "
+            "sector %" PRIu64, t->seed, s);
       break;
     }
   free (buf);
@@ -1233,7 +1233,7 @@ check_moment (struct trial *t, uint64_t moment, bool final, uint64_t subset)
     target_free (&tg2);
   }
   if (!ok) {
-    failures++;
+    FAIL ("%s: the recovered image is wrong (above)", what);
     t->printed++;
   }
   target_free (&tg);
@@ -1243,7 +1243,8 @@ static void
 run_trial (uint64_t seed, unsigned samples)
 {
   struct trial *t = calloc (1, sizeof *t);
-  uint64_t moments, before = failures, next = 0;
+  uint64_t moments, next = 0;
+  unsigned before = unit_failed ();
   uint64_t dense_m = 0, file_size;
   uint32_t dense_op = 0;
   unsigned nops, flush_every;
@@ -1327,7 +1328,7 @@ run_trial (uint64_t seed, unsigned samples)
       check_moment (t, m, false, sub);
   }
   check_moment (t, moments, true, RANDOM);
-  failures += qemu_check_wait_all ();
+  qemu_check_wait_all ();
   clock_gettime (CLOCK_MONOTONIC, &t2);
   if (getenv ("QCOW2J_VERBOSE"))
     fprintf (stderr, "seed %" PRIu64 ": cs %" PRIu64 "%s%s, refcount %u, "
@@ -1348,7 +1349,7 @@ run_trial (uint64_t seed, unsigned samples)
              (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
              (t2.tv_sec - t1.tv_sec) + (t2.tv_nsec - t1.tv_nsec) / 1e9,
              file_size / MiB);
-  if (failures > before)
+  if (unit_failed () > before)
     fprintf (stderr, "trial with seed %" PRIu64 " failed (QCOW2J_SEED=%"
              PRIu64 " repeats it)\n", seed, seed);
 
@@ -1369,15 +1370,44 @@ run_trial (uint64_t seed, unsigned samples)
   free (t);
 }
 
-int
-main (void)
+UNIT_CASE (trials)
 {
   const char *slow = getenv ("QCOW2J_SLOW");
   const char *seed_env = getenv ("QCOW2J_SEED");
-  const char *tmp = getenv ("TMPDIR");
   unsigned trials = slow && *slow == '1' ? 10 * NR_CONFIGS : NR_CONFIGS;
+
+  if (seed_env) {
+    run_trial (strtoull (seed_env, NULL, 0), 2000);
+    trials = 1;
+  }
+  else
+    for (unsigned i = 0; i < trials; i++)
+      run_trial (1000 + i, 150);
+  qemu_check_wait_all ();
+  printf ("unit-image-powercut: %u trials, %" PRIu64 " crash states, %"
+          PRIu64 " qemu-img checks, %u failures\n",
+          trials, states, qemu_check_started (), unit_failed ());
+  printf ("unit-image-powercut: %" PRIu64 " calls, %" PRIu64
+          " journal superblock writes, %" PRIu64 " cuts during recovery, %"
+          PRIu64 " sectors checked byte by byte\n",
+          ops_total, sb_writes, recovery_cuts, byte_checked);
+  printf ("unit-image-powercut: %" PRIu64 " trials over a backing file, %"
+          PRIu64 " with several threads and the checkpoint thread, %" PRIu64
+          " moved the refcount table\n",
+          backing_trials, threaded_trials, reftable_moves);
+}
+
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (trials),
+};
+
+int
+main (int argc, char *argv[])
+{
+  const char *tmp = getenv ("TMPDIR");
   uint8_t zero[SECTOR] = { 0 };
 
+  UNIT_SELECT (argc, argv, cases);
   /* Keep the large buffers of crash states in the heap. */
   mallopt (M_MMAP_THRESHOLD, 32 * MiB);
   mallopt (M_TRIM_THRESHOLD, 256 * MiB);
@@ -1393,29 +1423,9 @@ main (void)
   if (mkdtemp (dir) == NULL) {
     snprintf (dir, sizeof dir, "%s/qcow2j-powercut.XXXXXX",
               tmp && *tmp ? tmp : "/tmp");
-    CHECK (mkdtemp (dir) != NULL);
+    REQUIRE (mkdtemp (dir) != NULL);
   }
 
   atexit (cleanup);
-
-  if (seed_env) {
-    run_trial (strtoull (seed_env, NULL, 0), 2000);
-    trials = 1;
-  }
-  else
-    for (unsigned i = 0; i < trials; i++)
-      run_trial (1000 + i, 150);
-  failures += qemu_check_wait_all ();
-  printf ("unit-image-powercut: %u trials, %" PRIu64 " crash states, %"
-          PRIu64 " qemu-img checks, %" PRIu64 " failures\n",
-          trials, states, qemu_check_started (), failures);
-  printf ("unit-image-powercut: %" PRIu64 " calls, %" PRIu64
-          " journal superblock writes, %" PRIu64 " cuts during recovery, %"
-          PRIu64 " sectors checked byte by byte\n",
-          ops_total, sb_writes, recovery_cuts, byte_checked);
-  printf ("unit-image-powercut: %" PRIu64 " trials over a backing file, %"
-          PRIu64 " with several threads and the checkpoint thread, %" PRIu64
-          " moved the refcount table\n",
-          backing_trials, threaded_trials, reftable_moves);
-  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+  return UNIT_RUN (cases);
 }

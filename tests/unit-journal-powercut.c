@@ -59,7 +59,7 @@ struct trial {
   bool dirty_written;
 };
 
-static uint64_t states, replay_states, failures, ring_full;
+static uint64_t states, replay_states, ring_full;
 
 static uint64_t
 model_index (uint64_t off)
@@ -308,9 +308,8 @@ check_moment (struct trial *t, uint64_t moment)
 
   k = check_replayed (t, powercut_io (pc), acked, issued, region);
   if (k < 0) {
-    fprintf (stderr, "moment %" PRIu64 ": replay gave no state in "
-             "[%u, %u] (code %d)\n", moment, acked, issued, k);
-    failures++;
+    FAIL ("moment %" PRIu64 ": replay gave no state in [%u, %u] (code %d)",
+          moment, acked, issued, k);
     powercut_free (pc);
     return;
   }
@@ -328,9 +327,7 @@ check_moment (struct trial *t, uint64_t moment)
   {
     const uint8_t *d = powercut_data (pc, &size2);
     if (size2 != first_size || memcmp (d, first, size2) != 0) {
-      fprintf (stderr, "moment %" PRIu64 ": second replay changed the "
-               "file\n", moment);
-      failures++;
+      FAIL ("moment %" PRIu64 ": second replay changed the file", moment);
     }
   }
   free (first);
@@ -352,10 +349,8 @@ check_moment (struct trial *t, uint64_t moment)
     replay_states++;
     k2 = check_replayed (t, powercut_io (pc2), k, k, region2);
     if (k2 != k) {
-      fprintf (stderr, "moment %" PRIu64 ", replay cut at %" PRIu64
-               ": replaying again gave state %d, not %d\n", moment, m2,
-               k2, k);
-      failures++;
+      FAIL ("moment %" PRIu64 ", replay cut at %" PRIu64 ": replaying "
+            "again gave state %d, not %d", moment, m2, k2, k);
     }
     powercut_free (pc2);
   }
@@ -367,7 +362,7 @@ run_trial (uint64_t seed, unsigned ops, unsigned samples)
 {
   struct trial *t = calloc (1, sizeof *t);
   uint64_t moments;
-  uint64_t before = failures;
+  unsigned before = unit_failed ();
 
   t->rng = seed;
   /* Rare checkpoints fill the ring: commits then wait for space. */
@@ -384,7 +379,7 @@ run_trial (uint64_t seed, unsigned ops, unsigned samples)
         next += 1 + moments / samples;
     }
   check_moment (t, moments);
-  if (failures > before)
+  if (unit_failed () > before)
     fprintf (stderr, "trial with seed %" PRIu64 " failed (QCOW2J_SEED=%"
              PRIu64 " repeats it)\n", seed, seed);
 
@@ -395,8 +390,7 @@ run_trial (uint64_t seed, unsigned ops, unsigned samples)
   free (t);
 }
 
-int
-main (void)
+UNIT_CASE (trials)
 {
   const char *slow = getenv ("QCOW2J_SLOW");
   const char *seed_env = getenv ("QCOW2J_SEED");
@@ -410,8 +404,13 @@ main (void)
     for (unsigned i = 0; i < trials; i++)
       run_trial (1000 + i, 60 + i * 15, 200);
   printf ("unit-journal-powercut: %u trials, %" PRIu64 " crash states, %"
-          PRIu64 " crashes during replay, %" PRIu64 " full rings, %"
-          PRIu64 " failures\n",
-          trials, states, replay_states, ring_full, failures);
-  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+          PRIu64 " crashes during replay, %" PRIu64 " full rings, %u "
+          "failures\n", trials, states, replay_states, ring_full,
+          unit_failed ());
 }
+
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (trials),
+};
+
+UNIT_MAIN (cases)
