@@ -767,7 +767,7 @@ run_config (const struct config *cfg)
   CHECK (qcow2_create (path, disk_size, cs, extl2, false) == 0);
   fd = open (path, O_RDONLY);
   REQUIRE (fd >= 0);
-  CHECK (fstat (fd, &st) == 0);
+  REQUIRE (fstat (fd, &st) == 0);
   initial_size = st.st_size;
   initial = malloc (initial_size);
   REQUIRE (initial != NULL);

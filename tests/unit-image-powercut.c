@@ -511,7 +511,8 @@ target_free (struct target *tg)
   free (tg->b.data);
 }
 
-/* At exit, a failed CHECK included: no scratch file left behind. */
+/* At exit, after a failed REQUIRE in set-up too: no scratch file left
+ * behind. */
 static void
 cleanup (void)
 {
@@ -864,7 +865,7 @@ run_workload (struct trial *t, unsigned nops)
   struct stat st;
   int fd;
 
-  CHECK (nw >= 1 && nw <= 4);
+  REQUIRE (nw >= 1 && nw <= 4);
   snprintf (path, sizeof path, "%s/base.qcow2", dir);
   if (t->cfg.base != BASE_EMPTY && !have_qemu_img)
     t->cfg.base = BASE_EMPTY;
@@ -873,12 +874,12 @@ run_workload (struct trial *t, unsigned nops)
     t->init_hash[s] = hash_sector (t->init + s * SECTOR);
   memcpy (t->model, t->init, t->cfg.size);
   fd = open (path, O_RDONLY);
-  CHECK (fd >= 0);
-  CHECK (fstat (fd, &st) == 0);
+  REQUIRE (fd >= 0);
+  REQUIRE (fstat (fd, &st) == 0);
   data = malloc (st.st_size);
   REQUIRE (data != NULL);
   CHECK (pread (fd, data, st.st_size, 0) == st.st_size);
-  CHECK (st.st_size >= (off_t) sizeof t->init_header);
+  REQUIRE (st.st_size >= (off_t) sizeof t->init_header);
   memcpy (t->init_header, data, sizeof t->init_header);
   close (fd);
   unlink (path);
@@ -1262,8 +1263,8 @@ run_trial (uint64_t seed, unsigned samples)
   t->disk = malloc (t->cfg.size);
   t->first_hash = malloc (t->nsect * sizeof *t->first_hash);
   t->hist = calloc (t->nsect, sizeof *t->hist);
-  CHECK (t->model && t->init && t->init_hash && t->disk && t->first_hash &&
-         t->hist);
+  REQUIRE (t->model && t->init && t->init_hash && t->disk && t->first_hash &&
+           t->hist);
   pthread_mutex_init (&t->lock, NULL);
 
   nops = t->cfg.long_run ? 5000 : 150 + pc_rand (&t->rng) % 150;

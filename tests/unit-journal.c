@@ -766,13 +766,14 @@ model_commit (struct model *md, struct journal *j, struct mem_io *m,
   errno = 0;
   r = journal_commit (j, &seq);
   if (!fits) {
-    /* Writing it would overwrite live transactions. */
-    CHECK (r == -1 && errno == EAGAIN);
+    /* Writing it would overwrite live transactions.  (Past a difference
+     * from the model, the model's checks mean nothing: stop.) */
+    REQUIRE (r == -1 && errno == EAGAIN);
     CHECK (journal_durable_seq (j) == md->next_seq - 1);
     CHECK (journal_ring_used (j) == model_used (md));
     return -1;
   }
-  CHECK (r == 0);
+  REQUIRE (r == 0);
   if (skip) {
     const uint8_t *h = m->data + AREA + old_tail;
     CHECK (memcmp (h, QJ_TX_MAGIC, 4) == 0);
@@ -1101,9 +1102,11 @@ group_worker (void *arg)
     }
     while (journal_commit (g->j, &seq) == -1) {
       /* Only with a concurrent checkpointer and a small ring. */
-      CHECK (errno == EAGAIN);
+      if (errno != EAGAIN || ++tries >= 200000) {
+        FAIL ("commit: %s after %u tries", strerror (errno), tries);
+        return NULL;
+      }
       atomic_fetch_add (&g->eagains, 1);
-      CHECK (++tries < 200000);
       usleep (20);
     }
     /* The caller's records are in a transaction <= seq that has been
