@@ -13,7 +13,7 @@
 /* Failures printed per case; later ones are only counted. */
 #define UNIT_MAX_REPORTS 50
 
-static const char *unit_prog;
+static const char *unit_prog;   /* for messages */
 static char **unit_names;       /* the cases to run; NULL: all */
 static unsigned unit_failures;  /* failed checks, every thread (atomic) */
 static unsigned unit_case_start; /* unit_failures when the case began */
@@ -21,7 +21,6 @@ static pthread_t unit_case_thread;
 static bool unit_in_case;
 static jmp_buf unit_stop_jmp;
 
-/* Record a failure, described by a printf format. */
 void
 unit_fail (const char *file, int line, const char *fs, ...)
 {
@@ -45,9 +44,7 @@ unit_fail (const char *file, int line, const char *fs, ...)
   funlockfile (stderr);
 }
 
-/* Stop the current case.  A longjmp is only possible from the thread
- * that runs it: from any other, abort.  Outside a case (a program's
- * set-up), exit. */
+/* A longjmp is only possible from the thread that runs the case. */
 void
 unit_stop (void)
 {
@@ -60,7 +57,6 @@ unit_stop (void)
   abort ();
 }
 
-/* Failed checks so far. */
 unsigned
 unit_failed (void)
 {
@@ -84,8 +80,6 @@ unit_selected (const char *name)
   return false;
 }
 
-/* Handle the arguments: --list prints the names and exits, an unknown
- * name exits with status 2. */
 void
 unit_select (int argc, char *argv[], const struct unit_case *cases, size_t n)
 {
@@ -126,7 +120,6 @@ unit_run_case (const struct unit_case *c)
   return unit_failed () - unit_case_start;
 }
 
-/* Run the selected cases; unit_status (). */
 int
 unit_run (const struct unit_case *cases, size_t n)
 {

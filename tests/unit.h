@@ -10,12 +10,14 @@
  * "unit-foo --list" prints the names.  Each case is reported ok or FAIL.
  * CHECK reports a failed expression (file:line) and goes on, so that one
  * run shows every failed check; REQUIRE also stops the case, for where
- * going on would crash (a null pointer...).  Checks may fail in any
- * thread, and are all counted; REQUIRE failing in a thread other than the
- * one running the case aborts the program, as it cannot stop the case
- * from there.  The exit status is 1 if any check failed, 2 for a bad
- * argument.  A program with set-up to do calls unit_select before it and
- * unit_run after it, then returns unit_status (). */
+ * going on would crash (a null pointer...); FAIL reports a failure
+ * described by a printf format.  Checks may fail in any thread, and are
+ * all counted; stopping the case (REQUIRE, unit_stop) from a thread other
+ * than the one running it aborts the program, as a longjmp cannot cross
+ * threads, and before any case (in set-up) exits.  The exit status is 1
+ * if any check failed, 2 for a bad argument.  A program with set-up to do
+ * calls UNIT_SELECT before it and UNIT_RUN after it, then returns
+ * unit_status (). */
 #ifndef QCOW2J_UNIT_H
 #define QCOW2J_UNIT_H
 
