@@ -446,7 +446,7 @@ baseline (struct tap *tp, struct powercut **pcp)
 
     tp->op = i;
     snap[i + 1] = malloc (disk_size);
-    CHECK (snap[i + 1] != NULL);
+    REQUIRE (snap[i + 1] != NULL);
     memcpy (snap[i + 1], snap[i], disk_size);
     if (do_op (img, i) == -1) {
       FAIL ("baseline: op %u (%s) failed: %s", i, w->what, strerror (errno));

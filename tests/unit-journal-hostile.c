@@ -753,7 +753,7 @@ UNIT_CASE (superblock)
     EXPECT (strstr (o.msg, "generation") != NULL);
     free (o.d);
     free (d);
-    }
+  }
 
   /* Same generation, different contents: neither can be trusted. */
   d = dup_img (B2);

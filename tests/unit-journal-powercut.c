@@ -326,9 +326,8 @@ check_moment (struct trial *t, uint64_t moment)
   journal_free (j);
   {
     const uint8_t *d = powercut_data (pc, &size2);
-    if (size2 != first_size || memcmp (d, first, size2) != 0) {
+    if (size2 != first_size || memcmp (d, first, size2) != 0)
       FAIL ("moment %" PRIu64 ": second replay changed the file", moment);
-    }
   }
   free (first);
 
@@ -348,10 +347,9 @@ check_moment (struct trial *t, uint64_t moment)
     journal_free (j);
     replay_states++;
     k2 = check_replayed (t, powercut_io (pc2), k, k, region2);
-    if (k2 != k) {
+    if (k2 != k)
       FAIL ("moment %" PRIu64 ", replay cut at %" PRIu64 ": replaying "
             "again gave state %d, not %d", moment, m2, k2, k);
-    }
     powercut_free (pc2);
   }
   powercut_free (pc);
