@@ -59,7 +59,8 @@ make_image (void)
   memset (m->data + DATA, 0xaa, CS);
 
   memset (plain, 0x5b, CS);
-  REQUIRE (deflateInit2 (&z, 9, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) == Z_OK);
+  REQUIRE (deflateInit2 (&z, 9, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY)
+           == Z_OK);
   z.next_in = plain;
   z.avail_in = CS;
   z.next_out = packed;
