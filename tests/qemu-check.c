@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <spawn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,7 @@ struct qjob {
 };
 static struct qjob jobs[MAX_JOBS];
 static unsigned njobs;
-static uint64_t started, failed;
+static uint64_t started;
 
 static bool
 all_zero (const uint8_t *p, uint64_t n)
@@ -45,16 +46,15 @@ reap_one (void)
   do
     pid = waitpid (-1, &status, 0);
   while (pid == -1 && errno == EINTR);
-  CHECK (pid > 0);
+  REQUIRE (pid > 0);
   for (i = 0; i < njobs && jobs[i].pid != pid; i++)
     ;
-  CHECK (i < njobs);
+  REQUIRE (i < njobs);
   if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
     char line[512];
     FILE *fp = fopen (jobs[i].log, "r");
 
-    fprintf (stderr, "%s: qemu-img check failed (status 0x%x):\n",
-             jobs[i].what, status);
+    FAIL ("%s: qemu-img check failed (status 0x%x):", jobs[i].what, status);
     while (fp && fgets (line, sizeof line, fp))
       fprintf (stderr, "  %s", line);
     if (fp)
@@ -63,7 +63,6 @@ reap_one (void)
       unlink (jobs[i].path);
     else
       fprintf (stderr, "  image kept: %s\n", jobs[i].path);
-    failed++;
   }
   else
     unlink (jobs[i].path);
@@ -89,7 +88,7 @@ qemu_check_start (const char *dir, const uint8_t *data, uint64_t size,
   snprintf (j->log, sizeof j->log, "%s/check-%" PRIu64 ".log", dir, started);
   snprintf (j->what, sizeof j->what, "%s", what);
   fd = open (j->path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  CHECK (fd >= 0);
+  REQUIRE (fd >= 0);
   for (uint64_t pos = 0; pos < size; pos += chunk) {
     uint64_t n = size - pos < chunk ? size - pos : chunk;
     if (!all_zero (data + pos, n))
@@ -104,22 +103,17 @@ qemu_check_start (const char *dir, const uint8_t *data, uint64_t size,
                                            O_WRONLY | O_CREAT | O_TRUNC,
                                            0644) == 0);
   CHECK (posix_spawn_file_actions_adddup2 (&fa, 1, 2) == 0);
-  CHECK (posix_spawnp (&j->pid, "qemu-img", &fa, NULL, argv, environ) == 0);
+  REQUIRE (posix_spawnp (&j->pid, "qemu-img", &fa, NULL, argv, environ) == 0);
   posix_spawn_file_actions_destroy (&fa);
   njobs++;
   started++;
 }
 
-uint64_t
+void
 qemu_check_wait_all (void)
 {
-  uint64_t n;
-
   while (njobs > 0)
     reap_one ();
-  n = failed;
-  failed = 0;
-  return n;
 }
 
 uint64_t

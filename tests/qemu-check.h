@@ -10,10 +10,10 @@
  * qemu-img check on it; 'what' names it in a failure report. */
 extern void qemu_check_start (const char *dir, const uint8_t *data,
                               uint64_t size, const char *what);
-/* Wait for every check started; returns how many failed since the last
- * call (each reported on stderr with qemu-img's output; QCOW2J_KEEP=1
+/* Wait for every check started; each that fails is a failed check of the
+ * test (tests/unit.h), reported with qemu-img's output (QCOW2J_KEEP=1
  * keeps the image). */
-extern uint64_t qemu_check_wait_all (void);
+extern void qemu_check_wait_all (void);
 /* Checks started so far. */
 extern uint64_t qemu_check_started (void);
 /* At exit: wait for running checks and remove their files. */

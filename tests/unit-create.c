@@ -14,7 +14,9 @@
 #include "create.h"
 #include "format.h"
 #include "image.h"
+#include "byteorder.h"
 #include "log.h"
+#include "run-shell.h"
 #include "unit.h"
 
 #define KiB (1ULL << 10)
@@ -43,11 +45,11 @@ slurp (const char *path, uint64_t *len)
   uint8_t *buf;
   int fd = open (path, O_RDONLY);
 
-  CHECK (fd >= 0);
-  CHECK (fstat (fd, &st) == 0);
+  REQUIRE (fd >= 0);
+  REQUIRE (fstat (fd, &st) == 0);
   *len = st.st_size;
   buf = malloc (*len ? *len : 1);
-  CHECK (buf != NULL);
+  REQUIRE (buf != NULL);
   CHECK (pread (fd, buf, *len, 0) == (ssize_t) *len);
   close (fd);
   return buf;
@@ -61,7 +63,7 @@ json_number (const char *json, const char *key)
 
   snprintf (pat, sizeof pat, "\"%s\": ", key);
   p = strstr (json, pat);
-  CHECK (p != NULL);
+  REQUIRE (p != NULL);
   return strtoull (p + strlen (pat), NULL, 10);
 }
 
@@ -75,7 +77,7 @@ check_qemu_info (const char *path, uint64_t size, uint64_t cs, bool ext)
 
   snprintf (cmd, sizeof cmd, "qemu-img info --output=json '%s'", path);
   fp = popen (cmd, "r");
-  CHECK (fp != NULL);
+  REQUIRE (fp != NULL);
   n = fread (json, 1, sizeof json - 1, fp);
   json[n] = '\0';
   CHECK (pclose (fp) == 0);
@@ -115,7 +117,7 @@ check_qcow2j (const char *path, uint64_t size, uint64_t cs)
   static uint8_t buf[64 * KiB];
   uint64_t end = 0;
 
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   CHECK (qcow2_size (img) == size);
   CHECK (qcow2_cluster_size (img) == cs);
   CHECK (!qcow2_is_corrupt (img));
@@ -243,8 +245,7 @@ test_limit (uint64_t cs, bool ext)
   test_create (cs, max, ext);
 }
 
-static void
-test_invalid (void)
+UNIT_CASE (invalid)
 {
   expect_invalid (GiB, 0, false, "cluster size 0 is not a power of two");
   expect_invalid (GiB, 256, false, "cluster size 256");
@@ -261,8 +262,7 @@ test_invalid (void)
                   "with extended L2 entries");
 }
 
-static void
-test_exclusive (void)
+UNIT_CASE (exclusive)
 {
   char path[512];
   uint8_t *before, *after;
@@ -282,8 +282,7 @@ test_exclusive (void)
 }
 
 /* Without exclusive an existing file is overwritten, shorter. */
-static void
-test_overwrite (void)
+UNIT_CASE (overwrite)
 {
   char path[512];
 
@@ -301,8 +300,7 @@ test_overwrite (void)
 
 /* An image in use (here: open in qcow2j with QEMU's locks) is not
  * overwritten. */
-static void
-test_locked (void)
+UNIT_CASE (locked)
 {
   struct qcow2_open_options opts = { .lock = true };
   struct qcow2_image *img;
@@ -311,7 +309,7 @@ test_locked (void)
   snprintf (path, sizeof path, "%s/locked.qcow2", dir);
   CHECK (qcow2_create (path, GiB, 64 * KiB, false, true) == 0);
   img = qcow2_open (path, &opts);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   errno = 0;
   CHECK (qcow2_create (path, 2 * GiB, 64 * KiB, false, false) == -1);
   CHECK (errno == EAGAIN);
@@ -322,8 +320,7 @@ test_locked (void)
   CHECK (unlink (path) == 0);
 }
 
-static void
-test_bad_paths (void)
+UNIT_CASE (bad_paths)
 {
   char path[512];
 
@@ -339,56 +336,72 @@ test_bad_paths (void)
   CHECK (errno == ENOENT);
 }
 
-int
-main (void)
+/* Images of every cluster size, small and large. */
+static const struct {
+  uint64_t cs, size;
+  bool ext;
+} configs[] = {
+  { 512, MiB, false },
+  { 512, GiB, false },                /* several refcount blocks */
+  { 4 * KiB, MiB, false },
+  { 4 * KiB, GiB, false },
+  { 4 * KiB, TiB, false },
+  { 16 * KiB, GiB, true },
+  { 64 * KiB, MiB, false },
+  { 64 * KiB, MiB, true },
+  { 64 * KiB, MiB + 512, false },     /* partial cluster at the end */
+  { 64 * KiB, GiB, false },
+  { 64 * KiB, GiB, true },
+  { 64 * KiB, TiB, false },
+  { 64 * KiB, TiB, true },
+  { 64 * KiB, 16 * TiB, false },
+  { 64 * KiB, 16 * TiB, true },
+  { 2 * MiB, MiB, false },
+  { 2 * MiB, MiB, true },
+  { 2 * MiB, GiB, false },
+  { 2 * MiB, 16 * TiB, false },
+  { 2 * MiB, 16 * TiB, true },
+};
+
+UNIT_CASE (create)
 {
-  static const struct {
-    uint64_t cs, size;
-    bool ext;
-  } cases[] = {
-    { 512, MiB, false },
-    { 512, GiB, false },                /* several refcount blocks */
-    { 4 * KiB, MiB, false },
-    { 4 * KiB, GiB, false },
-    { 4 * KiB, TiB, false },
-    { 16 * KiB, GiB, true },
-    { 64 * KiB, MiB, false },
-    { 64 * KiB, MiB, true },
-    { 64 * KiB, MiB + 512, false },     /* partial cluster at the end */
-    { 64 * KiB, GiB, false },
-    { 64 * KiB, GiB, true },
-    { 64 * KiB, TiB, false },
-    { 64 * KiB, TiB, true },
-    { 64 * KiB, 16 * TiB, false },
-    { 64 * KiB, 16 * TiB, true },
-    { 2 * MiB, MiB, false },
-    { 2 * MiB, MiB, true },
-    { 2 * MiB, GiB, false },
-    { 2 * MiB, 16 * TiB, false },
-    { 2 * MiB, 16 * TiB, true },
-  };
+  for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
+    test_create (configs[i].cs, configs[i].size, configs[i].ext);
+}
+
+/* Each a 32 MiB L1 table; with 512-byte clusters, 65536 clusters of it
+ * and a refcount table of several clusters. */
+UNIT_CASE (limit)
+{
+  test_limit (512, false);
+  test_limit (64 * KiB, true);
+}
+
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (create),
+  UNIT_ENTRY (limit),
+  UNIT_ENTRY (invalid),
+  UNIT_ENTRY (exclusive),
+  UNIT_ENTRY (overwrite),
+  UNIT_ENTRY (locked),
+  UNIT_ENTRY (bad_paths),
+};
+
+int
+main (int argc, char *argv[])
+{
   const char *tmp = getenv ("TMPDIR");
 
+  UNIT_SELECT (argc, argv, cases);
   if (system ("qemu-img --version >/dev/null 2>&1") != 0) {
     fprintf (stderr, "unit-create: qemu-img not found, skipping\n");
     return 77;
   }
   qlog_set_handlers (capture, NULL);
   snprintf (dir, sizeof dir, "%s/unit-create.XXXXXX", tmp ? tmp : "/tmp");
-  CHECK (mkdtemp (dir) != NULL);
-
-  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-    test_create (cases[i].cs, cases[i].size, cases[i].ext);
-  /* Each a 32 MiB L1 table; with 512-byte clusters, 65536 clusters of it
-   * and a refcount table of several clusters. */
-  test_limit (512, false);
-  test_limit (64 * KiB, true);
-  test_invalid ();
-  test_exclusive ();
-  test_overwrite ();
-  test_locked ();
-  test_bad_paths ();
-
+  REQUIRE (mkdtemp (dir) != NULL);
+  UNIT_RUN (cases);
+  /* Every case removed what it made, and no refused create left a file. */
   CHECK (rmdir (dir) == 0);
-  return EXIT_SUCCESS;
+  return unit_status ();
 }

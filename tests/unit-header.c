@@ -5,9 +5,11 @@
 #include <stdarg.h>
 #include <zlib.h>
 
+#include "byteorder.h"
 #include "format.h"
 #include "image.h"
 #include "log.h"
+#include "mem-io.h"
 #include "unit.h"
 
 #define CS 65536ULL                     /* cluster size of the test image */
@@ -57,7 +59,8 @@ make_image (void)
   memset (m->data + DATA, 0xaa, CS);
 
   memset (plain, 0x5b, CS);
-  CHECK (deflateInit2 (&z, 9, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) == Z_OK);
+  REQUIRE (deflateInit2 (&z, 9, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY)
+           == Z_OK);
   z.next_in = plain;
   z.avail_in = CS;
   z.next_out = packed;
@@ -118,14 +121,13 @@ count_extent (void *opaque, uint64_t offset, uint64_t length, unsigned type)
   return 0;
 }
 
-static void
-test_valid (void)
+UNIT_CASE (valid)
 {
   struct qcow2_image *img = open_mem (make_image ());
   uint8_t buf[3 * CS];
   uint64_t types[4] = { 99, 99, 99, 99 };
 
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   CHECK (qcow2_size (img) == SIZE);
   CHECK (qcow2_pread (img, buf, sizeof buf, 0) == 0);
   for (uint64_t i = 0; i < CS; i++)
@@ -145,8 +147,7 @@ test_valid (void)
   qcow2_close (img);
 }
 
-static void
-test_bad_header (void)
+UNIT_CASE (bad_header)
 {
   expect_refused (0, 4, 0x12345678, EINVAL, "magic");
   expect_refused (4, 4, 4, EINVAL, "version 4");
@@ -186,8 +187,7 @@ test_bad_header (void)
   }
 }
 
-static void
-test_feature_name (void)
+UNIT_CASE (feature_name)
 {
   struct mem_io *m = make_image ();
   uint8_t *ext = m->data + 104;
@@ -221,7 +221,7 @@ expect_read_eio (uint64_t where, uint64_t value, uint64_t guest,
 
   put_be64 (m->data + where, value);
   img = open_mem (m);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   errno = 0;
   CHECK (qcow2_pread (img, buf, sizeof buf, guest) == -1);
   if (errno != EIO || strstr (last_error, want) == NULL) {
@@ -234,8 +234,7 @@ expect_read_eio (uint64_t where, uint64_t value, uint64_t guest,
   qcow2_close (img);
 }
 
-static void
-test_bad_entries (void)
+UNIT_CASE (bad_entries)
 {
   expect_read_eio (L1, L2 | 1, 0, "reserved");
   expect_read_eio (L1, L2 + 512, 0, "not cluster aligned");
@@ -250,14 +249,17 @@ test_bad_entries (void)
                    "decompress");
 }
 
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (valid),
+  UNIT_ENTRY (bad_header),
+  UNIT_ENTRY (feature_name),
+  UNIT_ENTRY (bad_entries),
+};
+
 int
-main (void)
+main (int argc, char *argv[])
 {
+  UNIT_SELECT (argc, argv, cases);
   qlog_set_handlers (capture, NULL);
-  test_valid ();
-  test_bad_header ();
-  test_feature_name ();
-  test_bad_entries ();
-  printf ("unit-header: ok\n");
-  return 0;
+  return UNIT_RUN (cases);
 }

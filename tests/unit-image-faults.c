@@ -41,12 +41,14 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -75,7 +77,6 @@ static const struct config configs[] = {
   { 4 * KiB, 3 * MiB, false },
   { 32 * KiB, 2 * MiB, true },
 };
-#define NR_CONFIGS (sizeof configs / sizeof configs[0])
 
 enum op_type { OP_SETUP, OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_CLOSE };
 
@@ -96,7 +97,7 @@ static void
 add_op (enum op_type type, uint64_t offset, uint64_t len, bool may_trim,
         const char *what)
 {
-  CHECK (nops < sizeof workload / sizeof workload[0]);
+  REQUIRE (nops < sizeof workload / sizeof workload[0]);
   CHECK (offset % SECTOR == 0 && len % SECTOR == 0);
   CHECK (offset + len <= disk_size);
   workload[nops++] = (struct wop) { type, offset, len, may_trim, what };
@@ -187,7 +188,7 @@ tap_note (struct tap *tp, int k, int r)
       tp->site_cap[k] = tp->site_cap[k] ? tp->site_cap[k] * 2 : 256;
       tp->site_op[k] = realloc (tp->site_op[k],
                                 tp->site_cap[k] * sizeof *tp->site_op[k]);
-      CHECK (tp->site_op[k] != NULL);
+      REQUIRE (tp->site_op[k] != NULL);
     }
     tp->site_op[k][i] = tp->op;
   }
@@ -315,7 +316,7 @@ static uint64_t initial_size;
 static uint8_t *snap[41];               /* the disk after the first k ops */
 static bool *trimmed;                   /* [k * nsect + s]: op k is a trim
                                            covering s */
-static uint64_t sites, runs, reopen_checks, failures, swallowed;
+static uint64_t sites, runs, reopen_checks, swallowed;
 static bool have_qemu_img, verbose;
 static bool lib_quiet;                  /* errors are expected now */
 static uint64_t rng = 42;
@@ -347,14 +348,13 @@ fail (const char *what, const char *fs, ...)
 static void
 fail (const char *what, const char *fs, ...)
 {
+  char msg[512];
   va_list args;
 
-  fprintf (stderr, "FAIL: %s: ", what);
   va_start (args, fs);
-  vfprintf (stderr, fs, args);
+  vsnprintf (msg, sizeof msg, fs, args);
   va_end (args);
-  fputc ('\n', stderr);
-  failures++;
+  FAIL ("%s: %s", what, msg);
 }
 
 static void
@@ -400,7 +400,7 @@ do_op (struct qcow2_image *img, unsigned i)
     uint8_t *buf = malloc (w->len);
     int r, e;
 
-    CHECK (buf != NULL);
+    REQUIRE (buf != NULL);
     gen_data (i, w->offset, w->len, buf);
     r = qcow2_pwrite (img, buf, w->len, w->offset);
     e = errno;
@@ -438,19 +438,19 @@ baseline (struct tap *tp, struct powercut **pcp)
   tp->record_sites = true;
 
   img = qcow2_open_hostio (&tp->io, NULL, &opts);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   snap[0] = calloc (1, disk_size);
-  CHECK (snap[0] != NULL);
+  REQUIRE (snap[0] != NULL);
   for (unsigned i = 0; i < nops; i++) {
     const struct wop *w = &workload[i];
 
     tp->op = i;
     snap[i + 1] = malloc (disk_size);
-    CHECK (snap[i + 1] != NULL);
+    REQUIRE (snap[i + 1] != NULL);
     memcpy (snap[i + 1], snap[i], disk_size);
     if (do_op (img, i) == -1) {
-      fprintf (stderr, "baseline: op %u (%s) failed: %m\n", i, w->what);
-      exit (EXIT_FAILURE);
+      FAIL ("baseline: op %u (%s) failed: %s", i, w->what, strerror (errno));
+      unit_stop ();
     }
     if (w->type == OP_WRITE)
       gen_data (i, w->offset, w->len, snap[i + 1] + w->offset);
@@ -466,12 +466,12 @@ baseline (struct tap *tp, struct powercut **pcp)
     }
     if (w->type != OP_CLOSE) {
       uint8_t *live = malloc (disk_size);
-      CHECK (live != NULL);
+      REQUIRE (live != NULL);
       CHECK (qcow2_pread (img, live, disk_size, 0) == 0);
       if (memcmp (live, snap[i + 1], disk_size) != 0) {
-        fprintf (stderr, "baseline: after op %u (%s) the disk differs from "
-                 "the model\n", i, w->what);
-        exit (EXIT_FAILURE);
+        FAIL ("baseline: after op %u (%s) the disk differs from the model",
+              i, w->what);
+        unit_stop ();
       }
       free (live);
     }
@@ -531,7 +531,7 @@ recover (const uint8_t *data, uint64_t size, unsigned acked, unsigned last,
   uint8_t *disk = malloc (disk_size);
   uint64_t bad;
 
-  CHECK (disk != NULL);
+  REQUIRE (disk != NULL);
   reopen_checks++;
   img = qcow2_open_hostio (powercut_io (pc), NULL, &opts);
   if (img == NULL) {
@@ -578,7 +578,7 @@ fault_run (int k, uint64_t nth, int err, const struct tap *base)
   struct qcow2_image *img;
   unsigned site = base->site_op[k][nth];
   unsigned acked = 0, last = nops, failed_op = nops;
-  uint64_t ack_moment = 0, end_moment, failures_before = failures;
+  uint64_t ack_moment = 0, end_moment, failures_before = unit_failed ();
   int failed_errno = 0, close_r = 0, close_errno = 0;
   bool closed = false;
   char what[300];
@@ -601,7 +601,7 @@ fault_run (int k, uint64_t nth, int err, const struct tap *base)
 
   lib_quiet = true;
   img = qcow2_open_hostio (&tp.io, NULL, &opts);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   for (unsigned i = 0; i < nops; i++) {
     tp.op = i;
     errno = 0;
@@ -734,7 +734,7 @@ fault_run (int k, uint64_t nth, int err, const struct tap *base)
     }
   }
 
-  if (failures > failures_before)
+  if (unit_failed () > failures_before)
     fprintf (stderr, "  (%s: op %d failed with %s; qcow2_close after it: "
              "%d%s%s; acknowledged: the first %u ops)\n", what,
              failed_op == nops ? -1 : (int) failed_op,
@@ -760,17 +760,17 @@ run_config (const struct config *cfg)
   nsect = disk_size / SECTOR;
   build_workload ();
   trimmed = calloc (nops * nsect, sizeof *trimmed);
-  CHECK (trimmed != NULL);
+  REQUIRE (trimmed != NULL);
 
   /* The initial image. */
   snprintf (path, sizeof path, "%s/base.qcow2", dir);
   CHECK (qcow2_create (path, disk_size, cs, extl2, false) == 0);
   fd = open (path, O_RDONLY);
-  CHECK (fd >= 0);
-  CHECK (fstat (fd, &st) == 0);
+  REQUIRE (fd >= 0);
+  REQUIRE (fstat (fd, &st) == 0);
   initial_size = st.st_size;
   initial = malloc (initial_size);
-  CHECK (initial != NULL);
+  REQUIRE (initial != NULL);
   CHECK (pread (fd, initial, initial_size, 0) == (ssize_t) initial_size);
   close (fd);
   unlink (path);
@@ -808,7 +808,7 @@ run_config (const struct config *cfg)
       fault_run (k, n, EIO, &base);
       fault_run (k, n, ENOSPC, &base);
     }
-  failures += qemu_check_wait_all ();
+  qemu_check_wait_all ();
 
   for (int k = 0; k < NR_KINDS; k++)
     free (base.site_op[k]);
@@ -818,12 +818,23 @@ run_config (const struct config *cfg)
     free (snap[i]);
 }
 
+UNIT_CASE (cs64k) { run_config (&configs[0]); }
+UNIT_CASE (cs4k) { run_config (&configs[1]); }
+UNIT_CASE (cs32k_extl2) { run_config (&configs[2]); }
+
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (cs64k),
+  UNIT_ENTRY (cs4k),
+  UNIT_ENTRY (cs32k_extl2),
+};
+
 int
-main (void)
+main (int argc, char *argv[])
 {
   const char *tmp = getenv ("TMPDIR");
   const char *v = getenv ("QCOW2J_VERBOSE");
 
+  UNIT_SELECT (argc, argv, cases);
   verbose = v && *v == '1';
   qlog_set_handlers (log_error, log_debug);
   have_qemu_img = system ("qemu-img --version >/dev/null 2>&1") == 0;
@@ -832,17 +843,16 @@ main (void)
              "not checked by QEMU\n");
   snprintf (dir, sizeof dir, "%s/qcow2j-faults.XXXXXX",
             tmp && *tmp ? tmp : "/tmp");
-  CHECK (mkdtemp (dir) != NULL);
+  REQUIRE (mkdtemp (dir) != NULL);
 
-  for (unsigned c = 0; c < NR_CONFIGS; c++)
-    run_config (&configs[c]);
+  UNIT_RUN (cases);
   rmdir (dir);
 
   printf ("unit-image-faults: %" PRIu64 " call sites x 2 errors = %" PRIu64
-          " runs, %" PRIu64 " reopen checks, %" PRIu64 " failures\n",
-          sites, runs, reopen_checks, failures);
+          " runs, %" PRIu64 " reopen checks, %u failures\n",
+          sites, runs, reopen_checks, unit_failed ());
   printf ("unit-image-faults: %" PRIu64 " qemu-img checks, %" PRIu64
           " runs where a best-effort step swallowed the error\n",
           qemu_check_started (), swallowed);
-  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+  return unit_status ();
 }

@@ -66,6 +66,7 @@
 #include "log.h"
 #include "powercut.h"
 #include "qemu-check.h"
+#include "run-shell.h"
 #include "unit.h"
 
 extern char **environ;
@@ -192,7 +193,7 @@ struct worker {
 };
 
 static char dir[256];
-static uint64_t nr_trials, states, failures, sb_writes;
+static uint64_t nr_trials, states, sb_writes;
 static uint64_t recovery_cuts, byte_checked, ops_total;
 static uint64_t threaded_trials, backing_trials, reftable_moves;
 static uint64_t zero_hash;
@@ -267,7 +268,7 @@ push_entry (struct trial *t, uint64_t s, struct entry e)
   if (h->n == h->cap) {
     h->cap = h->cap ? h->cap * 2 : 4;
     h->e = realloc (h->e, h->cap * sizeof *h->e);
-    CHECK (h->e != NULL);
+    REQUIRE (h->e != NULL);
   }
   h->e[h->n++] = e;
 }
@@ -292,7 +293,7 @@ note_sector (struct trial *t, uint64_t s, uint32_t op, bool full, bool gen,
     if (t->nstore == t->cap_store) {
       t->cap_store = t->cap_store ? t->cap_store * 2 : 64;
       t->store = realloc (t->store, t->cap_store * sizeof *t->store);
-      CHECK (t->store != NULL);
+      REQUIRE (t->store != NULL);
     }
     memcpy (t->store[t->nstore], p, SECTOR);
     e.kind = C_STORED;
@@ -383,7 +384,7 @@ buf_reserve (struct buf_io *b, uint64_t size)
     return;
   b->cap = size + size / 4;
   b->data = realloc (b->data, b->cap);
-  CHECK (b->data != NULL);
+  REQUIRE (b->data != NULL);
 }
 
 static int
@@ -510,7 +511,8 @@ target_free (struct target *tg)
   free (tg->b.data);
 }
 
-/* At exit, a failed CHECK included: no scratch file left behind. */
+/* At exit, after a failed REQUIRE in set-up too: no scratch file left
+ * behind. */
 static void
 cleanup (void)
 {
@@ -538,7 +540,7 @@ begin_op (struct trial *t, enum op_type type, uint64_t offset, uint64_t len)
   if (t->nops == t->cap_ops) {
     t->cap_ops = t->cap_ops ? t->cap_ops * 2 : 256;
     t->ops = realloc (t->ops, t->cap_ops * sizeof *t->ops);
-    CHECK (t->ops != NULL);
+    REQUIRE (t->ops != NULL);
   }
   op = t->nops++;
   o = &t->ops[op];
@@ -625,7 +627,7 @@ do_write (struct worker *w, bool small)
   s0 = offset / SECTOR;
   s1 = (offset + len + SECTOR - 1) / SECTOR;
   buf = malloc (len);
-  CHECK (buf != NULL);
+  REQUIRE (buf != NULL);
   /* The data depends on the call's number. */
   op = begin_op (t, OP_WRITE, offset, len);
   for (uint64_t s = s0; s < s1; s++) {
@@ -636,9 +638,9 @@ do_write (struct worker *w, bool small)
     memcpy (buf + (a - offset), g + (a - s * SECTOR), b - a);
   }
   if (qcow2_pwrite (t->img, buf, len, offset) != 0) {
-    fprintf (stderr, "seed %" PRIu64 ": qcow2_pwrite (%" PRIu64 ", %"
-             PRIu64 ") failed: %m\n", t->seed, len, offset);
-    exit (EXIT_FAILURE);
+    FAIL ("seed %" PRIu64 ": qcow2_pwrite (%" PRIu64 ", %" PRIu64
+          ") failed: %s", t->seed, len, offset, strerror (errno));
+    unit_stop ();
   }
   end_op (t, op);
   memcpy (t->model + offset, buf, len);
@@ -667,9 +669,9 @@ do_zero (struct worker *w, bool small)
   if (r != 0) {
     if (fast && errno == ENOTSUP)
       return;                   /* nothing changed: the final check says */
-    fprintf (stderr, "seed %" PRIu64 ": qcow2_zero (%" PRIu64 ", %"
-             PRIu64 ") failed: %m\n", t->seed, len, offset);
-    exit (EXIT_FAILURE);
+    FAIL ("seed %" PRIu64 ": qcow2_zero (%" PRIu64 ", %" PRIu64
+          ") failed: %s", t->seed, len, offset, strerror (errno));
+    unit_stop ();
   }
   memset (t->model + offset, 0, len);
   for (uint64_t s = s0; s < s1; s++)
@@ -694,7 +696,7 @@ do_trim (struct worker *w, bool small)
   /* What the trim did: whole sectors of the range may read as zeroes now;
    * nothing else may change. */
   live = malloc ((s1 - s0) * SECTOR);
-  CHECK (live != NULL);
+  REQUIRE (live != NULL);
   CHECK (qcow2_pread (t->img, live, (s1 - s0) * SECTOR, s0 * SECTOR) == 0);
   for (uint64_t s = s0; s < s1; s++) {
     const uint8_t *p = live + (s - s0) * SECTOR;
@@ -703,10 +705,9 @@ do_trim (struct worker *w, bool small)
     if (memcmp (p, t->model + s * SECTOR, SECTOR) == 0)
       continue;
     if (!full || !is_zero (p, SECTOR)) {
-      fprintf (stderr, "seed %" PRIu64 ": trim (%" PRIu64 ", %" PRIu64
-               ") changed sector %" PRIu64 " to something else than "
-               "zeroes\n", t->seed, len, offset, s);
-      __atomic_add_fetch (&failures, 1, __ATOMIC_SEQ_CST);
+      FAIL ("seed %" PRIu64 ": trim (%" PRIu64 ", %" PRIu64 ") changed "
+            "sector %" PRIu64 " to something else than zeroes", t->seed,
+            len, offset, s);
     }
     memcpy (t->model + s * SECTOR, p, SECTOR);
     note_sector (t, s, op, true, false, true);
@@ -721,8 +722,9 @@ do_flush (struct worker *w)
   uint32_t op = begin_op (t, OP_FLUSH, 0, 0);
 
   if (qcow2_flush (t->img) != 0) {
-    fprintf (stderr, "seed %" PRIu64 ": qcow2_flush failed: %m\n", t->seed);
-    exit (EXIT_FAILURE);
+    FAIL ("seed %" PRIu64 ": qcow2_flush failed: %s", t->seed,
+          strerror (errno));
+    unit_stop ();
   }
   end_op (t, op);
 }
@@ -760,13 +762,12 @@ check_live (struct trial *t)
 {
   uint8_t *buf = malloc (t->cfg.size);
 
-  CHECK (buf != NULL);
+  REQUIRE (buf != NULL);
   CHECK (qcow2_pread (t->img, buf, t->cfg.size, 0) == 0);
   for (uint64_t s = 0; s < t->nsect; s++)
     if (memcmp (buf + s * SECTOR, t->model + s * SECTOR, SECTOR) != 0) {
-      fprintf (stderr, "seed %" PRIu64 ": the live image differs from the "
-               "model at sector %" PRIu64 "\n", t->seed, s);
-      failures++;
+      FAIL ("seed %" PRIu64 ": the live image differs from the model at "
+            "sector %" PRIu64, t->seed, s);
       break;
     }
   free (buf);
@@ -864,7 +865,7 @@ run_workload (struct trial *t, unsigned nops)
   struct stat st;
   int fd;
 
-  CHECK (nw >= 1 && nw <= 4);
+  REQUIRE (nw >= 1 && nw <= 4);
   snprintf (path, sizeof path, "%s/base.qcow2", dir);
   if (t->cfg.base != BASE_EMPTY && !have_qemu_img)
     t->cfg.base = BASE_EMPTY;
@@ -873,12 +874,12 @@ run_workload (struct trial *t, unsigned nops)
     t->init_hash[s] = hash_sector (t->init + s * SECTOR);
   memcpy (t->model, t->init, t->cfg.size);
   fd = open (path, O_RDONLY);
-  CHECK (fd >= 0);
-  CHECK (fstat (fd, &st) == 0);
+  REQUIRE (fd >= 0);
+  REQUIRE (fstat (fd, &st) == 0);
   data = malloc (st.st_size);
-  CHECK (data != NULL);
+  REQUIRE (data != NULL);
   CHECK (pread (fd, data, st.st_size, 0) == st.st_size);
-  CHECK (st.st_size >= (off_t) sizeof t->init_header);
+  REQUIRE (st.st_size >= (off_t) sizeof t->init_header);
   memcpy (t->init_header, data, sizeof t->init_header);
   close (fd);
   unlink (path);
@@ -892,7 +893,7 @@ run_workload (struct trial *t, unsigned nops)
   if (pc_rand (&t->rng) % 3 == 0)
     opts.l2_cache_bytes = 64 * KiB;
   t->img = qcow2_open_hostio (&t->tap.io, dir, &opts);
-  CHECK (t->img != NULL);
+  REQUIRE (t->img != NULL);
   CHECK (qcow2_prepare_writable (t->img) == 0);
   check_live (t);
 
@@ -912,7 +913,7 @@ run_workload (struct trial *t, unsigned nops)
   else {
     CHECK (qcow2_start_checkpointer (t->img) == 0);
     for (unsigned i = 0; i < nw; i++)
-      CHECK (pthread_create (&w[i].thread, NULL, run_worker, &w[i]) == 0);
+      REQUIRE (pthread_create (&w[i].thread, NULL, run_worker, &w[i]) == 0);
     for (unsigned i = 0; i < nw; i++)
       CHECK (pthread_join (w[i].thread, NULL) == 0);
     qcow2_stop_checkpointer (t->img);
@@ -1071,7 +1072,7 @@ check_disk (struct trial *t, uint64_t moment)
     if (!ok && partial_after > 0) {
       /* Bytes of several sub-sector writes: each byte from a version. */
       uint8_t (*v)[SECTOR] = malloc (n * SECTOR);
-      CHECK (v != NULL);
+      REQUIRE (v != NULL);
       for (size_t i = 0; i < n; i++)
         entry_content (t, allowed[i], s, v[i]);
       ok = true;
@@ -1233,7 +1234,7 @@ check_moment (struct trial *t, uint64_t moment, bool final, uint64_t subset)
     target_free (&tg2);
   }
   if (!ok) {
-    failures++;
+    FAIL ("%s: the recovered image is wrong (above)", what);
     t->printed++;
   }
   target_free (&tg);
@@ -1243,13 +1244,14 @@ static void
 run_trial (uint64_t seed, unsigned samples)
 {
   struct trial *t = calloc (1, sizeof *t);
-  uint64_t moments, before = failures, next = 0;
+  uint64_t moments, next = 0;
+  unsigned before = unit_failed ();
   uint64_t dense_m = 0, file_size;
   uint32_t dense_op = 0;
   unsigned nops, flush_every;
   struct timespec t0, t1, t2;
 
-  CHECK (t != NULL);
+  REQUIRE (t != NULL);
   t->seed = seed;
   t->rng = seed;
   t->cfg = configs[seed % NR_CONFIGS];
@@ -1261,8 +1263,8 @@ run_trial (uint64_t seed, unsigned samples)
   t->disk = malloc (t->cfg.size);
   t->first_hash = malloc (t->nsect * sizeof *t->first_hash);
   t->hist = calloc (t->nsect, sizeof *t->hist);
-  CHECK (t->model && t->init && t->init_hash && t->disk && t->first_hash &&
-         t->hist);
+  REQUIRE (t->model && t->init && t->init_hash && t->disk && t->first_hash &&
+           t->hist);
   pthread_mutex_init (&t->lock, NULL);
 
   nops = t->cfg.long_run ? 5000 : 150 + pc_rand (&t->rng) % 150;
@@ -1327,7 +1329,7 @@ run_trial (uint64_t seed, unsigned samples)
       check_moment (t, m, false, sub);
   }
   check_moment (t, moments, true, RANDOM);
-  failures += qemu_check_wait_all ();
+  qemu_check_wait_all ();
   clock_gettime (CLOCK_MONOTONIC, &t2);
   if (getenv ("QCOW2J_VERBOSE"))
     fprintf (stderr, "seed %" PRIu64 ": cs %" PRIu64 "%s%s, refcount %u, "
@@ -1348,7 +1350,7 @@ run_trial (uint64_t seed, unsigned samples)
              (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
              (t2.tv_sec - t1.tv_sec) + (t2.tv_nsec - t1.tv_nsec) / 1e9,
              file_size / MiB);
-  if (failures > before)
+  if (unit_failed () > before)
     fprintf (stderr, "trial with seed %" PRIu64 " failed (QCOW2J_SEED=%"
              PRIu64 " repeats it)\n", seed, seed);
 
@@ -1369,15 +1371,44 @@ run_trial (uint64_t seed, unsigned samples)
   free (t);
 }
 
-int
-main (void)
+UNIT_CASE (trials)
 {
   const char *slow = getenv ("QCOW2J_SLOW");
   const char *seed_env = getenv ("QCOW2J_SEED");
-  const char *tmp = getenv ("TMPDIR");
   unsigned trials = slow && *slow == '1' ? 10 * NR_CONFIGS : NR_CONFIGS;
+
+  if (seed_env) {
+    run_trial (strtoull (seed_env, NULL, 0), 2000);
+    trials = 1;
+  }
+  else
+    for (unsigned i = 0; i < trials; i++)
+      run_trial (1000 + i, 150);
+  qemu_check_wait_all ();
+  printf ("unit-image-powercut: %u trials, %" PRIu64 " crash states, %"
+          PRIu64 " qemu-img checks, %u failures\n",
+          trials, states, qemu_check_started (), unit_failed ());
+  printf ("unit-image-powercut: %" PRIu64 " calls, %" PRIu64
+          " journal superblock writes, %" PRIu64 " cuts during recovery, %"
+          PRIu64 " sectors checked byte by byte\n",
+          ops_total, sb_writes, recovery_cuts, byte_checked);
+  printf ("unit-image-powercut: %" PRIu64 " trials over a backing file, %"
+          PRIu64 " with several threads and the checkpoint thread, %" PRIu64
+          " moved the refcount table\n",
+          backing_trials, threaded_trials, reftable_moves);
+}
+
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (trials),
+};
+
+int
+main (int argc, char *argv[])
+{
+  const char *tmp = getenv ("TMPDIR");
   uint8_t zero[SECTOR] = { 0 };
 
+  UNIT_SELECT (argc, argv, cases);
   /* Keep the large buffers of crash states in the heap. */
   mallopt (M_MMAP_THRESHOLD, 32 * MiB);
   mallopt (M_TRIM_THRESHOLD, 256 * MiB);
@@ -1393,29 +1424,9 @@ main (void)
   if (mkdtemp (dir) == NULL) {
     snprintf (dir, sizeof dir, "%s/qcow2j-powercut.XXXXXX",
               tmp && *tmp ? tmp : "/tmp");
-    CHECK (mkdtemp (dir) != NULL);
+    REQUIRE (mkdtemp (dir) != NULL);
   }
 
   atexit (cleanup);
-
-  if (seed_env) {
-    run_trial (strtoull (seed_env, NULL, 0), 2000);
-    trials = 1;
-  }
-  else
-    for (unsigned i = 0; i < trials; i++)
-      run_trial (1000 + i, 150);
-  failures += qemu_check_wait_all ();
-  printf ("unit-image-powercut: %u trials, %" PRIu64 " crash states, %"
-          PRIu64 " qemu-img checks, %" PRIu64 " failures\n",
-          trials, states, qemu_check_started (), failures);
-  printf ("unit-image-powercut: %" PRIu64 " calls, %" PRIu64
-          " journal superblock writes, %" PRIu64 " cuts during recovery, %"
-          PRIu64 " sectors checked byte by byte\n",
-          ops_total, sb_writes, recovery_cuts, byte_checked);
-  printf ("unit-image-powercut: %" PRIu64 " trials over a backing file, %"
-          PRIu64 " with several threads and the checkpoint thread, %" PRIu64
-          " moved the refcount table\n",
-          backing_trials, threaded_trials, reftable_moves);
-  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+  return UNIT_RUN (cases);
 }

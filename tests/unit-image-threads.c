@@ -44,9 +44,11 @@
  */
 #include <config.h>
 
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -55,6 +57,7 @@
 #include "create.h"
 #include "image.h"
 #include "log.h"
+#include "run-shell.h"
 #include "unit.h"
 
 #define SECTOR ((uint64_t) 512)
@@ -336,7 +339,9 @@ classify (const uint8_t *p, uint64_t s, const char *what, bool strict)
 
  bad:
   dump_sector (p);
-  exit (EXIT_FAILURE);
+  FAIL ("%s: %s: sector %" PRIu64 " is none of the writes to it (above)",
+        cfg->name, what, s);
+  unit_stop ();
 }
 
 /* Content codes compare after this: backing data where the backing file
@@ -389,12 +394,12 @@ check_observed (struct worker *w, uint64_t s, uint64_t obs, const char *what)
     describe (b1, sizeof b1, obs);
     describe (b2, sizeof b2, e);
     describe (b3, sizeof b3, trim_prev[s]);
-    fprintf (stderr, "%s: %s: sector %" PRIu64 " reads as %s, but the last "
-             "write to it was %s%s%s (nothing else changed it since)\n",
-             cfg->name, what, s, b1, b2,
-             trimmed[s] ? ", then trimmed, before that " : "",
-             trimmed[s] ? b3 : "");
-    exit (EXIT_FAILURE);
+    FAIL ("%s: %s: sector %" PRIu64 " reads as %s, but the last "
+          "write to it was %s%s%s (nothing else changed it since)",
+          cfg->name, what, s, b1, b2,
+          trimmed[s] ? ", then trimmed, before that " : "",
+          trimmed[s] ? b3 : "");
+    unit_stop ();
   }
   expect[s] = obs;
   trimmed[s] = false;
@@ -508,8 +513,7 @@ check_read (struct worker *w, const uint8_t *p, uint64_t s, uint64_t obs,
       fprintf (stderr, "%s: %s: sector %" PRIu64 " (changing during the "
                "read) mixes in bytes of no write to it\n", cfg->name,
                what, s);
-      classify (p, s, what, true);
-      exit (EXIT_FAILURE);
+      classify (p, s, what, true);     /* explains, stops */
     }
     w->c.mixed++;
   }
@@ -528,9 +532,9 @@ read_done (struct worker *w, uint64_t s0, uint64_t n, const char *what)
 static void
 fail_op (const char *op, uint64_t s0, uint64_t n)
 {
-  fprintf (stderr, "%s: %s at sector %" PRIu64 " (+%" PRIu64 "): %m\n",
-           cfg->name, op, s0, n);
-  exit (EXIT_FAILURE);
+  FAIL ("%s: %s at sector %" PRIu64 " (+%" PRIu64 "): %s", cfg->name, op,
+        s0, n, strerror (errno));
+  unit_stop ();
 }
 
 /* Operations ------------------------------------------------------------- */
@@ -652,8 +656,8 @@ collect_extent (void *opaque, uint64_t offset, uint64_t length,
   struct extent_list *l = opaque;
 
   if (l->n >= MAX_EXTENTS) {
-    fprintf (stderr, "%s: qcow2_extents: too many extents\n", cfg->name);
-    exit (EXIT_FAILURE);
+    FAIL ("%s: qcow2_extents: too many extents", cfg->name);
+    unit_stop ();
   }
   l->off[l->n] = offset;
   l->len[l->n] = length;
@@ -682,11 +686,11 @@ op_extents (struct worker *w)
   for (uint64_t i = 0; i < l.n; i++) {
     if (l.off[i] != at || l.len[i] == 0 || l.type[i] > 3 ||
         l.off[i] % SECTOR || l.len[i] % SECTOR) {
-      fprintf (stderr, "%s: qcow2_extents (%" PRIu64 "+%" PRIu64 "): "
-               "extent %" PRIu64 " is 0x%" PRIx64 "+0x%" PRIx64 " type %u\n",
-               cfg->name, s0 * SECTOR, n * SECTOR, i, l.off[i], l.len[i],
-               l.type[i]);
-      exit (EXIT_FAILURE);
+      FAIL ("%s: qcow2_extents (%" PRIu64 "+%" PRIu64 "): "
+            "extent %" PRIu64 " is 0x%" PRIx64 "+0x%" PRIx64 " type %u",
+            cfg->name, s0 * SECTOR, n * SECTOR, i, l.off[i], l.len[i],
+            l.type[i]);
+      unit_stop ();
     }
     at += l.len[i];
   }
@@ -717,11 +721,11 @@ op_extents (struct worker *w)
         char b[64];
 
         describe (b, sizeof b, obs);
-        fprintf (stderr, "%s: qcow2_extents reported 0x%" PRIx64 "+0x%"
-                 PRIx64 " as zero (type %u), but sector %" PRIu64 " reads "
-                 "as %s and nothing changed it meanwhile\n", cfg->name,
-                 l.off[i], l.len[i], l.type[i], s, b);
-        exit (EXIT_FAILURE);
+        FAIL ("%s: qcow2_extents reported 0x%" PRIx64 "+0x%"
+              PRIx64 " as zero (type %u), but sector %" PRIu64 " reads "
+              "as %s and nothing changed it meanwhile", cfg->name,
+              l.off[i], l.len[i], l.type[i], s, b);
+        unit_stop ();
       }
       check_read (w, p, s, obs, w->g[s - s0], "read of a zero extent");
       if (w->g[s - s0] == gen[s])
@@ -781,7 +785,7 @@ make_backing_file (const char *path)
 
   CHECK (qcow2_create (path, DISK, 65536, false, true) == 0);
   b = qcow2_open (path, &opts);
-  CHECK (b != NULL);
+  REQUIRE (b != NULL);
   CHECK (qcow2_prepare_writable (b) == 0);
   /* Data in runs of 3 KiB every 8 KiB or so: never cluster-aligned. */
   for (uint64_t s = 0; s < NSECT; s++) {
@@ -858,7 +862,7 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
     memset (wlog[i], 0, LOG_CAP * sizeof wlog[i][0]);
 
   img = qcow2_open (path, &opts);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   CHECK (qcow2_prepare_writable (img) == 0);
   CHECK (qcow2_start_checkpointer (img) == 0);
 
@@ -870,7 +874,7 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
     w[i].buf = malloc (REGION_LEN);
     w[i].obs = malloc (RSN * sizeof (uint64_t));
     w[i].g = malloc (RSN * sizeof (uint64_t));
-    CHECK (pthread_create (&w[i].thread, NULL, worker_thread, &w[i]) == 0);
+    REQUIRE (pthread_create (&w[i].thread, NULL, worker_thread, &w[i]) == 0);
   }
   sleep_s (1.0 * scale);
   __atomic_store_n (&phase, 1, __ATOMIC_RELEASE);
@@ -915,24 +919,22 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
   if (have_qemu_img) {
     snprintf (cmd, sizeof cmd, "qemu-img check -q -f qcow2 '%s'", path);
     if (run_shell ("%s", cmd) != 0) {
-      fprintf (stderr, "%s: qemu-img check failed:\n", c->name);
+      FAIL ("%s: qemu-img check failed:", c->name);
       snprintf (cmd, sizeof cmd, "qemu-img check -f qcow2 '%s' >&2", path);
       run_shell ("%s", cmd);
-      exit (EXIT_FAILURE);
     }
   }
 
   /* A fresh open reads the same. */
   opts.writable = false;
   img = qcow2_open (path, &opts);
-  CHECK (img != NULL);
+  REQUIRE (img != NULL);
   CHECK (!qcow2_journal_dirty (img));
   full_read (img, again);
   for (uint64_t s = 0; s < NSECT; s++)
     if (memcmp (fin + s * SECTOR, again + s * SECTOR, SECTOR) != 0) {
-      fprintf (stderr, "%s: sector %" PRIu64 " differs after reopening\n",
-               c->name, s);
-      exit (EXIT_FAILURE);
+      FAIL ("%s: sector %" PRIu64 " differs after reopening", c->name, s);
+      break;
     }
   CHECK (qcow2_close (img) == 0);
   img = NULL;
@@ -945,14 +947,14 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
               path, raw);
     CHECK (run_shell ("%s", cmd) == 0);
     f = fopen (raw, "rb");
-    CHECK (f != NULL);
+    REQUIRE (f != NULL);
     CHECK (fread (again, 1, DISK, f) == DISK);
     fclose (f);
     for (uint64_t s = 0; s < NSECT; s++)
       if (memcmp (fin + s * SECTOR, again + s * SECTOR, SECTOR) != 0) {
-        fprintf (stderr, "%s: sector %" PRIu64 " differs as QEMU reads it\n",
-                 c->name, s);
-        exit (EXIT_FAILURE);
+        FAIL ("%s: sector %" PRIu64 " differs as QEMU reads it", c->name,
+              s);
+        break;
       }
     unlink (raw);
   }
@@ -976,28 +978,55 @@ run_config (const struct config *c, const char *dir, uint64_t seed,
   free (again);
 }
 
+static char dir[] = "/tmp/qcow2j-threads-XXXXXX";
+static uint64_t seed;
+static double scale;
+
+/* Configurations over a backing file need qemu-img to make it. */
+static void
+run_named (const char *name)
+{
+  const struct config *c = configs;
+
+  while (strcmp (c->name, name) != 0)
+    c++;
+  if (c->backing && !have_qemu_img)
+    printf ("%s: skipped: no qemu-img\n", name);
+  else
+    run_config (c, dir, seed, scale);
+}
+
+UNIT_CASE (c4k) { run_named ("4k"); }
+UNIT_CASE (c64k) { run_named ("64k"); }
+UNIT_CASE (c64k_extl2) { run_named ("64k-extl2"); }
+UNIT_CASE (c4k_backing) { run_named ("4k-backing"); }
+UNIT_CASE (c32k_extl2_backing) { run_named ("32k-extl2-backing"); }
+
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (c4k),
+  UNIT_ENTRY (c64k),
+  UNIT_ENTRY (c64k_extl2),
+  UNIT_ENTRY (c4k_backing),
+  UNIT_ENTRY (c32k_extl2_backing),
+};
+
 int
-main (void)
+main (int argc, char *argv[])
 {
   const char *e = getenv ("QCOW2J_SEED");
-  uint64_t seed = e ? strtoull (e, NULL, 0) : (uint64_t) time (NULL);
-  double scale = getenv ("QCOW2J_SLOW") ? 5 : 1;
-  char dir[] = "/tmp/qcow2j-threads-XXXXXX";
 
+  UNIT_SELECT (argc, argv, cases);
+  seed = e ? strtoull (e, NULL, 0) : (uint64_t) time (NULL);
+  scale = getenv ("QCOW2J_SLOW") ? 5 : 1;
   printf ("seed %" PRIu64 " (QCOW2J_SEED=%" PRIu64 " repeats it)\n",
           seed, seed);
-  CHECK (mkdtemp (dir) != NULL);
+  REQUIRE (mkdtemp (dir) != NULL);
   have_qemu_img = run_shell ("qemu-img --version >/dev/null 2>&1") == 0;
   if (!have_qemu_img)
     printf ("qemu-img not found: no backing files, no qemu-img check\n");
   for (unsigned i = 0; i < NWORKERS; i++)
-    CHECK ((wlog[i] = malloc (LOG_CAP * sizeof wlog[i][0])) != NULL);
-
-  for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++) {
-    if (configs[i].backing && !have_qemu_img)
-      continue;
-    run_config (&configs[i], dir, seed, scale);
-  }
+    REQUIRE ((wlog[i] = malloc (LOG_CAP * sizeof wlog[i][0])) != NULL);
+  UNIT_RUN (cases);
   rmdir (dir);
-  return 0;
+  return unit_status ();
 }

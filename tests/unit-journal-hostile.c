@@ -24,6 +24,7 @@
 #include "journal.h"
 #include "journal-format.h"
 #include "log.h"
+#include "mem-io.h"
 #include "unit.h"
 
 #define CLUSTER    65536ULL
@@ -57,20 +58,15 @@ capture (const char *fs, va_list args)
   nr_msgs++;
 }
 
-/* Soft checks: report the case and go on, so one run lists every failing
- * case. */
+/* A check naming the corruption being tried (cur), which also notes
+ * that the outcome is worth printing. */
 static const char *cur;
-static unsigned failures;
 static bool case_failed;
 
 #define EXPECT(expr)                                                    \
-  do {                                                                  \
-    if (!(expr)) {                                                      \
-      fprintf (stderr, "FAIL [%s] %s:%d: %s\n", cur, __FILE__,          \
-               __LINE__, #expr);                                        \
-      case_failed = true;                                               \
-    }                                                                   \
-  } while (0)
+  ((expr) ? (void) 0                                                    \
+   : (FAIL ("[%s] check failed: %s", cur, #expr),                       \
+      (void) (case_failed = true)))
 
 /* The base journals. ------------------------------------------------------ */
 
@@ -106,7 +102,7 @@ build_base (bool checkpoint, size_t *n)
   uint8_t *out;
   uint64_t seq;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   for (int t = 0; t < 3; t++) {
     uint64_t end = 0;
     for (int i = 0; i < 4 && txops[t][i].kind; i++) {
@@ -285,13 +281,6 @@ begin (const char *name)
   case_failed = false;
 }
 
-static void
-end (void)
-{
-  if (case_failed)
-    failures++;
-}
-
 /* Refused: -1 EINVAL, unchanged file, a message naming the transaction. */
 static void
 expect_refuse (const char *name, uint8_t *img, size_t n, uint64_t seq)
@@ -312,7 +301,6 @@ expect_refuse (const char *name, uint8_t *img, size_t n, uint64_t seq)
              "message \"%s\"\n", name, o.r, o.err, o.st.transactions, o.msg);
   free (o.d);
   free (img);
-  end ();
 }
 
 /* Replayed exactly the transactions in mask (a valid prefix of the chain
@@ -352,7 +340,6 @@ expect_prefix (const char *name, uint8_t *img, size_t n, const uint8_t *b,
   free (o.d);
   free (e);
   free (img);
-  end ();
 }
 
 /* Accepted, all three applied (over a patched tx 2), and the 8 bytes at
@@ -373,7 +360,6 @@ expect_accept (const char *name, uint8_t *img, size_t n, uint64_t off,
              name, o.r, o.err, o.msg);
   free (o.d);
   free (img);
-  end ();
 }
 
 static void
@@ -388,7 +374,6 @@ expect_open_fails (const char *name, uint8_t *img, size_t n)
   EXPECT (o.n == n && memcmp (o.d, img, n) == 0);
   free (o.d);
   free (img);
-  end ();
 }
 
 /* The cases. ------------------------------------------------------------- */
@@ -427,8 +412,7 @@ tx2_put16 (uint32_t at, uint16_t v)
 #define SET0_OFF (R_SET + 8)      /* tx 2's first SET64 offset */
 #define SET0_VAL (R_SET + 16)
 
-static void
-chain_cases (void)
+UNIT_CASE (chain)
 {
   uint8_t *d;
 
@@ -518,8 +502,7 @@ chain_cases (void)
   expect_prefix ("bad crc in tx 1", d, base1_n, B1, 0, 1);
 }
 
-static void
-refuse_cases (void)
+UNIT_CASE (refuse)
 {
   uint8_t *d;
 
@@ -673,8 +656,7 @@ refuse_cases (void)
 
 /* Patched records that are within the rules (controls for the patching:
  * the refusals above are not artefacts of it). */
-static void
-accept_cases (void)
+UNIT_CASE (accept)
 {
   const uint64_t v = 0xa2a2a2a2a2a2a2a2ULL;
   uint8_t *d;
@@ -712,8 +694,7 @@ accept_cases (void)
                  META + 8, 0);
 }
 
-static void
-superblock_cases (void)
+UNIT_CASE (superblock)
 {
   uint8_t *d;
   struct { const char *name; unsigned off, width; uint64_t v; } bad[] = {
@@ -794,7 +775,6 @@ superblock_cases (void)
     EXPECT (strstr (o.msg, "generation") != NULL);
     free (o.d);
     free (d);
-    end ();
   }
 
   /* Same generation, different contents: neither can be trusted. */
@@ -884,7 +864,6 @@ expect_bound (const char *name, uint8_t *d, size_t n, uint64_t area_size,
              o.st.transactions, o.st.sectors, o.msg);
   free (o.d);
   free (d);
-  end ();
 }
 
 /* Chains of n transactions that each zero the same 1 MiB (2048 sectors,
@@ -908,8 +887,7 @@ zero_chain (unsigned n, size_t *size)
   return d;
 }
 
-static void
-bound_cases (void)
+UNIT_CASE (bound)
 {
   const uint64_t big_area = 129ULL << 20;
   struct outcome o;
@@ -923,13 +901,11 @@ bound_cases (void)
   run (base1, base1_n, &o);
   EXPECT (o.r == 0 && o.st.sectors == 10);
   free (o.d);
-  end ();
   begin ("a WRITE across a sector boundary");
   run (d = tx2_put64 (R_WRITE + 8, META + 0x2000 + 505), base1_n, &o);
   EXPECT (o.r == 0 && o.st.sectors == 11);
   free (o.d);
   free (d);
-  end ();
 
   /* Sectors: many small ZERO transactions. */
   d = zero_chain (128, &n);
@@ -1003,8 +979,7 @@ bound_cases (void)
 /* The writer never leaves a live region past the bound: one transaction
  * may not exceed it (EFBIG), and a commit that would take the live region
  * past it asks for a checkpoint first (EAGAIN), as a full ring does. */
-static void
-writer_bound_cases (void)
+UNIT_CASE (writer_bound)
 {
   const uint64_t half = QJ_MAX_LIVE_SECTORS / 2 * QJ_SECTOR;
   const uint64_t tgt = AREA + AREA_SIZE, big_area = 129ULL << 20;
@@ -1036,7 +1011,6 @@ writer_bound_cases (void)
   EXPECT (journal_commit (j, &seq) == 0 && seq == 3);
   journal_free (j);
   hostio_close (&m->io);
-  end ();
 
   begin ("writer: transactions");
   m = mem_io_new ("writer", AREA + big_area);
@@ -1055,7 +1029,6 @@ writer_bound_cases (void)
           seq == QJ_MAX_LIVE_TRANSACTIONS + 1);
   journal_free (j);
   hostio_close (&m->io);
-  end ();
 }
 
 /* Fuzz ------------------------------------------------------------------- */
@@ -1101,7 +1074,7 @@ cap_grow (struct cap_io *c, uint64_t size)
   }
   if (size > c->alloc) {
     c->data = realloc (c->data, size);
-    CHECK (c->data != NULL);
+    REQUIRE (c->data != NULL);
     c->alloc = size;
   }
   if (size > c->size)
@@ -1217,7 +1190,7 @@ build_wrapped_base (size_t *n)
   uint64_t seq, ring_blocks = (AREA_SIZE - QJ_RING_START) / QJ_BLOCK;
   uint8_t *out;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   memset (buf, 0x77, sizeof buf);
   for (uint64_t k = 1; k <= ring_blocks - 4; k++) {
     CHECK (journal_add_set64 (j, META + 8 * k, k) == 0);
@@ -1375,7 +1348,7 @@ fuzz (unsigned iters, uint64_t seed)
     /* Idempotent: replaying again finds nothing and writes nothing. */
     cp->mods = 0;
     j = journal_open (&cp->io, AREA, AREA_SIZE, ID, CLUSTER);
-    CHECK (j != NULL);
+    REQUIRE (j != NULL);
     CHECK (journal_replay (j, &st) == 0);
     if (st.transactions != 0) {
       fprintf (stderr, "fuzz seed %" PRIu64 " iteration %u (base %d): a "
@@ -1404,27 +1377,12 @@ fuzz (unsigned iters, uint64_t seed)
   CHECK (replayed > 0 && refused > 0);
 }
 
-int
-main (void)
+/* Flip bytes in the superblocks and the ring. */
+UNIT_CASE (fuzz)
 {
   const char *s;
   uint64_t seed;
   unsigned iters = 3000;
-
-  alarm (120);
-  setvbuf (stdout, NULL, _IONBF, 0);
-  memset (aa, 0xaa, sizeof aa);
-  base1 = build_base (false, &base1_n);
-  base2 = build_base (true, &base2_n);
-  base3 = build_wrapped_base (&base3_n);
-  qlog_set_handlers (capture, NULL);
-
-  chain_cases ();
-  refuse_cases ();
-  accept_cases ();
-  superblock_cases ();
-  bound_cases ();
-  writer_bound_cases ();
 
   s = getenv ("QCOW2J_SEED");
   seed = s ? strtoull (s, NULL, 0) : 0x5eed;
@@ -1434,14 +1392,32 @@ main (void)
   printf ("fuzz seed %" PRIu64 " (QCOW2J_SEED=%" PRIu64 " repeats it)\n",
           seed, seed);
   fuzz (iters, seed);
+}
 
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (chain),
+  UNIT_ENTRY (refuse),
+  UNIT_ENTRY (accept),
+  UNIT_ENTRY (superblock),
+  UNIT_ENTRY (bound),
+  UNIT_ENTRY (writer_bound),
+  UNIT_ENTRY (fuzz),
+};
+
+int
+main (int argc, char *argv[])
+{
+  UNIT_SELECT (argc, argv, cases);
+  alarm (120);
+  memset (aa, 0xaa, sizeof aa);
+  base1 = build_base (false, &base1_n);
+  base2 = build_base (true, &base2_n);
+  base3 = build_wrapped_base (&base3_n);
+  qlog_set_handlers (capture, NULL);
+  UNIT_RUN (cases);
   free (base1);
   free (base2);
   free (base3);
-  if (failures) {
-    printf ("unit-journal-hostile: %u case(s) failed\n", failures);
-    return EXIT_FAILURE;
-  }
-  printf ("unit-journal-hostile: ok (%u messages captured)\n", nr_msgs);
-  return EXIT_SUCCESS;
+  printf ("unit-journal-hostile: %u messages captured\n", nr_msgs);
+  return unit_status ();
 }

@@ -59,7 +59,7 @@ struct trial {
   bool dirty_written;
 };
 
-static uint64_t states, replay_states, failures, ring_full;
+static uint64_t states, replay_states, ring_full;
 
 static uint64_t
 model_index (uint64_t off)
@@ -216,7 +216,7 @@ run_workload (struct trial *t, unsigned ops)
   /* The journal is created before the recording starts: a power cut
    * before it is durable is the open sequence's business, not replay's. */
   j = journal_create (powercut_io (setup), AREA, AREA_SIZE, t->id, CS);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   journal_free (j);
   data = powercut_data (setup, &size);
   t->pc = powercut_new ("image", data, size);
@@ -224,7 +224,7 @@ run_workload (struct trial *t, unsigned ops)
   free (zero);
 
   t->j = journal_open (powercut_io (t->pc), AREA, AREA_SIZE, t->id, CS);
-  CHECK (t->j != NULL);
+  REQUIRE (t->j != NULL);
   {
     const struct journal_hooks hooks = { .pre_commit = pre_commit };
     journal_set_hooks (t->j, &hooks, t);
@@ -301,16 +301,15 @@ check_moment (struct trial *t, uint64_t moment)
   pc = powercut_new ("crash", crash, crash_size);
   free (crash);
   j = journal_open (powercut_io (pc), AREA, AREA_SIZE, t->id, CS);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   CHECK (journal_replay (j, &stats) == 0);
   journal_free (j);
   states++;
 
   k = check_replayed (t, powercut_io (pc), acked, issued, region);
   if (k < 0) {
-    fprintf (stderr, "moment %" PRIu64 ": replay gave no state in "
-             "[%u, %u] (code %d)\n", moment, acked, issued, k);
-    failures++;
+    FAIL ("moment %" PRIu64 ": replay gave no state in [%u, %u] (code %d)",
+          moment, acked, issued, k);
     powercut_free (pc);
     return;
   }
@@ -322,16 +321,13 @@ check_moment (struct trial *t, uint64_t moment)
     memcpy (first, d, first_size);
   }
   j = journal_open (powercut_io (pc), AREA, AREA_SIZE, t->id, CS);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   CHECK (journal_replay (j, &stats) == 0);
   journal_free (j);
   {
     const uint8_t *d = powercut_data (pc, &size2);
-    if (size2 != first_size || memcmp (d, first, size2) != 0) {
-      fprintf (stderr, "moment %" PRIu64 ": second replay changed the "
-               "file\n", moment);
-      failures++;
-    }
+    if (size2 != first_size || memcmp (d, first, size2) != 0)
+      FAIL ("moment %" PRIu64 ": second replay changed the file", moment);
   }
   free (first);
 
@@ -346,17 +342,14 @@ check_moment (struct trial *t, uint64_t moment)
     pc2 = powercut_new ("crash2", crash2, crash2_size);
     free (crash2);
     j = journal_open (powercut_io (pc2), AREA, AREA_SIZE, t->id, CS);
-    CHECK (j != NULL);
+    REQUIRE (j != NULL);
     CHECK (journal_replay (j, &stats) == 0);
     journal_free (j);
     replay_states++;
     k2 = check_replayed (t, powercut_io (pc2), k, k, region2);
-    if (k2 != k) {
-      fprintf (stderr, "moment %" PRIu64 ", replay cut at %" PRIu64
-               ": replaying again gave state %d, not %d\n", moment, m2,
-               k2, k);
-      failures++;
-    }
+    if (k2 != k)
+      FAIL ("moment %" PRIu64 ", replay cut at %" PRIu64 ": replaying "
+            "again gave state %d, not %d", moment, m2, k2, k);
     powercut_free (pc2);
   }
   powercut_free (pc);
@@ -367,7 +360,7 @@ run_trial (uint64_t seed, unsigned ops, unsigned samples)
 {
   struct trial *t = calloc (1, sizeof *t);
   uint64_t moments;
-  uint64_t before = failures;
+  unsigned before = unit_failed ();
 
   t->rng = seed;
   /* Rare checkpoints fill the ring: commits then wait for space. */
@@ -384,7 +377,7 @@ run_trial (uint64_t seed, unsigned ops, unsigned samples)
         next += 1 + moments / samples;
     }
   check_moment (t, moments);
-  if (failures > before)
+  if (unit_failed () > before)
     fprintf (stderr, "trial with seed %" PRIu64 " failed (QCOW2J_SEED=%"
              PRIu64 " repeats it)\n", seed, seed);
 
@@ -395,8 +388,7 @@ run_trial (uint64_t seed, unsigned ops, unsigned samples)
   free (t);
 }
 
-int
-main (void)
+UNIT_CASE (trials)
 {
   const char *slow = getenv ("QCOW2J_SLOW");
   const char *seed_env = getenv ("QCOW2J_SEED");
@@ -410,8 +402,13 @@ main (void)
     for (unsigned i = 0; i < trials; i++)
       run_trial (1000 + i, 60 + i * 15, 200);
   printf ("unit-journal-powercut: %u trials, %" PRIu64 " crash states, %"
-          PRIu64 " crashes during replay, %" PRIu64 " full rings, %"
-          PRIu64 " failures\n",
-          trials, states, replay_states, ring_full, failures);
-  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
+          PRIu64 " crashes during replay, %" PRIu64 " full rings, %u "
+          "failures\n", trials, states, replay_states, ring_full,
+          unit_failed ());
 }
+
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (trials),
+};
+
+UNIT_MAIN (cases)

@@ -8,21 +8,18 @@
  * targeting a "metadata" region at 4 MiB - 8 MiB (and header words in
  * cluster 0).
  *
- * Each test runs in a child process, so that one failure does not hide
- * the others.  "unit-journal NAME" runs only the tests whose name
- * contains NAME, in-process (handy under a debugger or a sanitizer). */
+ * "unit-journal NAME" runs one case (tests/unit.h). */
 #include <config.h>
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <inttypes.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "journal.h"
 #include "journal-format.h"
+#include "mem-io.h"
 #include "unit.h"
 
 #define CLUSTER    65536ULL
@@ -242,7 +239,7 @@ wrap_new (uint64_t size, uint64_t area, uint64_t area_size)
 {
   struct wrap_io *w = calloc (1, sizeof *w);
 
-  CHECK (w != NULL);
+  REQUIRE (w != NULL);
   w->io.ops = &wrap_ops;
   w->io.name = strdup ("wrap");
   w->mem = mem_io_new ("mem", size);
@@ -265,7 +262,7 @@ mem_clone (const struct mem_io *m)
 static uint64_t
 get64_at (const struct mem_io *m, uint64_t off)
 {
-  CHECK (off + 8 <= m->size);
+  REQUIRE (off + 8 <= m->size);
   return get_be64 (m->data + off);
 }
 
@@ -317,7 +314,7 @@ scan_apply (void *opaque, uint64_t offset, const void *buf, uint64_t count)
   struct scan_log *l = opaque;
   struct scan_rec *r;
 
-  CHECK (l->n < 32);
+  REQUIRE (l->n < 32);
   r = &l->r[l->n++];
   r->off = offset;
   r->count = count;
@@ -327,8 +324,7 @@ scan_apply (void *opaque, uint64_t offset, const void *buf, uint64_t count)
   return 0;
 }
 
-static void
-test_replay_basic (void)
+UNIT_CASE (replay_basic)
 {
   struct mem_io *m = mem_io_new ("basic", 3 << 20);
   struct journal *j;
@@ -351,7 +347,7 @@ test_replay_basic (void)
   CHECK (errno == EINVAL);
 
   j = journal_create (&m->io, AREA, AREA_SIZE, ID, CLUSTER);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   CHECK (sb_generation (m, 0) == 1 && sb_generation (m, 1) == 2);
   CHECK (journal_ring_size (j) == RING);
   CHECK (journal_ring_used (j) == 0);
@@ -409,7 +405,7 @@ test_replay_basic (void)
 
   /* Reopen: the head is still at the start. */
   j = journal_open (&m->io, AREA, AREA_SIZE, ID, CLUSTER);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   CHECK (journal_head_seq (j) == 1);
   CHECK (journal_durable_seq (j) == 0);
   /* Another id or size: no valid superblock. */
@@ -477,7 +473,7 @@ test_replay_basic (void)
   after = malloc (after_size);
   memcpy (after, m->data, after_size);
   j = journal_open (&m->io, AREA, AREA_SIZE, ID, CLUSTER);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   CHECK (journal_replay (j, &st) == 0);
   CHECK (st.transactions == 0 && st.records == 0);
   CHECK (m->size == after_size && memcmp (m->data, after, after_size) == 0);
@@ -492,7 +488,7 @@ test_replay_basic (void)
   journal_free (j);
   put64_at (m, META, 0x9999999999999999ULL);   /* not replayed again */
   j = journal_open (&m->io, AREA, AREA_SIZE, ID, CLUSTER);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   CHECK (journal_replay (j, &st) == 0);
   CHECK (st.transactions == 1 && st.first_seq == 3 && st.last_seq == 3);
   CHECK (get64_at (m, META + 16) == 0x7777777777777777ULL);
@@ -512,8 +508,7 @@ val (uint64_t k)
   return 0xabcd000000000000ULL | k;
 }
 
-static void
-test_checkpoint (void)
+UNIT_CASE (checkpoint)
 {
   struct wrap_io *w = wrap_new (3 << 20, AREA, AREA_SIZE);
   struct mem_io *m = w->mem;
@@ -522,7 +517,7 @@ test_checkpoint (void)
   uint64_t seq;
   const uint64_t SENTINEL = 0xeeeeeeeeeeeeeeeeULL;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   for (uint64_t k = 1; k <= 5; k++) {
     CHECK (journal_add_set64 (j, META + 8 * k, val (k)) == 0);
     CHECK (journal_add_set64 (j, META, val (k)) == 0);
@@ -566,7 +561,7 @@ test_checkpoint (void)
     struct mem_io *c = mem_clone (m);
     struct journal *j2 = journal_open (&c->io, AREA, AREA_SIZE, ID, CLUSTER);
 
-    CHECK (j2 != NULL);
+    REQUIRE (j2 != NULL);
     CHECK (journal_head_seq (j2) == 4);
     CHECK (journal_replay (j2, &st) == 0);
     CHECK (st.transactions == 2 && st.first_seq == 4 && st.last_seq == 5);
@@ -586,7 +581,7 @@ test_checkpoint (void)
   CHECK (journal_head_seq (j) == 6);
   journal_free (j);
   j = journal_open (&m->io, AREA, AREA_SIZE, ID, CLUSTER);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   CHECK (journal_head_seq (j) == 6);
   CHECK (journal_replay (j, &st) == 0);
   CHECK (st.transactions == 0);
@@ -710,7 +705,7 @@ model_verify_replay (const struct model *md, const struct mem_io *m)
   struct journal_replay_stats st;
   uint64_t ntx = 0, first = 0, last = 0;
 
-  CHECK (j2 != NULL);
+  REQUIRE (j2 != NULL);
   CHECK (journal_head_seq (j2) == md->head_seq);
   CHECK (journal_replay (j2, &st) == 0);
   for (size_t i = 0; i < md->n; i++)
@@ -771,13 +766,14 @@ model_commit (struct model *md, struct journal *j, struct mem_io *m,
   errno = 0;
   r = journal_commit (j, &seq);
   if (!fits) {
-    /* Writing it would overwrite live transactions. */
-    CHECK (r == -1 && errno == EAGAIN);
+    /* Writing it would overwrite live transactions.  (Past a difference
+     * from the model, the model's checks mean nothing: stop.) */
+    REQUIRE (r == -1 && errno == EAGAIN);
     CHECK (journal_durable_seq (j) == md->next_seq - 1);
     CHECK (journal_ring_used (j) == model_used (md));
     return -1;
   }
-  CHECK (r == 0);
+  REQUIRE (r == 0);
   if (skip) {
     const uint8_t *h = m->data + AREA + old_tail;
     CHECK (memcmp (h, QJ_TX_MAGIC, 4) == 0);
@@ -816,15 +812,14 @@ model_commit (struct model *md, struct journal *j, struct mem_io *m,
   return 0;
 }
 
-static void
-test_ring_wrap (void)
+UNIT_CASE (ring_wrap)
 {
   struct mem_io *m = mem_io_new ("wrap", META_END);
   struct journal *j = journal_create (&m->io, AREA, AREA_SIZE, ID, CLUSTER);
   struct model md;
   unsigned eagain = 0;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   model_init (&md);
   rng_state = 0x9e3779b97f4a7c15ULL;
   for (uint64_t k = 1; k <= 1500; k++) {
@@ -859,8 +854,7 @@ test_ring_wrap (void)
 
 /* Test: a full ring, EAGAIN, and transactions as large as the ring ------ */
 
-static void
-test_ring_full (void)
+UNIT_CASE (ring_full)
 {
   struct mem_io *m = mem_io_new ("full", 3 << 20);
   struct journal *j = journal_create (&m->io, AREA, AREA_SIZE, ID, CLUSTER);
@@ -868,7 +862,7 @@ test_ring_full (void)
   uint64_t seq, n = 0;
   int r;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   /* One-block transactions until the ring is full: exactly RING / 4096
    * of them fit (the tail may catch up with the head, 5.4). */
   for (;;) {
@@ -942,8 +936,7 @@ test_ring_full (void)
   hostio_close (&m->io);
 }
 
-static void
-test_efbig (void)
+UNIT_CASE (efbig)
 {
   struct mem_io *m = mem_io_new ("efbig", 3 << 20);
   struct journal *j = journal_create (&m->io, AREA, AREA_SIZE, ID, CLUSTER);
@@ -953,7 +946,7 @@ test_efbig (void)
   uint8_t *buf = malloc (RING + 8);
   uint64_t seq, ntx;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   fill_pattern (buf, RING + 8, 42);
 
   /* Larger than the ring: EFBIG at add time, nothing added. */
@@ -1017,8 +1010,7 @@ test_efbig (void)
  * a SKIP filler at the tail (= head) and then overlaps that filler if put
  * at the ring start.  Either the commit refuses (EAGAIN: the caller must
  * split it, section 14), or what it committed must replay. */
-static void
-test_big_tx_empty_ring (void)
+UNIT_CASE (big_tx_empty_ring)
 {
   struct mem_io *m = mem_io_new ("bigtx", 3 << 20);
   struct journal *j = journal_create (&m->io, AREA, AREA_SIZE, ID, CLUSTER);
@@ -1028,7 +1020,7 @@ test_big_tx_empty_ring (void)
   uint64_t seq;
   int r;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   for (uint64_t k = 1; k <= 100; k++) {
     CHECK (journal_add_set64 (j, META + 8 * k, val (k)) == 0);
     CHECK (journal_commit (j, &seq) == 0 && seq == k);
@@ -1110,9 +1102,11 @@ group_worker (void *arg)
     }
     while (journal_commit (g->j, &seq) == -1) {
       /* Only with a concurrent checkpointer and a small ring. */
-      CHECK (errno == EAGAIN);
+      if (errno != EAGAIN || ++tries >= 200000) {
+        FAIL ("commit: %s after %u tries", strerror (errno), tries);
+        return NULL;
+      }
       atomic_fetch_add (&g->eagains, 1);
-      CHECK (++tries < 200000);
       usleep (20);
     }
     /* The caller's records are in a transaction <= seq that has been
@@ -1182,15 +1176,15 @@ run_group (unsigned nthreads, unsigned iters, uint64_t area_size,
   g.w->nmarkers = n;
   g.w->flush_delay_us = 100;
   g.j = journal_create (&g.w->io, AREA, area_size, ID, CLUSTER);
-  CHECK (g.j != NULL);
+  REQUIRE (g.j != NULL);
   flushes0 = atomic_load (&g.w->flushes);
 
   if (with_checkpointer)
-    CHECK (pthread_create (&cp, NULL, checkpointer, &g) == 0);
+    REQUIRE (pthread_create (&cp, NULL, checkpointer, &g) == 0);
   for (unsigned t = 0; t < nthreads; t++) {
     th[t].g = &g;
     th[t].t = t;
-    CHECK (pthread_create (&th[t].tid, NULL, group_worker, &th[t]) == 0);
+    REQUIRE (pthread_create (&th[t].tid, NULL, group_worker, &th[t]) == 0);
   }
   for (unsigned t = 0; t < nthreads; t++)
     CHECK (pthread_join (th[t].tid, NULL) == 0);
@@ -1217,7 +1211,7 @@ run_group (unsigned nthreads, unsigned iters, uint64_t area_size,
   /* Everything is in the file after a replay. */
   journal_free (g.j);
   g.j = journal_open (&g.w->io, AREA, area_size, ID, CLUSTER);
-  CHECK (g.j != NULL);
+  REQUIRE (g.j != NULL);
   CHECK (journal_replay (g.j, &st) == 0);
   if (!with_checkpointer)
     CHECK (st.transactions == durable);
@@ -1235,14 +1229,12 @@ run_group (unsigned nthreads, unsigned iters, uint64_t area_size,
   free (th);
 }
 
-static void
-test_group_commit (void)
+UNIT_CASE (group_commit)
 {
   run_group (8, 150, G_AREA_SIZE, false);
 }
 
-static void
-test_group_commit_checkpoint (void)
+UNIT_CASE (group_commit_checkpoint)
 {
   /* A 1 MiB journal: the ring fills and wraps under concurrent commits
    * and checkpoints. */
@@ -1265,15 +1257,14 @@ deferred_on_op (struct wrap_io *w, char op, uint64_t offset)
     d->early++;
 }
 
-static void
-test_deferred_free (void)
+UNIT_CASE (deferred_free)
 {
   struct wrap_io *w = wrap_new (3 << 20, AREA, AREA_SIZE);
   struct journal *j = journal_create (&w->io, AREA, AREA_SIZE, ID, CLUSTER);
   struct dctx d = { .j = NULL };
   uint64_t v[8], seq;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   w->on_op = deferred_on_op;
   w->opaque = &d;
 
@@ -1375,8 +1366,7 @@ expect_ops (struct journal *j, struct wrap_io *w, const char *ops,
   }
 }
 
-static void
-test_pre_commit (void)
+UNIT_CASE (pre_commit)
 {
   struct wrap_io *w = wrap_new (3 << 20, AREA, AREA_SIZE);
   struct journal *j = journal_create (&w->io, AREA, AREA_SIZE, ID, CLUSTER);
@@ -1384,7 +1374,7 @@ test_pre_commit (void)
   struct journal_replay_stats st;
   uint64_t durable;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   {
     const struct journal_hooks hooks = { .pre_commit = hook_fn };
     journal_set_hooks (j, &hooks, &h);
@@ -1445,7 +1435,7 @@ test_pre_commit (void)
   /* An injected pwrite failure breaks the journal for good. */
   w = wrap_new (3 << 20, AREA, AREA_SIZE);
   j = journal_create (&w->io, AREA, AREA_SIZE, ID, CLUSTER);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   CHECK (journal_add_set64 (j, META, 1) == 0);
   CHECK (journal_commit (j, NULL) == 0);
   CHECK (journal_add_set64 (j, META + 8, 2) == 0);
@@ -1461,7 +1451,7 @@ test_pre_commit (void)
   /* An injected flush failure, after the write. */
   w = wrap_new (3 << 20, AREA, AREA_SIZE);
   j = journal_create (&w->io, AREA, AREA_SIZE, ID, CLUSTER);
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   CHECK (journal_add_set64 (j, META, 1) == 0);
   w->fail_flush = EIO;
   expect_ops (j, w, "WF", -1, EIO);
@@ -1491,15 +1481,14 @@ test_pre_commit (void)
 
 /* SKIP filler and transaction may be written together; check the ops of a
  * wrapping commit: filler write, transaction write, one flush. */
-static void
-test_skip_ops (void)
+UNIT_CASE (skip_ops)
 {
   struct wrap_io *w = wrap_new (3 << 20, AREA, AREA_SIZE);
   struct journal *j = journal_create (&w->io, AREA, AREA_SIZE, ID, CLUSTER);
   uint8_t *buf = calloc (1, 3 * QJ_BLOCK);
   uint64_t seq, k;
 
-  CHECK (j != NULL);
+  REQUIRE (j != NULL);
   /* 252 one-block transactions leave 2 blocks at the end of the ring. */
   for (k = 1; k <= RING / QJ_BLOCK - 2; k++) {
     CHECK (journal_add_set64 (j, META + 8 * k, val (k)) == 0);
@@ -1524,63 +1513,27 @@ test_skip_ops (void)
   hostio_close (&w->io);
 }
 
-/* Runner ------------------------------------------------------------------ */
+/* Cases ------------------------------------------------------------------- */
 
-static const struct { const char *name; void (*fn) (void); } tests[] = {
-  { "replay_basic", test_replay_basic },
-  { "checkpoint", test_checkpoint },
-  { "ring_wrap", test_ring_wrap },
-  { "ring_full", test_ring_full },
-  { "efbig", test_efbig },
-  { "skip_ops", test_skip_ops },
-  { "deferred_free", test_deferred_free },
-  { "pre_commit", test_pre_commit },
-  { "group_commit", test_group_commit },
-  { "group_commit_checkpoint", test_group_commit_checkpoint },
-  { "big_tx_empty_ring", test_big_tx_empty_ring },
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (replay_basic),
+  UNIT_ENTRY (checkpoint),
+  UNIT_ENTRY (ring_wrap),
+  UNIT_ENTRY (ring_full),
+  UNIT_ENTRY (efbig),
+  UNIT_ENTRY (skip_ops),
+  UNIT_ENTRY (deferred_free),
+  UNIT_ENTRY (pre_commit),
+  UNIT_ENTRY (group_commit),
+  UNIT_ENTRY (group_commit_checkpoint),
+  UNIT_ENTRY (big_tx_empty_ring),
 };
 
 int
 main (int argc, char *argv[])
 {
-  unsigned failed = 0;
-
-  setvbuf (stdout, NULL, _IONBF, 0);
-  for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-    pid_t pid;
-    int status;
-
-    if (argc > 1) {
-      /* In-process, selected tests only. */
-      if (strstr (tests[i].name, argv[1]) == NULL)
-        continue;
-      tests[i].fn ();
-      printf ("unit-journal: %s: ok\n", tests[i].name);
-      continue;
-    }
-    fflush (stderr);
-    pid = fork ();
-    CHECK (pid != -1);
-    if (pid == 0) {
-      alarm (120);
-      tests[i].fn ();
-      exit (EXIT_SUCCESS);
-    }
-    CHECK (waitpid (pid, &status, 0) == pid);
-    if (WIFEXITED (status) && WEXITSTATUS (status) == 0)
-      printf ("unit-journal: %s: ok\n", tests[i].name);
-    else {
-      printf ("unit-journal: %s: FAILED (%s %d)\n", tests[i].name,
-              WIFSIGNALED (status) ? "signal" : "exit status",
-              WIFSIGNALED (status) ? WTERMSIG (status)
-              : WEXITSTATUS (status));
-      failed++;
-    }
-  }
-  if (failed) {
-    printf ("unit-journal: %u test(s) failed\n", failed);
-    return EXIT_FAILURE;
-  }
-  printf ("unit-journal: ok\n");
-  return EXIT_SUCCESS;
+  UNIT_SELECT (argc, argv, cases);
+  /* A deadlock in the group commit fails the test instead of hanging. */
+  alarm (600);
+  return UNIT_RUN (cases);
 }

@@ -4,6 +4,8 @@
 
 #include <pthread.h>
 
+#include "byteorder.h"
+#include "mem-io.h"
 #include "metacache.h"
 #include "unit.h"
 
@@ -45,17 +47,14 @@ reader (void *arg)
   return NULL;
 }
 
-int
-main (void)
+/* Large cache: one miss per slice, then only hits. */
+UNIT_CASE (hits)
 {
   struct mcache_stats st;
-  pthread_t threads[4];
 
   fill ();
-
-  /* Large cache: one miss per slice, then only hits. */
   cache = mcache_new (64 << 20);
-  CHECK (cache != NULL);
+  REQUIRE (cache != NULL);
   for (unsigned s = 0; s < NR_SLICES; s++)
     check_entry (m, s, s % 512);
   CHECK (m->reads == NR_SLICES);
@@ -74,10 +73,20 @@ main (void)
   mcache_stats (cache, &st);
   CHECK (st.evictions == 0);
   mcache_free (cache);
+  m->io.ops->close (&m->io);
+}
 
-  /* The smallest cache (4 slots in each of 16 shards) must stay bounded
-   * and still return right answers while evicting. */
+/* The smallest cache (4 slots in each of 16 shards) must stay bounded
+ * and still return right answers while evicting, also to parallel
+ * readers. */
+UNIT_CASE (eviction)
+{
+  struct mcache_stats st;
+  pthread_t threads[4];
+
+  fill ();
   cache = mcache_new (0);
+  REQUIRE (cache != NULL);
   for (int pass = 0; pass < 3; pass++)
     for (unsigned s = 0; s < NR_SLICES; s++)
       check_entry (m, s, 7);
@@ -87,12 +96,16 @@ main (void)
 
   /* Parallel readers over the small cache. */
   for (uintptr_t t = 0; t < 4; t++)
-    CHECK (pthread_create (&threads[t], NULL, reader, (void *) (t + 1)) == 0);
+    REQUIRE (pthread_create (&threads[t], NULL, reader, (void *) (t + 1)) == 0);
   for (int t = 0; t < 4; t++)
     CHECK (pthread_join (threads[t], NULL) == 0);
   mcache_free (cache);
-
   m->io.ops->close (&m->io);
-  printf ("unit-l2cache: ok\n");
-  return 0;
 }
+
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (hits),
+  UNIT_ENTRY (eviction),
+};
+
+UNIT_MAIN (cases)

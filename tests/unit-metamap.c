@@ -37,15 +37,13 @@ compare (struct qcow2_image *img)
   }
 }
 
-int
-main (void)
-{
-  struct hostio io = { .name = (char *) "image" };
-  struct qcow2_image img = { .file = &io };
-  uint64_t seed = 42, where;
+static struct hostio io = { .name = (char *) "image" };
+static struct qcow2_image img = { .file = &io };
 
-  img.hdr.cluster_size = CS;
-  pthread_rwlock_init (&img.map_lock, NULL);
+UNIT_CASE (random_changes)
+{
+  uint64_t seed = 42;
+
   for (int round = 0; round < 20000; round++) {
     uint64_t first, n;
     enum meta_kind kind;
@@ -60,13 +58,19 @@ main (void)
     kind = (seed >> 8) % 3 == 0 ? META_NONE
       : (enum meta_kind) (1 + (seed >> 12) % 3);
     /* Unaligned bounds cover whole clusters. */
-    CHECK (qcow2_metamap_set (&img, first * CS + (seed >> 4) % CS,
-                              n * CS - CS + 1, kind) == 0);
+    REQUIRE (qcow2_metamap_set (&img, first * CS + (seed >> 4) % CS,
+                                n * CS - CS + 1, kind) == 0);
     for (uint64_t c = first; c < first + n; c++)
       model[c] = kind;
     compare (&img);
   }
-  /* A range lookup reports the first cluster that holds metadata. */
+}
+
+/* A range lookup reports the first cluster that holds metadata. */
+UNIT_CASE (range_lookup)
+{
+  uint64_t where;
+
   CHECK (qcow2_metamap_set (&img, 0, CLUSTERS * CS, META_NONE) == 0);
   CHECK (img.map_len == 0);
   CHECK (qcow2_metamap_set (&img, 10 * CS, 2 * CS, META_L2) == 0);
@@ -75,8 +79,21 @@ main (void)
   CHECK (qcow2_metamap_find (&img, 12 * CS, 20 * CS, &where) == META_NONE);
   CHECK (qcow2_metamap_is_table (&img, 10 * CS + 8, 64));
   CHECK (!qcow2_metamap_is_table (&img, 11 * CS, 2 * CS));
+}
+
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (random_changes),
+  UNIT_ENTRY (range_lookup),
+};
+
+int
+main (int argc, char *argv[])
+{
+  UNIT_SELECT (argc, argv, cases);
+  img.hdr.cluster_size = CS;
+  pthread_rwlock_init (&img.map_lock, NULL);
+  UNIT_RUN (cases);
   free (img.map);
   pthread_rwlock_destroy (&img.map_lock);
-  printf ("unit-metamap: ok\n");
-  return 0;
+  return unit_status ();
 }

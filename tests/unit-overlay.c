@@ -28,6 +28,8 @@
 #include "journal.h"
 #include "journal-format.h"
 #include "log.h"
+#include "mem-io.h"
+#include "run-shell.h"
 #include "unit.h"
 
 #define MiB (1ULL << 20)
@@ -38,7 +40,7 @@ copy_io (const uint8_t *data, uint64_t size)
 {
   struct mem_io *m = mem_io_new ("copy", size);
 
-  CHECK (m != NULL);
+  REQUIRE (m != NULL);
   memcpy (m->data, data, size);
   return m;
 }
@@ -47,6 +49,105 @@ static void
 read_disk (struct qcow2_image *img, uint8_t *buf)
 {
   CHECK (qcow2_pread (img, buf, DISK, 0) == 0);
+}
+
+static struct qcow2_open_options rw = { .writable = true };
+static struct qcow2_open_options ro = { .writable = false };
+static uint8_t *model, *got;    /* what the client wrote; a disk read */
+static uint8_t *dirty;          /* the image file, its journal dirty */
+static uint64_t dirty_size;
+
+/* Writes, zeroes and trims, flushed: the journal holds them. */
+static void
+make_dirty (void)
+{
+  char path[] = "/tmp/qcow2j-overlay.XXXXXX";
+  uint64_t seed = 12345;
+  struct qcow2_image *img;
+  struct mem_io *m;
+  struct stat st;
+  int fd;
+
+  model = calloc (1, DISK);
+  got = malloc (DISK);
+  REQUIRE (model && got);
+  fd = mkstemp (path);
+  REQUIRE (fd >= 0);
+  close (fd);
+  CHECK (qcow2_create (path, DISK, 4096, false, false) == 0);
+  fd = open (path, O_RDONLY);
+  REQUIRE (fd >= 0 && fstat (fd, &st) == 0);
+  m = mem_io_new ("image", st.st_size);
+  CHECK (pread (fd, m->data, st.st_size, 0) == st.st_size);
+  close (fd);
+  unlink (path);
+
+  img = qcow2_open_hostio (&m->io, NULL, &rw);
+  REQUIRE (img != NULL && qcow2_make_writable (img) == 0);
+  for (int i = 0; i < 200; i++) {
+    uint64_t off, len;
+
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    off = (seed >> 20) % (DISK / 512) * 512;
+    len = 512 * (1 + (seed >> 8) % 64);
+    if (off + len > DISK)
+      len = DISK - off;
+    if (i % 5 == 4) {
+      CHECK (qcow2_zero (img, len, off, (seed & 1) != 0, false) == 0);
+      memset (model + off, 0, len);
+    }
+    else {
+      memset (model + off, i + 1, len);
+      CHECK (qcow2_pwrite (img, model + off, len, off) == 0);
+    }
+  }
+  CHECK (qcow2_flush (img) == 0);
+  dirty_size = m->size;
+  dirty = malloc (dirty_size);
+  REQUIRE (dirty != NULL);
+  memcpy (dirty, m->data, dirty_size);
+  CHECK (qcow2_close (img) == 0);
+}
+
+/* The checkpoint thread never ran: the journal must be dirty on disk. */
+UNIT_CASE (dirty_on_disk)
+{
+  struct mem_io *c = copy_io (dirty, dirty_size);
+  struct qcow2_image *probe = qcow2_open_hostio (&c->io, NULL, &ro);
+
+  REQUIRE (probe != NULL);
+  CHECK (qcow2_journal_dirty (probe));
+  qcow2_close (probe);
+}
+
+/* Read-only: replayed in memory, the file untouched. */
+UNIT_CASE (replay_in_memory)
+{
+  struct mem_io *m = copy_io (dirty, dirty_size);
+  struct qcow2_image *img = qcow2_open_hostio (&m->io, NULL, &ro);
+
+  REQUIRE (img != NULL);
+  CHECK (qcow2_journal_dirty (img));
+  CHECK (qcow2_replay_in_memory (img) == 0);
+  CHECK (!qcow2_journal_dirty (img));
+  read_disk (img, got);
+  CHECK (memcmp (got, model, DISK) == 0);
+  CHECK (qcow2_pwrite (img, model, 512, 0) == -1);
+  CHECK (m->size == dirty_size && memcmp (m->data, dirty, dirty_size) == 0);
+  CHECK (qcow2_close (img) == 0);
+}
+
+/* Writable: replayed in place, the same disk. */
+UNIT_CASE (replay_in_place)
+{
+  struct mem_io *m = copy_io (dirty, dirty_size);
+  struct qcow2_image *img = qcow2_open_hostio (&m->io, NULL, &rw);
+
+  REQUIRE (img != NULL);
+  CHECK (qcow2_make_writable (img) == 0);
+  read_disk (img, got);
+  CHECK (memcmp (got, model, DISK) == 0);
+  CHECK (qcow2_close (img) == 0);
 }
 
 static double
@@ -77,19 +178,19 @@ capture (const char *fs, va_list args)
  * each zero the same 1 MiB past the end of the file: 2048 sectors of
  * replay work each. */
 static struct mem_io *
-zero_chain (const uint8_t *dirty, uint64_t dirty_size, unsigned ntx)
+zero_chain (const uint8_t *bytes, uint64_t size, unsigned ntx)
 {
-  struct mem_io *m = copy_io (dirty, dirty_size);
+  struct mem_io *m = copy_io (bytes, size);
   struct journal_replay_stats st;
   struct qcow2_header h;
   struct journal *j;
   const uint8_t *sb;
   uint64_t off, seq, tgt;
 
-  CHECK (qcow2_header_read (&m->io, m->size, &h) == 0);
+  REQUIRE (qcow2_header_read (&m->io, m->size, &h) == 0);
   j = journal_open (&m->io, h.journal.offset, h.journal.size,
                     h.journal.id, h.cluster_size);
-  CHECK (j != NULL && journal_replay (j, &st) == 0 && st.transactions > 0);
+  REQUIRE (j != NULL && journal_replay (j, &st) == 0 && st.transactions > 0);
   journal_free (j);
   /* The newest superblock now points just past what was replayed. */
   sb = m->data + h.journal.offset;
@@ -127,27 +228,24 @@ zero_chain (const uint8_t *dirty, uint64_t dirty_size, unsigned ntx)
  * commits must checkpoint on the way (the head moves), every write
  * succeeds, and the journal a killed server would leave replays, in
  * memory and in place, to the disk as written. */
-static void
-writer_bound (void)
+UNIT_CASE (writer_bound)
 {
-  struct qcow2_open_options rw = { .writable = true };
-  struct qcow2_open_options ro = { .writable = false };
   const uint64_t span = 512ULL << 30;   /* what one 2 MiB L2 table maps */
   const unsigned ntables = 72;
   char path[] = "/tmp/qcow2j-overlay-bound.XXXXXX", copy[64];
-  uint8_t sector[512], got[512], sb[2][QJ_SB_USED];
+  uint8_t sector[512], back[512], sb[2][QJ_SB_USED];
   struct qcow2_image *img, *w;
   struct qcow2_header h;
   struct hostio *io;
   int fd;
 
   fd = mkstemp (path);
-  CHECK (fd >= 0);
+  REQUIRE (fd >= 0);
   close (fd);
   snprintf (copy, sizeof copy, "%s.dirty", path);
   CHECK (qcow2_create (path, ntables * span, 2 * MiB, false, false) == 0);
   w = qcow2_open (path, &rw);
-  CHECK (w != NULL && qcow2_make_writable (w) == 0);
+  REQUIRE (w != NULL && qcow2_make_writable (w) == 0);
   for (unsigned i = 0; i < ntables; i++) {
     memset (sector, i + 1, sizeof sector);
     CHECK (qcow2_pwrite (w, sector, sizeof sector, i * span) == 0);
@@ -157,7 +255,7 @@ writer_bound (void)
   CHECK (run_shell ("cp --sparse=always %s %s", path, copy) == 0);
   CHECK (qcow2_close (w) == 0);
   io = hostio_file_open (copy, false);
-  CHECK (io != NULL && qcow2_header_read (io, hostio_size (io), &h) == 0);
+  REQUIRE (io != NULL && qcow2_header_read (io, hostio_size (io), &h) == 0);
   CHECK (h.incompatible_features & QJ_INCOMPAT_DIRTY);
   CHECK (hostio_pread (io, sb[0], QJ_SB_USED, h.journal.offset) == 0 &&
          hostio_pread (io, sb[1], QJ_SB_USED,
@@ -169,13 +267,13 @@ writer_bound (void)
 
   for (int writable = 0; writable <= 1; writable++) {
     img = qcow2_open (copy, writable ? &rw : &ro);
-    CHECK (img != NULL && qcow2_journal_dirty (img));
+    REQUIRE (img != NULL && qcow2_journal_dirty (img));
     CHECK (writable ? qcow2_make_writable (img) == 0
            : qcow2_replay_in_memory (img) == 0);
     for (unsigned i = 0; i < ntables; i++) {
       memset (sector, i + 1, sizeof sector);
-      CHECK (qcow2_pread (img, got, sizeof got, i * span) == 0);
-      CHECK (memcmp (got, sector, sizeof got) == 0);
+      CHECK (qcow2_pread (img, back, sizeof back, i * span) == 0);
+      CHECK (memcmp (back, sector, sizeof back) == 0);
     }
     CHECK (qcow2_close (img) == 0);
   }
@@ -185,99 +283,23 @@ writer_bound (void)
           "replayed\n", ntables);
 }
 
-int
-main (void)
+/* Hostile: past the bound, refused by both opens, the file unchanged. */
+UNIT_CASE (bound_refused)
 {
-  struct qcow2_open_options rw = { .writable = true };
-  struct qcow2_open_options ro = { .writable = false };
-  char path[] = "/tmp/qcow2j-overlay.XXXXXX";
-  uint8_t *model = calloc (1, DISK), *got = malloc (DISK), *dirty;
-  uint64_t dirty_size, seed = 12345;
-  struct qcow2_image *img;
-  struct mem_io *m;
-  struct stat st;
-  int fd;
-
-  CHECK (model && got);
-  fd = mkstemp (path);
-  CHECK (fd >= 0);
-  close (fd);
-  CHECK (qcow2_create (path, DISK, 4096, false, false) == 0);
-  fd = open (path, O_RDONLY);
-  CHECK (fd >= 0 && fstat (fd, &st) == 0);
-  m = mem_io_new ("image", st.st_size);
-  CHECK (pread (fd, m->data, st.st_size, 0) == st.st_size);
-  close (fd);
-  unlink (path);
-
-  /* Writes, zeroes and trims, flushed: the journal holds them. */
-  img = qcow2_open_hostio (&m->io, NULL, &rw);
-  CHECK (img != NULL && qcow2_make_writable (img) == 0);
-  for (int i = 0; i < 200; i++) {
-    uint64_t off, len;
-
-    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-    off = (seed >> 20) % (DISK / 512) * 512;
-    len = 512 * (1 + (seed >> 8) % 64);
-    if (off + len > DISK)
-      len = DISK - off;
-    if (i % 5 == 4) {
-      CHECK (qcow2_zero (img, len, off, (seed & 1) != 0, false) == 0);
-      memset (model + off, 0, len);
-    }
-    else {
-      memset (model + off, i + 1, len);
-      CHECK (qcow2_pwrite (img, model + off, len, off) == 0);
-    }
-  }
-  CHECK (qcow2_flush (img) == 0);
-  dirty_size = m->size;
-  dirty = malloc (dirty_size);
-  CHECK (dirty != NULL);
-  memcpy (dirty, m->data, dirty_size);
-  /* The checkpoint thread never ran: the journal must be dirty on disk. */
-  {
-    struct mem_io *c = copy_io (dirty, dirty_size);
-    struct qcow2_image *probe = qcow2_open_hostio (&c->io, NULL, &ro);
-
-    CHECK (probe != NULL && qcow2_journal_dirty (probe));
-    qcow2_close (probe);
-  }
-  CHECK (qcow2_close (img) == 0);
-
-  /* Read-only: replayed in memory, the file untouched. */
-  m = copy_io (dirty, dirty_size);
-  img = qcow2_open_hostio (&m->io, NULL, &ro);
-  CHECK (img != NULL && qcow2_journal_dirty (img));
-  CHECK (qcow2_replay_in_memory (img) == 0);
-  CHECK (!qcow2_journal_dirty (img));
-  read_disk (img, got);
-  CHECK (memcmp (got, model, DISK) == 0);
-  CHECK (qcow2_pwrite (img, model, 512, 0) == -1);
-  CHECK (m->size == dirty_size && memcmp (m->data, dirty, dirty_size) == 0);
-  CHECK (qcow2_close (img) == 0);
-
-  /* Writable: replayed in place, the same disk. */
-  m = copy_io (dirty, dirty_size);
-  img = qcow2_open_hostio (&m->io, NULL, &rw);
-  CHECK (img != NULL && qcow2_make_writable (img) == 0);
-  read_disk (img, got);
-  CHECK (memcmp (got, model, DISK) == 0);
-  CHECK (qcow2_close (img) == 0);
-
-  /* Hostile: past the bound, refused by both opens, the file unchanged. */
   qlog_set_handlers (capture, NULL);
   for (int writable = 0; writable <= 1; writable++) {
     struct mem_io *c = zero_chain (dirty, dirty_size, 129);
     uint8_t *before = malloc (c->size);
     uint64_t before_size = c->size;
+    struct qcow2_image *img;
     double t;
     int r;
 
-    CHECK (before != NULL);
+    REQUIRE (before != NULL);
     memcpy (before, c->data, c->size);
     img = qcow2_open_hostio (&c->io, NULL, writable ? &rw : &ro);
-    CHECK (img != NULL && qcow2_journal_dirty (img));
+    REQUIRE (img != NULL);
+    CHECK (qcow2_journal_dirty (img));
     msgs[0] = '\0';
     errno = 0;
     t = now ();
@@ -294,38 +316,56 @@ main (void)
     qcow2_close (img);
     free (before);
   }
+}
 
-  /* At the bound: accepted by both, the disk as written. */
-  m = zero_chain (dirty, dirty_size, 128);
-  free (dirty);
-  dirty_size = m->size;
-  dirty = malloc (dirty_size);
-  CHECK (dirty != NULL);
-  memcpy (dirty, m->data, dirty_size);
+/* At the bound: accepted by both, the disk as written. */
+UNIT_CASE (bound_accepted)
+{
+  struct mem_io *m = zero_chain (dirty, dirty_size, 128);
+  uint64_t size = m->size;
+  uint8_t *bytes = malloc (size);
+  struct qcow2_image *img;
+  double t;
+
+  REQUIRE (bytes != NULL);
+  memcpy (bytes, m->data, size);
   img = qcow2_open_hostio (&m->io, NULL, &ro);
-  CHECK (img != NULL);
-  {
-    double t = now ();
-
-    CHECK (qcow2_replay_in_memory (img) == 0);
-    printf ("128 x 1 MiB ZERO, read-only open: replayed in memory in "
-            "%.3f s\n", now () - t);
-  }
+  REQUIRE (img != NULL);
+  t = now ();
+  CHECK (qcow2_replay_in_memory (img) == 0);
+  printf ("128 x 1 MiB ZERO, read-only open: replayed in memory in "
+          "%.3f s\n", now () - t);
   read_disk (img, got);
   CHECK (memcmp (got, model, DISK) == 0);
-  CHECK (m->size == dirty_size && memcmp (m->data, dirty, dirty_size) == 0);
+  CHECK (m->size == size && memcmp (m->data, bytes, size) == 0);
   CHECK (qcow2_close (img) == 0);
-  m = copy_io (dirty, dirty_size);
+  m = copy_io (bytes, size);
   img = qcow2_open_hostio (&m->io, NULL, &rw);
-  CHECK (img != NULL && qcow2_make_writable (img) == 0);
+  REQUIRE (img != NULL);
+  CHECK (qcow2_make_writable (img) == 0);
   read_disk (img, got);
   CHECK (memcmp (got, model, DISK) == 0);
   CHECK (qcow2_close (img) == 0);
+  free (bytes);
+}
 
+static const struct unit_case cases[] = {
+  UNIT_ENTRY (dirty_on_disk),
+  UNIT_ENTRY (replay_in_memory),
+  UNIT_ENTRY (replay_in_place),
+  UNIT_ENTRY (bound_refused),
+  UNIT_ENTRY (bound_accepted),
+  UNIT_ENTRY (writer_bound),
+};
+
+int
+main (int argc, char *argv[])
+{
+  UNIT_SELECT (argc, argv, cases);
+  make_dirty ();
+  UNIT_RUN (cases);
   free (dirty);
   free (model);
   free (got);
-  writer_bound ();
-  printf ("unit-overlay: ok\n");
-  return EXIT_SUCCESS;
+  return unit_status ();
 }

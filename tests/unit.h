@@ -1,123 +1,70 @@
-/* qcow2j unit tests: a tiny assertion harness and an in-memory hostio.
+/* qcow2j unit tests: the runner every tests/unit-*.c uses.
  *
- * Unit tests are C programs linked with lib/; they exit 0 on success and
- * print the failing expression otherwise.  The memory hostio lets them
- * build images byte by byte without touching the filesystem. */
+ * A test program is a table of named cases:
+ *
+ *   UNIT_CASE (replay) { ... CHECK (x == 1); ... }
+ *   static const struct unit_case cases[] = { UNIT_ENTRY (replay), ... };
+ *   UNIT_MAIN (cases)
+ *
+ * "unit-foo" runs every case, "unit-foo NAME..." the cases named, and
+ * "unit-foo --list" prints the names.  Each case is reported ok or FAIL.
+ * CHECK reports a failed expression (file:line) and goes on, so that one
+ * run shows every failed check; REQUIRE also stops the case, for where
+ * going on would crash (a null pointer...); FAIL reports a failure
+ * described by a printf format.  Checks may fail in any thread, and are
+ * all counted; stopping the case (REQUIRE, unit_stop) from a thread other
+ * than the one running it aborts the program, as a longjmp cannot cross
+ * threads, and before any case (in set-up) exits.  The exit status is 1
+ * if any check failed, 2 for a bad argument.  A program with set-up to do
+ * calls UNIT_SELECT before it and UNIT_RUN after it, then returns
+ * unit_status (). */
 #ifndef QCOW2J_UNIT_H
 #define QCOW2J_UNIT_H
 
-#include <errno.h>
-#include <stdarg.h>
-#include <stdint.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/wait.h>
 
-#include "byteorder.h"
-#include "hostio.h"
-
-#define CHECK(expr)                                                     \
-  do {                                                                  \
-    if (!(expr)) {                                                      \
-      fprintf (stderr, "%s:%d: check failed: %s\n",                     \
-               __FILE__, __LINE__, #expr);                              \
-      exit (EXIT_FAILURE);                                              \
-    }                                                                   \
-  } while (0)
-
-/* Run a shell command (printf format); its exit status, or -1 if it did
- * not exit. */
-static inline int __attribute__ ((format (printf, 1, 2)))
-run_shell (const char *fs, ...)
-{
-  char cmd[1024];
-  va_list args;
-  int r;
-
-  va_start (args, fs);
-  vsnprintf (cmd, sizeof cmd, fs, args);
-  va_end (args);
-  r = system (cmd);
-  return r == -1 || !WIFEXITED (r) ? -1 : WEXITSTATUS (r);
-}
-
-struct mem_io {
-  struct hostio io;
-  uint8_t *data;
-  uint64_t size;
-  unsigned reads;               /* pread calls, for cache tests */
+struct unit_case {
+  const char *name;
+  void (*fn) (void);
 };
 
-static int
-mem_pread (struct hostio *io, void *buf, size_t count, uint64_t offset)
-{
-  struct mem_io *m = (struct mem_io *) io;
-  size_t avail = offset < m->size ? m->size - offset : 0;
+#define UNIT_CASE(name) static void unit_case_##name (void)
+#define UNIT_ENTRY(name) { #name, unit_case_##name }
 
-  if (avail > count)
-    avail = count;
-  __atomic_fetch_add (&m->reads, 1, __ATOMIC_RELAXED);
-  memcpy (buf, m->data + offset, avail);
-  memset ((uint8_t *) buf + avail, 0, count - avail);
-  return 0;
-}
+/* Record a failure (file:line and a printf format), in any thread. */
+extern void unit_fail (const char *file, int line, const char *fs, ...)
+  __attribute__ ((format (printf, 3, 4)));
+/* Stop the current case (after a failure). */
+extern void unit_stop (void) __attribute__ ((noreturn));
 
-static int
-mem_pwrite (struct hostio *io, const void *buf, size_t count, uint64_t offset)
-{
-  struct mem_io *m = (struct mem_io *) io;
+#define FAIL(...) unit_fail (__FILE__, __LINE__, __VA_ARGS__)
+#define CHECK(expr) \
+  ((expr) ? (void) 0 : FAIL ("check failed: %s", #expr))
+#define REQUIRE(expr) \
+  ((expr) ? (void) 0 : (FAIL ("check failed: %s", #expr), unit_stop ()))
 
-  if (offset + count > m->size) {
-    m->data = realloc (m->data, offset + count);
-    memset (m->data + m->size, 0, offset + count - m->size);
-    m->size = offset + count;
+/* Failed checks so far. */
+extern unsigned unit_failed (void);
+/* EXIT_FAILURE if any check failed, else EXIT_SUCCESS. */
+extern int unit_status (void);
+/* Handle the arguments: --list prints the names and exits, an unknown
+ * name exits with status 2. */
+extern void unit_select (int argc, char *argv[],
+                         const struct unit_case *cases, size_t n);
+/* Run the cases selected, reporting each; unit_status (). */
+extern int unit_run (const struct unit_case *cases, size_t n);
+
+#define UNIT_SELECT(argc, argv, cases) \
+  unit_select ((argc), (argv), (cases), sizeof (cases) / sizeof (cases)[0])
+#define UNIT_RUN(cases) unit_run ((cases), sizeof (cases) / sizeof (cases)[0])
+#define UNIT_MAIN(cases)                        \
+  int                                           \
+  main (int argc, char *argv[])                 \
+  {                                             \
+    UNIT_SELECT (argc, argv, cases);            \
+    return UNIT_RUN (cases);                    \
   }
-  memcpy (m->data + offset, buf, count);
-  return 0;
-}
-
-static int mem_flush (struct hostio *io) { return 0; }
-static int mem_punch (struct hostio *io, uint64_t o, uint64_t c)
-{ errno = ENOTSUP; return -1; }
-static int mem_truncate (struct hostio *io, uint64_t size)
-{
-  struct mem_io *m = (struct mem_io *) io;
-  m->data = realloc (m->data, size ? size : 1);
-  if (size > m->size)
-    memset (m->data + m->size, 0, size - m->size);
-  m->size = size;
-  return 0;
-}
-static int64_t mem_size (struct hostio *io)
-{ return ((struct mem_io *) io)->size; }
-static int mem_block_status (struct hostio *io, uint64_t o, uint64_t c,
-                             bool *is_data, uint64_t *run)
-{ *is_data = true; *run = c; return 0; }
-static void mem_close (struct hostio *io)
-{
-  struct mem_io *m = (struct mem_io *) io;
-  free (m->data);
-  free (m->io.name);
-  free (m);
-}
-
-static const struct hostio_ops mem_ops = {
-  .pread = mem_pread, .pwrite = mem_pwrite, .flush = mem_flush,
-  .punch = mem_punch, .truncate = mem_truncate, .size = mem_size,
-  .block_status = mem_block_status, .close = mem_close,
-};
-
-static inline struct mem_io *
-mem_io_new (const char *name, uint64_t size)
-{
-  struct mem_io *m = calloc (1, sizeof *m);
-
-  m->io.ops = &mem_ops;
-  m->io.name = strdup (name);
-  m->data = calloc (1, size ? size : 1);
-  m->size = size;
-  return m;
-}
 
 #endif /* QCOW2J_UNIT_H */
