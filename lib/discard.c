@@ -29,6 +29,7 @@
 #include "log.h"
 #include "map.h"
 #include "minmax.h"
+#include "overlap.h"
 #include "refcount.h"
 #include "write.h"
 
@@ -51,6 +52,7 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
   const uint64_t cluster = ROUND_DOWN (offset, h->cluster_size);
   const bool extl2 = h->l2_entry_size == 16;
   uint64_t entry_offset, entry, bitmap, host, new_entry, new_bitmap = 0;
+  uint64_t held_first, held;
   enum qcow2_entry_type type;
   bool release;
   int r;
@@ -63,6 +65,14 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
     goto out;
   type = qcow2_entry_type (img, entry);
   host = qcow2_entry_host (entry);
+  /* An entry naming metadata is corruption: not one to keep or free. */
+  qcow2_entry_clusters (img, entry, &held_first, &held);
+  if (held > 0 &&
+      qcow2_overlap_check (img, held_first, held * h->cluster_size,
+                           "a zero or trim") == -1) {
+    r = -1;
+    goto out;
+  }
 
   if (extl2) {
     unsigned first = (offset - cluster) / h->subcluster_size;
