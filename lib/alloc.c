@@ -1,13 +1,27 @@
 /* qcow2j lib: where new host clusters come from.
  *
- * Allocation only ever takes new space past the end of everything in use
- * (next_free), and never reuses a freed cluster while the image is open.
- * That keeps the journal's reuse rules (R2, R3) trivially true, and makes
- * every new cluster "fresh" in the sense of the one-flush commit (E2):
- * space no durable metadata has ever pointed at, which reads as zeroes or
- * as the data written to it.  Freed clusters are discarded on the host
- * once the checkpoint has moved past their free; qemu-img and later opens
- * can reuse them.
+ * First from the image's free space (space.c): clusters that no
+ * metadata and no refcount holds, whose free the journal's head has
+ * durably passed (rules R2 and R3), near a hint or after the previous
+ * allocation.  Only when none is long enough, from past the end of
+ * everything in use (next_free), extending the file over them.  A block
+ * device cannot grow: there the device's end is the limit (ENOSPC).
+ *
+ * Whether new data may use the one-flush commit depends on where it
+ * came from (docs/journal-format.md 8.4, E2): past the end of the file
+ * (M4) or from a clean free range (a durable hole, M5), the cluster reads
+ * as zeroes in every crash outcome and is fresh; from a stale range it
+ * may read as anything it held before, and the write that takes it must
+ * fill the whole cluster and commit with two flushes.
+ *
+ * Tables (L2 tables, refcount blocks, the refcount table) start as
+ * zeroes read through the metadata cache, and are written in place by the
+ * checkpoint long after the change that allocated them, slice by changed
+ * slice.  So a table goes into clean space (given host blocks at once: a
+ * host that finds no room at the checkpoint fails it, which stops all
+ * writes), or into stale space zeroed first (outside the journal, so the
+ * change then needs the two-flush commit), or past the end of the file
+ * into space qcow2_reserve_space reserved before the change began.
  */
 #include <config.h>
 
@@ -18,13 +32,19 @@
 #include "format.h"
 #include "log.h"
 #include "minmax.h"
+#include "space.h"
 
-int
-qcow2_alloc_clusters (struct qcow2_image *img, uint64_t n, uint64_t *offset)
+/* n new clusters past next_free. */
+static int
+extend (struct qcow2_image *img, uint64_t n, uint64_t *offset)
 {
   uint64_t end = img->next_free + n * img->hdr.cluster_size;
 
-  ASSERT_META_LOCKED (img);
+  if (img->file->fixed_size) {
+    qerror ("%s: no free space left on the device", img->file->name);
+    errno = ENOSPC;
+    return -1;
+  }
   if (end > QCOW2_MAX_HOST_OFFSET) {
     qerror ("%s: the image would grow past the qcow2 limit",
             img->file->name);
@@ -44,13 +64,72 @@ qcow2_alloc_clusters (struct qcow2_image *img, uint64_t n, uint64_t *offset)
   __atomic_store_n (&img->file_size, end, __ATOMIC_RELEASE);
   if (img->data == img->file)
     __atomic_store_n (&img->data_size, end, __ATOMIC_RELEASE);
-  journal_need_file_size (img->journal, end);
   return 0;
 }
 
-/* Space for this many clusters past next_free before each change (a new
- * cluster, its L2 table, refcount blocks), reserved this far ahead at a
- * time. */
+/* A table in free space: host blocks for a clean range, zeroes written
+ * over a stale one.  0, or -1 to take space past the end instead (the
+ * range was given back) or on a failed write. */
+static int
+prepare_table (struct qcow2_image *img, uint64_t offset, uint64_t len,
+               bool clean)
+{
+  static const uint8_t zeroes[65536];
+
+  if (clean) {
+    if (img->file->fixed_size ||
+        hostio_reserve (img->file, offset, len) == 0 || errno == ENOTSUP)
+      return 0;
+    qcow2_space_give (img, offset, len, SPACE_CLEAN);
+    return -1;
+  }
+  for (uint64_t o = 0; o < len; o += MIN (len - o, sizeof zeroes))
+    if (hostio_pwrite (img->file, zeroes, MIN (len - o, sizeof zeroes),
+                       offset + o) == -1) {
+      qerror ("%s: zero a cluster for a table at 0x%" PRIx64 ": %m",
+              img->file->name, offset + o);
+      return -1;
+    }
+  journal_need_ordering (img->journal);
+  return 0;
+}
+
+int
+qcow2_alloc_clusters (struct qcow2_image *img, uint64_t n, uint64_t hint,
+                      bool *fresh, uint64_t *offset)
+{
+  const uint64_t len = n * img->hdr.cluster_size;
+  bool clean;
+
+  ASSERT_META_LOCKED (img);
+  if (qcow2_space_take (img, n, hint, true, offset, &clean)) {
+    if (fresh == NULL && prepare_table (img, *offset, len, clean) == -1) {
+      if (!clean)
+        return -1;
+      if (extend (img, n, offset) == -1)
+        return -1;
+    }
+  }
+  else if (extend (img, n, offset) == -1)
+    return -1;
+  else
+    clean = true;
+  if (fresh != NULL)
+    *fresh = clean;
+  journal_need_file_size (img->journal, *offset + len);
+  return 0;
+}
+
+void
+qcow2_alloc_unused (struct qcow2_image *img, uint64_t offset, uint64_t n)
+{
+  ASSERT_META_LOCKED (img);
+  qcow2_space_give (img, offset, n * img->hdr.cluster_size, SPACE_STALE);
+}
+
+/* Space for this many clusters before each change (a new cluster, its L2
+ * table, refcount blocks): from free space, or reserved past next_free,
+ * this far ahead at a time. */
 #define RESERVE_CLUSTERS 8
 #define RESERVE_AHEAD (4ULL << 20)
 
@@ -63,7 +142,8 @@ qcow2_reserve_space (struct qcow2_image *img)
   int r;
 
   ASSERT_META_LOCKED (img);
-  if (img->cannot_reserve || img->space_reserved >= need)
+  if (img->cannot_reserve || img->space_reserved >= need ||
+      qcow2_space_free_bytes (img) >= RESERVE_CLUSTERS * cs)
     return 0;
   from = MAX (img->space_reserved, img->next_free);
   to = img->next_free + MAX (RESERVE_AHEAD, 2 * RESERVE_CLUSTERS * cs);

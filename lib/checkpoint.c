@@ -3,8 +3,9 @@
  * A checkpoint writes the committed state of every changed metadata slice
  * in place (never live state: rule R1), flushes, and then lets the journal
  * move its head past the transactions that state includes, which frees
- * ring space; clusters freed by those transactions are then discarded on
- * the host (rule R3: only once the head has durably passed their free).
+ * ring space; clusters freed by those transactions are then punched on
+ * the host and given to the allocator (rules R2 and R3: only once the
+ * head has durably passed their free; space.c).
  * The header slice is special: only its journalled words are ever written
  * back, so that the feature words and extensions written directly
  * (header-write.c) are never overwritten with old bytes.
@@ -22,9 +23,11 @@
 #include "checkpoint.h"
 #include "cleanup.h"
 #include "journal-format.h"
+#include "grace.h"
 #include "log.h"
 #include "metamap.h"
 #include "overlap.h"
+#include "space.h"
 #include "state.h"
 
 static int
@@ -36,8 +39,10 @@ compare_offsets (const void *a, const void *b)
 }
 
 /* A cluster whose free the head has passed: no longer metadata if it was
- * a table.  False if the map says it is live metadata (a cluster freed as
- * data while the map says otherwise: never punch it). */
+ * a table (and its slices leave the metadata cache, so that whatever
+ * uses the cluster next never sees them).  False if the map says it is
+ * live metadata (a cluster freed as data while the map says otherwise:
+ * never punch it). */
 static bool
 released (struct qcow2_image *img, uint64_t cluster)
 {
@@ -50,7 +55,10 @@ released (struct qcow2_image *img, uint64_t cluster)
   case META_FREEING:
     /* Failing to shrink the map (ENOMEM) only keeps the cluster fenced
      * off and unpunched. */
-    return qcow2_metamap_set (img, cluster, cs, META_NONE) == 0;
+    if (qcow2_metamap_set (img, cluster, cs, META_NONE) == -1)
+      return false;
+    mcache_forget (img->cache, img, cluster, cs, img->slice_size);
+    return true;
   default:
     qerror ("%s: checkpoint: freed cluster 0x%" PRIx64 " holds live "
             "metadata: not discarded", img->file->name, cluster);
@@ -58,29 +66,89 @@ released (struct qcow2_image *img, uint64_t cluster)
   }
 }
 
-/* Give the host back the clusters whose free the head has passed, in as
- * few calls as runs of adjacent clusters allow. */
-static void
-discard_released (struct qcow2_image *img)
+/* Runs of released clusters, for the allocator. */
+struct freed {
+  struct range *v;
+  size_t n, cap;
+};
+
+static int
+freed_add (struct freed *f, uint64_t start, uint64_t len, unsigned kind)
+{
+  if (f->n == f->cap) {
+    size_t cap = f->cap ? f->cap * 2 : 64;
+    struct range *v = realloc (f->v, cap * sizeof *v);
+
+    if (v == NULL)
+      return -1;
+    f->v = v;
+    f->cap = cap;
+  }
+  f->v[f->n++] = (struct range) { start, start + len, kind };
+  return 0;
+}
+
+/* The clusters whose free the head has passed, as runs of adjacent
+ * clusters: punched on the host (where they cannot be read or written
+ * by anything in flight any more), then, after a flush that makes the
+ * punches durable, clean free space (docs/journal-format.md M5); stale
+ * where the host could not punch.  On ENOMEM the rest are left out:
+ * refcount 0 on disk, found again by the next session. */
+static int
+release_freed (struct qcow2_image *img, struct freed *out)
 {
   const uint64_t cs = img->hdr.cluster_size;
-  uint64_t v[1024];
-  size_t n;
+  CLEANUP_FREE uint64_t *v = NULL;
+  size_t n = 0, cap = 0, k;
+  bool punched = false;
 
-  while ((n = journal_take_released (img->journal, v, 1024)) > 0) {
-    size_t k = 0;
+  for (;;) {
+    if (n == cap) {
+      uint64_t *nv;
 
-    for (size_t i = 0; i < n; i++)
-      if (released (img, v[i]))
-        v[k++] = v[i];
-    qsort (v, k, sizeof v[0], compare_offsets);
-    for (size_t i = 0, j; i < k; i = j) {
-      for (j = i + 1; j < k && v[j] == v[j - 1] + cs; j++)
-        ;
-      if (hostio_punch (img->file, v[i], (j - i) * cs) == -1)
-        qdebug ("%s: discard 0x%" PRIx64 ": %m", img->file->name, v[i]);
+      cap = cap ? cap * 2 : 1024;
+      nv = realloc (v, cap * sizeof *v);
+      if (nv == NULL)
+        break;
+      v = nv;
     }
+    k = journal_take_released (img->journal, v + n, cap - n);
+    if (k == 0)
+      break;
+    for (size_t i = n, end = n + k; i < end; i++)
+      if (released (img, v[i]))
+        v[n++] = v[i];
   }
+  if (n == 0)
+    return 0;
+  /* Sorted, each cluster once. */
+  qsort (v, n, sizeof v[0], compare_offsets);
+  for (size_t i = k = 1; i < n; i++)
+    if (v[i] != v[k - 1])
+      v[k++] = v[i];
+  n = k;
+  /* Reads and writes in place that found these clusters mapped before
+   * their free may still be under way (grace.c). */
+  qcow2_io_wait_older (img);
+  for (size_t i = 0, j; i < n; i = j) {
+    bool zeroed;
+
+    for (j = i + 1; j < n && v[j] == v[j - 1] + cs; j++)
+      ;
+    zeroed = hostio_punch (img->file, v[i], (j - i) * cs) == 0;
+    if (!zeroed)
+      qdebug ("%s: discard 0x%" PRIx64 ": %m", img->file->name, v[i]);
+    punched |= zeroed;
+    if (freed_add (out, v[i], (j - i) * cs,
+                   zeroed ? SPACE_CLEAN : SPACE_STALE) == -1)
+      break;
+  }
+  if (punched && hostio_flush (img->file) == -1) {
+    qerror ("%s: checkpoint: flush: %m", img->file->name);
+    out->n = 0;
+    return -1;
+  }
+  return 0;
 }
 
 /* A failed checkpoint leaves the journal holding everything (in-place
@@ -93,8 +161,10 @@ failed (struct qcow2_image *img)
                             "every committed change)");
 }
 
-int
-qcow2_checkpoint (struct qcow2_image *img)
+/* Under checkpoint_lock: everything but handing the freed clusters to
+ * the allocator. */
+static int
+checkpoint (struct qcow2_image *img, struct freed *freed)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->checkpoint_lock);
   CLEANUP_FREE struct mcache_dirty *d = NULL;
@@ -144,8 +214,27 @@ qcow2_checkpoint (struct qcow2_image *img)
     return failed (img);
   for (ssize_t i = 0; i < n; i++)
     mcache_cleaned (img->cache, &d[i]);
-  discard_released (img);
+  if (release_freed (img, freed) == -1)
+    return failed (img);
   return 0;
+}
+
+int
+qcow2_checkpoint (struct qcow2_image *img)
+{
+  struct freed freed = { 0 };
+  int r = checkpoint (img, &freed);
+
+  /* meta_lock only now: it never nests with checkpoint_lock. */
+  if (freed.n > 0) {
+    qcow2_meta_lock (img);
+    for (size_t i = 0; i < freed.n; i++)
+      qcow2_space_give (img, freed.v[i].start,
+                        freed.v[i].end - freed.v[i].start, freed.v[i].kind);
+    qcow2_meta_unlock (img);
+  }
+  free (freed.v);
+  return r;
 }
 
 void

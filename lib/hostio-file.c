@@ -178,6 +178,7 @@ struct hostio *
 hostio_file_open (const char *path, bool writable)
 {
   struct file_io *f;
+  struct stat st;
   int fd;
 
   fd = open (path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
@@ -195,6 +196,7 @@ hostio_file_open (const char *path, bool writable)
   }
   f->io.ops = &file_ops;
   f->fd = fd;
+  f->io.fixed_size = fstat (fd, &st) == 0 && S_ISBLK (st.st_mode);
   return &f->io;
 }
 

@@ -49,6 +49,8 @@ struct hostio_ops {
 struct hostio {
   const struct hostio_ops *ops;
   char *name;                   /* for messages; owned by the hostio */
+  bool fixed_size;              /* a block device: its size is all there
+                                   is, truncate fails */
 };
 
 static inline int

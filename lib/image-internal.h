@@ -18,14 +18,14 @@
  *   words          metadata.c (journalled 8-byte words), header-write.c
  *                  (cluster 0 written in place), tables.c (L1 and refcount
  *                  table read into memory), state.c (the session state
- *                  and its failure latch)
+ *                  and its failure latch), space.c (free clusters)
  *   format         map.c (guest to host), read.c (guest content, for
  *                  clients and copy-on-write), entry.c (what an L2 entry is),
  *                  snapshot.c, bitmaps.c, backing.c, header.c,
  *                  journal-ext.c (the Q2JL extension), metamap.c (where
- *                  the metadata is)
+ *                  the metadata is), grace.c (host I/O in flight)
  *   below          journal.c, journal-replay.c, metacache.c, hostio*.c,
- *                  lock.c, compress.c, crc32c.c, log.c
+ *                  lock.c, compress.c, crc32c.c, log.c, rangemap.c
  *
  * Lock order.  A thread holding a lock of this list may take only locks
  * further down.  Host I/O happens under setup_lock (the whole set-up),
@@ -38,8 +38,9 @@
  *   2. checkpoint_lock   one checkpoint at a time (checkpoint.c)
  *   3. meta_lock         metadata changes and the in-flight clusters;
  *                        held over host I/O only to load metadata, grow
- *                        the refcount table, copy an L2 table, extend
- *                        the file or reserve space.  Never taken with
+ *                        the refcount table, copy an L2 table, zero a
+ *                        reused cluster for a table, extend the file,
+ *                        reserve space, or learn the free space.  Never taken with
  *                        checkpoint_lock held, nor the reverse: the two
  *                        never nest.
  *   4. dirty_lock        the "journal dirty" bit (dirty.c)
@@ -69,6 +70,7 @@
 #include "image.h"
 #include "journal.h"
 #include "metacache.h"
+#include "rangemap.h"
 
 /* Backing chains longer than this are refused (QEMU has no such limit, but
  * every layer costs file descriptors and memory, and a hostile chain must
@@ -116,11 +118,6 @@ enum meta_kind {
   META_JOURNAL,                 /* the live journal area */
   META_FREEING,                 /* a table freed, the free not yet
                                    checkpointed */
-};
-
-struct meta_extent {
-  uint64_t start, end;          /* cluster aligned */
-  enum meta_kind kind;
 };
 
 /* A snapshot table entry, as far as qcow2j needs it (snapshot.c). */
@@ -194,20 +191,30 @@ struct qcow2_image {
   uint64_t *inflight;           /* meta_lock: guest clusters being
                                    allocated */
   size_t nr_inflight, cap_inflight;  /* meta_lock */
-  uint64_t next_free;           /* meta_lock: host offset of the next new
-                                   cluster */
+  uint64_t next_free;           /* meta_lock: where the file ends, as far
+                                   as allocation goes: new clusters past
+                                   the free space come from here */
+  struct rangemap space;        /* meta_lock (setup_lock while learnt):
+                                   free clusters, tagged enum space_kind
+                                   (space.c) */
+  uint64_t space_free;          /* meta_lock: bytes in it */
+  uint64_t space_cursor;        /* meta_lock: where the last allocation
+                                   from it ended */
   uint64_t space_reserved;      /* meta_lock: host space reserved up to */
   bool cannot_reserve;          /* meta_lock: the host cannot reserve */
   uint64_t *reftable;           /* meta_lock: refcount table, host order */
   uint64_t reftable_entries;    /* meta_lock */
   uint64_t refblock_entries;    /* const: refcounts per refcount block */
 
-  /* The metadata map (metamap.c): disjoint extents sorted by start.
-   * Changed under meta_lock (or by the set-up) with map_lock held for
-   * writing; read under map_lock alone. */
+  /* The metadata map (metamap.c): cluster-aligned ranges tagged with
+   * their enum meta_kind.  Changed under meta_lock (or by the set-up)
+   * with map_lock held for writing; read under map_lock alone. */
   pthread_rwlock_t map_lock;
-  struct meta_extent *map;      /* map_lock */
-  size_t map_len, map_cap;      /* map_lock */
+  struct rangemap map;          /* map_lock */
+
+  /* Lookups and host I/O in flight (grace.c). */
+  unsigned io_epoch;            /* atomic */
+  unsigned long io_active[2];   /* atomic: sections counted per epoch */
 
   pthread_mutex_t dirty_lock;
   bool dirty_written;           /* dirty_lock: QJ_INCOMPAT_DIRTY written */

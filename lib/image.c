@@ -191,7 +191,7 @@ qcow2_close (struct qcow2_image *img)
   if (img->owns_cache)
     mcache_free (img->cache);
   free (img->l1);
-  free (img->map);
+  rangemap_clear (&img->map);
   free (img->dir);
   qcow2_header_free (&img->hdr);
   pthread_mutex_destroy (&img->meta_lock);

@@ -866,6 +866,13 @@ journal_is_idle (struct journal *j)
   return open_is_empty (j) && !j->committing;
 }
 
+bool
+journal_frees_pending (struct journal *j)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
+  return j->open.nr_frees > 0 || j->ndeferred > 0 || j->nreleased > 0;
+}
+
 int
 journal_checkpointed (struct journal *j, uint64_t seq)
 {

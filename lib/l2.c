@@ -115,7 +115,7 @@ copy_l2_table (struct qcow2_image *img, uint64_t l1i, uint64_t old)
   /* The copy goes to a new cluster outside the journal (8.1): like
    * copy-on-write data, it must be durable before the transaction that
    * links it, so this change needs the two-flush commit (8.3). */
-  if (qcow2_alloc_clusters (img, 1, &new) == -1)
+  if (qcow2_alloc_clusters (img, 1, 0, NULL, &new) == -1)
     return -1;
   if (hostio_pwrite (img->file, table, h->cluster_size, new) == -1) {
     qerror ("%s: write L2 table copy at 0x%" PRIx64 ": %m",
@@ -146,7 +146,7 @@ qcow2_l2_prepare (struct qcow2_image *img, uint64_t guest,
   l2 = l1e & L1E_OFFSET_MASK;
   if (l2 == 0) {
     /* A new, empty L2 table. */
-    if (qcow2_alloc_clusters (img, 1, &l2) == -1 ||
+    if (qcow2_alloc_clusters (img, 1, 0, NULL, &l2) == -1 ||
         qcow2_metamap_set (img, l2, img->hdr.cluster_size, META_L2) == -1 ||
         journal_add_zero (img->journal, l2, img->hdr.cluster_size) == -1 ||
         qcow2_refcount_set (img, l2, 1) == -1 ||

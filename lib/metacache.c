@@ -24,6 +24,8 @@ struct slot {
   uint32_t next;                /* hash chain */
   unsigned size;                /* bytes of the slice */
   bool referenced;              /* clock bit: used since the hand passed */
+  bool forgotten;               /* mcache_forget: never found again, the
+                                   first the clock evicts */
   bool modified;                /* live changed since the last seal */
   uint8_t *data;                /* live bytes (MCACHE_MAX_SLICE allocated) */
   uint8_t *sealed;              /* at the last seal, if changed before it */
@@ -173,7 +175,8 @@ lookup (struct shard *s, uint64_t h, const void *owner, uint64_t offset)
 {
   for (uint32_t i = s->buckets[h & s->bucket_mask]; i != NO_SLOT;
        i = s->slots[i].next)
-    if (s->slots[i].owner == owner && s->slots[i].offset == offset)
+    if (s->slots[i].owner == owner && s->slots[i].offset == offset &&
+        !s->slots[i].forgotten)
       return &s->slots[i];
   return NULL;
 }
@@ -238,6 +241,7 @@ insert (struct shard *s, uint64_t h, const void *owner, uint64_t offset,
   if (slot == NULL)
     return NULL;
   memcpy (slot->data, buf, size);
+  slot->forgotten = false;
   slot->owner = owner;
   slot->offset = offset;
   slot->size = size;
@@ -449,6 +453,25 @@ mcache_cleaned (struct mcache *c, const struct mcache_dirty *d)
     if (&s->slots[s->committed.v[k]] != slot)
       s->committed.v[n++] = s->committed.v[k];
   s->committed.n = n;
+}
+
+void
+mcache_forget (struct mcache *c, const void *owner, uint64_t offset,
+               uint64_t len, unsigned slice_size)
+{
+  for (uint64_t o = offset; o < offset + len; o += slice_size) {
+    uint64_t h = hash_key (owner, o);
+    struct shard *s = shard_of (c, h);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&s->lock);
+    struct slot *slot = lookup (s, h, owner, o);
+
+    if (slot == NULL)
+      continue;
+    assert (!pinned (slot));
+    /* Left in its hash chain, where the clock finds it to evict it. */
+    slot->forgotten = true;
+    slot->referenced = false;
+  }
 }
 
 void

@@ -83,6 +83,14 @@ extern ssize_t mcache_collect (struct mcache *c, const void *owner,
  * past it: forget its committed copy unless it changed meanwhile. */
 extern void mcache_cleaned (struct mcache *c, const struct mcache_dirty *d);
 
+/* The slices of owner in [offset, offset + len) no longer hold
+ * metadata (a table freed, its free checkpointed): drop them, so that the
+ * clusters can be reused for anything.  They must have no change waiting
+ * to be written in place. */
+extern void mcache_forget (struct mcache *c, const void *owner,
+                           uint64_t offset, uint64_t len,
+                           unsigned slice_size);
+
 struct mcache_stats {
   uint64_t hits, misses, evictions, slices;
 };

@@ -12,15 +12,13 @@
  * would destroy the image (QEMU's qcow2_check_metadata_overlap is the
  * model; every kind here is always checked).
  *
- * Kept as a sorted array of disjoint extents, adjacent extents of one kind
- * merged, searched by bisection.  Checks are on the write path and must be
- * cheap; changes are rare (a new L2 table per 512 MiB of guest data with
- * 64 KiB clusters, a refcount block per 2 GiB of host space), and the
- * array holds a few thousand extents for ordinary images, so a change's
- * memmove costs less than the metadata write that comes with it.  A
- * balanced tree would make changes cheaper and checks no faster; a bitmap
- * of clusters would cost 1 bit per cluster of the whole file (256 MiB for
- * a 1 TiB image of 512-byte clusters).
+ * Kept in a rangemap (rangemap.c says why a sorted array).  Checks are on
+ * the write path and must be cheap; changes are rare (a new L2 table per
+ * 512 MiB of guest data with 64 KiB clusters, a refcount block per 2 GiB
+ * of host space).  A bitmap of clusters would cost 1 bit per cluster of
+ * the whole file (256 MiB for a 1 TiB image of 512-byte clusters).  The
+ * map holds one range per table at most, and tables may not overlap
+ * (add() refuses), so its size is bounded by the file's.
  */
 #include <config.h>
 
@@ -36,6 +34,7 @@
 #include "log.h"
 #include "metamap.h"
 #include "minmax.h"
+#include "rangemap.h"
 
 const char *
 qcow2_meta_kind_name (enum meta_kind kind)
@@ -59,106 +58,6 @@ qcow2_meta_kind_name (enum meta_kind kind)
   abort ();
 }
 
-/* Index of the first extent that ends after offset.  Under map_lock. */
-static size_t
-first_after (const struct qcow2_image *img, uint64_t offset)
-{
-  size_t lo = 0, hi = img->map_len;
-
-  while (lo < hi) {
-    size_t mid = lo + (hi - lo) / 2;
-
-    if (img->map[mid].end <= offset)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return lo;
-}
-
-/* Under map_lock held for writing: room for two more extents (a change
- * splits at most one extent in two and adds one). */
-static int
-reserve (struct qcow2_image *img)
-{
-  struct meta_extent *v;
-  size_t cap;
-
-  if (img->map_len + 2 <= img->map_cap)
-    return 0;
-  cap = MAX (img->map_cap * 2, (size_t) 64);
-  v = realloc (img->map, cap * sizeof *v);
-  if (v == NULL) {
-    qerror ("%s: metadata map: realloc: %m", img->file->name);
-    return -1;
-  }
-  img->map = v;
-  img->map_cap = cap;
-  return 0;
-}
-
-/* Under map_lock held for writing. */
-static int
-set_locked (struct qcow2_image *img, uint64_t start, uint64_t end,
-            enum meta_kind kind)
-{
-  struct meta_extent *m;
-  size_t i, j;
-
-  if (reserve (img) == -1)
-    return -1;
-  m = img->map;
-  /* Cut [start, end) out of what is there: extents i to j-1 overlap it. */
-  i = first_after (img, start);
-  if (i < img->map_len && m[i].start < start && m[i].end > end) {
-    /* One extent holds the whole range: split it. */
-    memmove (&m[i + 3], &m[i + 1], (img->map_len - i - 1) * sizeof *m);
-    m[i + 2] = m[i];
-    m[i + 2].start = end;
-    m[i].end = start;
-    img->map_len += 2;
-    m[i + 1] = (struct meta_extent) { start, start, META_NONE };
-    i++;
-    j = i + 1;
-  }
-  else {
-    if (i < img->map_len && m[i].start < start) {
-      m[i].end = start;
-      i++;
-    }
-    for (j = i; j < img->map_len && m[j].end <= end; j++)
-      ;
-    if (j < img->map_len && m[j].start < end)
-      m[j].start = end;
-  }
-  /* Now extents i to j-1 lie inside the range: replace them by one. */
-  if (kind == META_NONE) {
-    memmove (&m[i], &m[j], (img->map_len - j) * sizeof *m);
-    img->map_len -= j - i;
-    return 0;
-  }
-  if (j == i) {
-    memmove (&m[i + 1], &m[i], (img->map_len - i) * sizeof *m);
-    img->map_len++;
-    j = i + 1;
-  }
-  m[i] = (struct meta_extent) { start, end, kind };
-  memmove (&m[i + 1], &m[j], (img->map_len - j) * sizeof *m);
-  img->map_len -= j - i - 1;
-  /* Merge with neighbours of the same kind. */
-  if (i + 1 < img->map_len && m[i + 1].start == end && m[i + 1].kind == kind) {
-    m[i].end = m[i + 1].end;
-    memmove (&m[i + 1], &m[i + 2], (img->map_len - i - 2) * sizeof *m);
-    img->map_len--;
-  }
-  if (i > 0 && m[i - 1].end == start && m[i - 1].kind == kind) {
-    m[i - 1].end = m[i].end;
-    memmove (&m[i], &m[i + 1], (img->map_len - i - 1) * sizeof *m);
-    img->map_len--;
-  }
-  return 0;
-}
-
 static void
 cluster_range (const struct qcow2_image *img, uint64_t start, uint64_t len,
                uint64_t *from, uint64_t *to)
@@ -180,8 +79,10 @@ qcow2_metamap_set (struct qcow2_image *img, uint64_t start, uint64_t len,
     return 0;
   cluster_range (img, start, len, &from, &to);
   pthread_rwlock_wrlock (&img->map_lock);
-  r = set_locked (img, from, to, kind);
+  r = rangemap_set (&img->map, from, to, kind);
   pthread_rwlock_unlock (&img->map_lock);
+  if (r == -1)
+    qerror ("%s: metadata map: %m", img->file->name);
   return r;
 }
 
@@ -195,14 +96,31 @@ qcow2_metamap_find (struct qcow2_image *img, uint64_t start, uint64_t len,
   if (len == 0)
     return META_NONE;
   pthread_rwlock_rdlock (&img->map_lock);
-  i = first_after (img, start);
-  if (i < img->map_len && img->map[i].start < start + len) {
-    kind = img->map[i].kind;
-    *where = MAX (img->map[i].start,
+  i = rangemap_first_after (&img->map, start);
+  if (i < img->map.len && img->map.v[i].start < start + len) {
+    kind = img->map.v[i].kind;
+    *where = MAX (img->map.v[i].start,
                   ROUND_DOWN (start, (uint64_t) img->hdr.cluster_size));
   }
   pthread_rwlock_unlock (&img->map_lock);
   return kind;
+}
+
+bool
+qcow2_metamap_next_gap (struct qcow2_image *img, uint64_t start, uint64_t end,
+                        uint64_t *from, uint64_t *to)
+{
+  uint64_t pos = start;
+  size_t i;
+
+  pthread_rwlock_rdlock (&img->map_lock);
+  for (i = rangemap_first_after (&img->map, start);
+       i < img->map.len && img->map.v[i].start <= pos; i++)
+    pos = MAX (pos, img->map.v[i].end);
+  *from = pos;
+  *to = i < img->map.len ? MIN (end, img->map.v[i].start) : end;
+  pthread_rwlock_unlock (&img->map_lock);
+  return *from < *to;
 }
 
 bool
@@ -212,10 +130,10 @@ qcow2_metamap_is_table (struct qcow2_image *img, uint64_t start, uint64_t len)
   size_t i;
 
   pthread_rwlock_rdlock (&img->map_lock);
-  i = first_after (img, start);
-  if (i < img->map_len && img->map[i].start <= start &&
-      start + len <= img->map[i].end) {
-    switch (img->map[i].kind) {
+  i = rangemap_first_after (&img->map, start);
+  if (i < img->map.len && img->map.v[i].start <= start &&
+      start + len <= img->map.v[i].end) {
+    switch (img->map.v[i].kind) {
     case META_HEADER: case META_L1: case META_L2: case META_SNAPSHOT_L2:
     case META_REFTABLE: case META_REFBLOCK: case META_FREEING:
       ok = true;
@@ -248,16 +166,16 @@ add (struct qcow2_image *img, uint64_t start, uint64_t len,
     return 0;
   cluster_range (img, start, len, &from, &to);
   pthread_rwlock_rdlock (&img->map_lock);
-  for (size_t i = first_after (img, from);
-       i < img->map_len && img->map[i].start < to; i++) {
-    enum meta_kind old = img->map[i].kind;
+  for (size_t i = rangemap_first_after (&img->map, from);
+       i < img->map.len && img->map.v[i].start < to; i++) {
+    enum meta_kind old = img->map.v[i].kind;
 
     if (kind == META_SNAPSHOT_L2 &&
         (old == META_L2 || old == META_SNAPSHOT_L2))
       active_l2 = active_l2 || old == META_L2;
     else if (clash == META_NONE) {
       clash = old;
-      where = MAX (img->map[i].start, from);
+      where = MAX (img->map.v[i].start, from);
     }
   }
   pthread_rwlock_unlock (&img->map_lock);
@@ -376,7 +294,7 @@ qcow2_metamap_build (struct qcow2_image *img)
   const struct qcow2_header *h = &img->hdr;
   const uint64_t cs = h->cluster_size;
 
-  img->map_len = 0;
+  img->map.len = 0;
   if (add (img, 0, cs, META_HEADER) == -1 ||
       add (img, h->l1_table_offset, (uint64_t) h->l1_size * 8,
            META_L1) == -1 ||

@@ -27,6 +27,12 @@ extern enum meta_kind qcow2_metamap_find (struct qcow2_image *img,
                                           uint64_t start, uint64_t len,
                                           uint64_t *where);
 
+/* The first run of clusters of [start, end) that holds no metadata:
+ * [*from, *to).  False if every cluster of it holds some. */
+extern bool qcow2_metamap_next_gap (struct qcow2_image *img, uint64_t start,
+                                    uint64_t end, uint64_t *from,
+                                    uint64_t *to);
+
 /* True if [start, start + len) lies inside metadata that the checkpoint
  * may write back: the header, an L1, L2 or refcount table or block, or a
  * table whose free is not yet checkpointed. */

@@ -1,7 +1,9 @@
 /* qcow2j lib: reading guest data.
  *
  * A read is cut into the runs qcow2_map describes: data runs are one pread
- * each from the data file, with no lock held; zero runs are memset;
+ * each from the data file, with no lock held (the lookup and the read in
+ * one I/O section, so that the clusters are not reused under it:
+ * grace.c); zero runs are memset;
  * unallocated runs are read from the backing file (zeroes past its end or
  * without one); compressed clusters are read whole and inflated.
  */
@@ -16,6 +18,7 @@
 #include "compress.h"
 #include "entry.h"
 #include "format.h"
+#include "grace.h"
 #include "image-internal.h"
 #include "log.h"
 #include "map.h"
@@ -99,29 +102,31 @@ qcow2_pread (struct qcow2_image *img, void *buf, uint64_t count,
 
   while (count > 0) {
     struct qcow2_run run;
+    unsigned io = qcow2_io_begin (img);  /* the run's clusters stay ours */
+    int r = qcow2_map (img, offset, count, &run);
 
-    if (qcow2_map (img, offset, count, &run) == -1)
-      return -1;
-    switch (run.type) {
-    case RUN_DATA:
-      if (hostio_pread (img->data, p, run.length, run.host_offset) == -1) {
-        qerror ("%s: read at 0x%" PRIx64 ": %m",
-                img->data->name, run.host_offset);
-        return -1;
+    if (r == 0) {
+      switch (run.type) {
+      case RUN_DATA:
+        r = hostio_pread (img->data, p, run.length, run.host_offset);
+        if (r == -1)
+          qerror ("%s: read at 0x%" PRIx64 ": %m",
+                  img->data->name, run.host_offset);
+        break;
+      case RUN_ZERO:
+        memset (p, 0, run.length);
+        break;
+      case RUN_UNALLOCATED:
+        r = read_backing (img, p, run.length, offset);
+        break;
+      case RUN_COMPRESSED:
+        r = read_compressed (img, run.l2_entry, p, run.length, offset);
+        break;
       }
-      break;
-    case RUN_ZERO:
-      memset (p, 0, run.length);
-      break;
-    case RUN_UNALLOCATED:
-      if (read_backing (img, p, run.length, offset) == -1)
-        return -1;
-      break;
-    case RUN_COMPRESSED:
-      if (read_compressed (img, run.l2_entry, p, run.length, offset) == -1)
-        return -1;
-      break;
     }
+    qcow2_io_end (img, io);
+    if (r == -1)
+      return -1;
     p += run.length;
     offset += run.length;
     count -= run.length;

@@ -151,7 +151,7 @@ grow_reftable (struct qcow2_image *img, uint64_t ti)
   memcpy (table, img->reftable, img->reftable_entries * 8);
   for (uint64_t i = 0; i < entries; i++)
     be[i] = htobe64 (table[i]);
-  if (qcow2_alloc_clusters (img, clusters, &offset) == -1 ||
+  if (qcow2_alloc_clusters (img, clusters, 0, NULL, &offset) == -1 ||
       hostio_pwrite (img->file, be, entries * 8, offset) == -1) {
     qerror ("%s: write new refcount table: %m", img->file->name);
     free (table);
@@ -211,7 +211,7 @@ qcow2_refcount_set (struct qcow2_image *img, uint64_t offset, uint64_t value)
     /* A new refcount block, which may count itself. */
     uint64_t rb;
 
-    if (qcow2_alloc_clusters (img, 1, &rb) == -1 ||
+    if (qcow2_alloc_clusters (img, 1, 0, NULL, &rb) == -1 ||
         qcow2_metamap_set (img, rb, h->cluster_size, META_REFBLOCK) == -1 ||
         journal_add_zero (img->journal, rb, h->cluster_size) == -1 ||
         qcow2_meta_set64 (img, h->refcount_table_offset + 8 * ti, rb) == -1)
@@ -224,6 +224,59 @@ qcow2_refcount_set (struct qcow2_image *img, uint64_t offset, uint64_t value)
       qcow2_meta_read64 (img, word_off, &word) == -1)
     return -1;
   return qcow2_meta_set64 (img, word_off, encode (word, bit, w, value));
+}
+
+int
+qcow2_refcount_zero_runs (struct qcow2_image *img, uint64_t end,
+                          int (*fn) (struct qcow2_image *img, uint64_t start,
+                                     uint64_t len, void *opaque),
+                          void *opaque, uint64_t *used_end)
+{
+  const struct qcow2_header *h = &img->hdr;
+  const unsigned w = 1u << h->refcount_order;
+  const uint64_t clusters = DIV_ROUND_UP (end, h->cluster_size);
+  const uint64_t counted = img->reftable_entries * img->refblock_entries;
+  CLEANUP_FREE uint64_t *block = malloc (h->cluster_size);
+  uint64_t run = 0;             /* first cluster of the current free run */
+
+  if (block == NULL) {
+    qerror ("malloc: %m");
+    return -1;
+  }
+  for (uint64_t c = 0; c < counted; ) {
+    uint64_t n = img->refblock_entries;   /* c starts a block */
+    uint64_t rb;
+    unsigned bit;
+
+    if (locate (img, c << h->cluster_bits, &rb, &bit) == -1)
+      return -1;
+    if (rb == 0) {              /* no refcount block: all 0 */
+      c += n;
+      continue;
+    }
+    if (hostio_pread (img->file, block, h->cluster_size, rb) == -1) {
+      qerror ("%s: read refcount block at 0x%" PRIx64 ": %m",
+              img->file->name, rb);
+      return -1;
+    }
+    for (uint64_t k = 0; k < n; k++, c++) {
+      uint64_t bitoff = k << h->refcount_order;
+
+      if (decode (be64toh (block[bitoff / 64]), bitoff % 64, w) == 0)
+        continue;
+      if (run < MIN (c, clusters) &&
+          fn (img, run << h->cluster_bits,
+              (MIN (c, clusters) - run) << h->cluster_bits, opaque) == -1)
+        return -1;
+      run = c + 1;
+    }
+  }
+  if (run < clusters &&
+      fn (img, run << h->cluster_bits, (clusters - run) << h->cluster_bits,
+          opaque) == -1)
+    return -1;
+  *used_end = run << h->cluster_bits;
+  return 0;
 }
 
 int

@@ -21,6 +21,17 @@ extern int qcow2_refcount_set (struct qcow2_image *img, uint64_t offset,
  * corruption.  Needs meta_lock, inside a change. */
 extern int qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset);
 
+/* Call fn for each maximal run of clusters in [0, end) whose refcount is
+ * 0, in order, stopping at the first fn that returns -1; *used_end is
+ * the end of the last cluster whose refcount is not 0 (inside the file
+ * or past its end).  Reads every refcount block from the file: every
+ * refcount change must be checkpointed.  Under setup_lock. */
+extern int qcow2_refcount_zero_runs (struct qcow2_image *img, uint64_t end,
+                                     int (*fn) (struct qcow2_image *img,
+                                                uint64_t start, uint64_t len,
+                                                void *opaque),
+                                     void *opaque, uint64_t *used_end);
+
 /* Drop what an L2 entry holds (entry.c's qcow2_entry_clusters). */
 extern int qcow2_release_host (struct qcow2_image *img, uint64_t entry);
 

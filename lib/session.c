@@ -6,13 +6,14 @@
  * moves READ_ONLY to READY after refusing what cannot be journalled and
  * taking QEMU's writer locks, changing nothing in the file.  The first
  * write, zero or trim sets the journal up (READY to JOURNALLED: 12.1, O2
- * to O8): replay a dirty journal, mark persistent bitmaps in use, put the
- * journal area in the previous session's area or past the end of the
- * file, add our header extension, set "journal valid", and rebuild
- * refcounts that QEMU left stale.  So an image served writable but only
- * read is never modified.  Closing commits, checkpoints, clears our bits
- * and gives the journal's space back (12.2, C1 to C6): what remains is
- * plain qcow2 that qemu-img checks clean.
+ * to O8): replay a dirty journal, mark persistent bitmaps in use, learn
+ * the free space (space.c), put the journal area in the previous
+ * session's area, in free space or past the end of the file, add our
+ * header extension, set "journal valid", and rebuild refcounts that QEMU
+ * left stale.  So an image served writable but only read is never
+ * modified.  Closing commits, checkpoints, clears our bits and gives the
+ * journal's space back, cutting free space off the end of the file (12.2,
+ * C1 to C6): what remains is plain qcow2 that qemu-img checks clean.
  */
 #include <config.h>
 
@@ -38,6 +39,7 @@
 #include "rebuild.h"
 #include "refcount.h"
 #include "session.h"
+#include "space.h"
 #include "state.h"
 #include "tables.h"
 #include "write.h"
@@ -154,31 +156,122 @@ replay (struct qcow2_image *img)
 }
 
 /* O3: the area a previous session used (the extension keeps its place
- * after a clean close) can hold the new journal if it lies inside the
- * file and no cluster of it is in use (a journal-unaware writer may have
- * taken them since). */
+ * after a clean close) can hold the new journal if it is well formed and
+ * every cluster of it is free space (a journal-unaware writer may have
+ * taken some since).  Takes it. */
 static bool
-reusable_area (struct qcow2_image *img)
+reuse_area (struct qcow2_image *img)
 {
   const struct qcow2_journal_ext *e = &img->hdr.journal;
   const uint64_t cs = img->hdr.cluster_size;
 
-  uint64_t where;
+  return e->intact && e->size >= QJ_MIN_AREA && e->size <= QJ_MAX_AREA &&
+    e->size % QJ_BLOCK == 0 && IS_ALIGNED (e->offset, cs) &&
+    e->offset % QJ_BLOCK == 0 && IS_ALIGNED (e->size, cs) &&
+    e->offset >= cs && e->offset <= img->next_free &&
+    e->size <= img->next_free - e->offset &&
+    qcow2_space_take_at (img, e->offset, e->size);
+}
 
-  if (!e->intact || e->size < QJ_MIN_AREA || e->size > QJ_MAX_AREA ||
-      e->size % QJ_BLOCK != 0 || !IS_ALIGNED (e->offset, cs) ||
-      e->offset % QJ_BLOCK != 0 ||
-      !IS_ALIGNED (e->size, cs) || e->offset < cs ||
-      e->offset > img->next_free || e->size > img->next_free - e->offset ||
-      qcow2_metamap_find (img, e->offset, e->size, &where) != META_NONE)
-    return false;
-  for (uint64_t c = e->offset; c < e->offset + e->size; c += cs) {
-    uint64_t rc;
+/* O5: a new area of jsize bytes in free space, aligned for the journal's
+ * blocks (0 if there is no such run). */
+static uint64_t
+area_in_free_space (struct qcow2_image *img, uint64_t jsize)
+{
+  const uint64_t cs = img->hdr.cluster_size;
+  const uint64_t align = MAX (cs, (uint64_t) QJ_BLOCK);
+  uint64_t at, jarea;
+  bool clean;
 
-    if (qcow2_refcount_get (img, c, &rc) == -1 || rc != 0)
-      return false;
+  if (!qcow2_space_take (img, (jsize + align - cs) / cs, 0, false, &at,
+                         &clean))
+    return 0;
+  jarea = ROUND_UP (at, align);
+  if (jarea > at)
+    qcow2_space_give (img, at, jarea - at,
+                      clean ? SPACE_CLEAN : SPACE_STALE);
+  if (at + (align - cs) > jarea)
+    qcow2_space_give (img, jarea + jsize, at + (align - cs) - jarea,
+                      clean ? SPACE_CLEAN : SPACE_STALE);
+  return jarea;
+}
+
+/* Learn the file's free space from the refcounts (space.c).  Clusters
+ * counted past the end of the file (QEMU extends the file by writing
+ * data, and a power cut may lose the write but keep the refcount and
+ * the entry) are in use: new space starts past them. */
+static int
+learn_free_space (struct qcow2_image *img)
+{
+  const uint64_t cs = img->hdr.cluster_size;
+  /* A block device's partial last cluster is no space at all. */
+  uint64_t end = img->file->fixed_size ?
+    ROUND_DOWN (img->file_size, cs) : img->next_free;
+  uint64_t used_end;
+  int r;
+
+  qcow2_meta_lock (img);
+  qcow2_space_forget (img);
+  r = qcow2_refcount_zero_runs (img, end, qcow2_space_learn_run, NULL,
+                                &used_end);
+  if (r == 0)
+    img->next_free = MAX (img->next_free, used_end);
+  qcow2_meta_unlock (img);
+  return r;
+}
+
+/* O3, O5: where the journal goes: the previous area if its clusters are
+ * still free, else a run of free space, else new space past everything
+ * in use (not on a block device, which cannot grow). */
+static int
+place_journal_locked (struct qcow2_image *img, uint64_t *jarea,
+                      uint64_t *jsize)
+{
+  const uint64_t cs = img->hdr.cluster_size;
+
+  if (reuse_area (img)) {
+    *jarea = img->hdr.journal.offset;
+    *jsize = img->hdr.journal.size;
+    return 0;
   }
-  return true;
+  *jsize = MAX (ROUND_UP (JOURNAL_SIZE, cs), (uint64_t) QJ_MIN_AREA);
+  *jsize = ROUND_UP (*jsize, (uint64_t) QJ_BLOCK);
+  *jarea = area_in_free_space (img, *jsize);
+  if (*jarea != 0)
+    return 0;
+  if (img->file->fixed_size) {
+    qerror ("%s: no room for the journal: the device has no free run of "
+            "%" PRIu64 " bytes%s", img->file->name, *jsize,
+            qcow2_space_free_bytes (img) == 0 &&
+            (img->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY) ?
+            " (QEMU left its refcounts stale: repair the image with "
+            "qemu-img check -r all first)" : "");
+    errno = ENOSPC;
+    return -1;
+  }
+  /* Blocks of the journal are 4 KiB aligned, whatever the clusters: the
+   * clusters skipped are free (and fresh: past the end of the file). */
+  *jarea = ROUND_UP (img->next_free, MAX (cs, (uint64_t) QJ_BLOCK));
+  if (*jarea > img->next_free)
+    qcow2_space_give (img, img->next_free, *jarea - img->next_free,
+                      SPACE_CLEAN);
+  img->next_free = *jarea + *jsize;
+  if (hostio_truncate (img->file, img->next_free) == -1) {
+    qerror ("%s: extend for the journal: %m", img->file->name);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+place_journal (struct qcow2_image *img, uint64_t *jarea, uint64_t *jsize)
+{
+  int r;
+
+  qcow2_meta_lock (img);
+  r = place_journal_locked (img, jarea, jsize);
+  qcow2_meta_unlock (img);
+  return r;
 }
 
 /* Refcounts QEMU left stale (its dirty bit, lazy refcounts): rebuild them
@@ -203,7 +296,7 @@ static int
 set_up (struct qcow2_image *img)
 {
   const uint64_t cs = img->hdr.cluster_size;
-  uint64_t jsize, jarea, jid, old_end;
+  uint64_t jsize, jarea, jid, old_end, alloc_start;
   bool stale_refcounts;
 
   if (qcow2_refcounts_load (img) == -1)
@@ -219,25 +312,15 @@ set_up (struct qcow2_image *img)
   stale_refcounts = img->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY;
   old_end = img->file_size;
 
-  /* O3, O5: the journal area: the previous one if its clusters are still
-   * free, else new space past everything in use.  Allocation starts past
-   * both the area and the end of the file. */
+  /* Free space, unless the refcounts cannot be trusted yet: then only
+   * space past the end of the file, until they are rebuilt. */
   img->next_free = ROUND_UP (MAX (img->file_size, cs), cs);
-  if (!stale_refcounts && reusable_area (img)) {
-    jarea = img->hdr.journal.offset;
-    jsize = img->hdr.journal.size;
-  }
-  else {
-    jsize = MAX (ROUND_UP (JOURNAL_SIZE, cs), (uint64_t) QJ_MIN_AREA);
-    jsize = ROUND_UP (jsize, (uint64_t) QJ_BLOCK);
-    /* Blocks of the journal are 4 KiB aligned, whatever the clusters. */
-    jarea = ROUND_UP (img->next_free, MAX (cs, (uint64_t) QJ_BLOCK));
-    img->next_free = jarea + jsize;
-    if (hostio_truncate (img->file, img->next_free) == -1) {
-      qerror ("%s: extend for the journal: %m", img->file->name);
-      return -1;
-    }
-  }
+  if (!stale_refcounts && learn_free_space (img) == -1)
+    return -1;
+  /* Entries may name what this session allocates from here on. */
+  alloc_start = img->next_free;
+  if (place_journal (img, &jarea, &jsize) == -1)
+    return -1;
   /* Entries may name what the file held before the journal came, or
    * what this session allocates past it; never the journal. */
   if (qcow2_metamap_set (img, jarea, jsize, META_JOURNAL) == -1)
@@ -246,7 +329,7 @@ set_up (struct qcow2_image *img)
    * bounds take it in. */
   __atomic_store_n (&img->journal_start, jarea, __ATOMIC_RELEASE);
   __atomic_store_n (&img->journal_end, jarea + jsize, __ATOMIC_RELEASE);
-  __atomic_store_n (&img->alloc_start, img->next_free, __ATOMIC_RELEASE);
+  __atomic_store_n (&img->alloc_start, alloc_start, __ATOMIC_RELEASE);
   __atomic_store_n (&img->file_size, img->next_free, __ATOMIC_RELEASE);
   if (img->data == img->file)
     __atomic_store_n (&img->data_size, img->next_free, __ATOMIC_RELEASE);
@@ -283,7 +366,9 @@ set_up (struct qcow2_image *img)
   qcow2_commit_hooks_install (img);
   img->ring_high_water = journal_ring_size (img->journal) / 2;
   __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
-  if (stale_refcounts && rebuild_stale_refcounts (img, old_end) == -1)
+  if (stale_refcounts &&
+      (rebuild_stale_refcounts (img, old_end) == -1 ||
+       learn_free_space (img) == -1))
     return -1;
   return 0;
 }
@@ -356,12 +441,34 @@ changed (struct qcow2_image *img)
   __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
 }
 
+/* A request found the host full (ENOSPC, before it changed anything
+ * half way).  Clusters freed earlier in the session become free space
+ * only at a checkpoint: if there are any, commit and checkpoint, and say
+ * whether the request is worth trying once more. */
+static bool
+room_made (struct qcow2_image *img)
+{
+  bool covered;
+
+  if (errno != ENOSPC || qcow2_state (img) != SESSION_JOURNALLED ||
+      !journal_frees_pending (img->journal))
+    return false;
+  qdebug ("%s: host full: releasing freed clusters", img->file->name);
+  if (qcow2_commit (img, &covered) == -1 || qcow2_checkpoint (img) == -1)
+    return false;
+  errno = ENOSPC;
+  return true;
+}
+
 int
 qcow2_pwrite (struct qcow2_image *img, const void *buf, uint64_t count,
               uint64_t offset)
 {
-  if (begin_write (img) == -1 ||
-      qcow2_write_range (img, buf, count, offset) == -1)
+  if (begin_write (img) == -1)
+    return -1;
+  if (qcow2_write_range (img, buf, count, offset) == -1 &&
+      (!room_made (img) ||
+       qcow2_write_range (img, buf, count, offset) == -1))
     return -1;
   changed (img);
   return 0;
@@ -371,8 +478,11 @@ int
 qcow2_zero (struct qcow2_image *img, uint64_t count, uint64_t offset,
             bool may_trim, bool fast)
 {
-  if (begin_write (img) == -1 ||
-      qcow2_zero_range (img, count, offset, may_trim, fast) == -1)
+  if (begin_write (img) == -1)
+    return -1;
+  if (qcow2_zero_range (img, count, offset, may_trim, fast) == -1 &&
+      (!room_made (img) ||
+       qcow2_zero_range (img, count, offset, may_trim, fast) == -1))
     return -1;
   changed (img);
   return 0;
@@ -413,13 +523,44 @@ qcow2_flush (struct qcow2_image *img)
 
 /* Clean close ------------------------------------------------------------ */
 
+/* C5, once the journal is invalid: its clusters were never refcounted,
+ * they are free space now.  Free space at the end of the file is cut off
+ * (the journal's area with it, or else it is discarded and kept as a hint
+ * for the next session), so that the file is no longer than its last
+ * cluster in use.  A crash anywhere here leaves a valid image: what is
+ * cut off has refcount 0 and nothing points at it. */
+static void
+give_back_space (struct qcow2_image *img, uint64_t jarea, uint64_t jsize)
+{
+  const uint64_t cs = img->hdr.cluster_size;
+  int64_t size = hostio_size (img->file);
+  uint64_t end;
+
+  qcow2_meta_lock (img);
+  qcow2_space_give (img, jarea, jsize, SPACE_STALE);
+  end = MAX (qcow2_space_free_tail (img, img->next_free), cs);
+  qcow2_meta_unlock (img);
+  if (img->file->fixed_size || size == -1 || end >= (uint64_t) size)
+    end = UINT64_MAX;           /* nothing to cut off */
+  if (qcow2_header_release_journal_ext (img, jarea + jsize <= end) == -1 ||
+      (end != UINT64_MAX && hostio_truncate (img->file, end) == -1))
+    qdebug ("%s: cut the free space at the end away: %m", img->file->name);
+  if (jarea + jsize <= end && hostio_punch (img->file, jarea, jsize) == -1)
+    qdebug ("%s: discard the journal: %m", img->file->name);
+  /* Space reserved past the end of the file (qcow2_reserve_space). */
+  size = hostio_size (img->file);
+  if (!img->file->fixed_size && size >= 0 &&
+      img->space_reserved > (uint64_t) size &&
+      hostio_punch (img->file, size, img->space_reserved - size) == -1)
+    qdebug ("%s: give back reserved space: %m", img->file->name);
+}
+
 int
 qcow2_session_close (struct qcow2_image *img)
 {
   const uint64_t jarea = img->hdr.journal.offset;
   const uint64_t jsize = img->hdr.journal.size;
   bool covered;
-  int64_t size;
   int r = journalled (img);
 
   /* After a failure the journal, if any, is kept, and replayed at the
@@ -438,26 +579,12 @@ qcow2_session_close (struct qcow2_image *img)
   /* C4. */
   if (qcow2_dirty_clear (img) == -1)
     return qcow2_stop_writes (img, "close failed");
-  /* C5: invalidate the journal, then give its space back.  Its clusters
-   * were never refcounted: cut them off the end of the file, or keep the
-   * area as a hint for the next session and discard its blocks. */
+  /* C5: invalidate the journal, then give its space back. */
   img->hdr.autoclear_features &= ~QJ_AUTOCLEAR_VALID;
   if (qcow2_header_write_word (img, QCOW2_OFF_AUTOCLEAR,
                                img->hdr.autoclear_features, true) == -1)
     return qcow2_stop_writes (img, "close failed");
-  if (jarea + jsize == img->next_free) {
-    if (qcow2_header_release_journal_ext (img, false) == -1 ||
-        hostio_truncate (img->file, jarea) == -1)
-      qdebug ("%s: truncate the journal away: %m", img->file->name);
-  }
-  else if (qcow2_header_release_journal_ext (img, true) == -1 ||
-           hostio_punch (img->file, jarea, jsize) == -1)
-    qdebug ("%s: discard the journal: %m", img->file->name);
-  /* Space reserved past the end of the file (qcow2_reserve_space). */
-  size = hostio_size (img->file);
-  if (size >= 0 && img->space_reserved > (uint64_t) size &&
-      hostio_punch (img->file, size, img->space_reserved - size) == -1)
-    qdebug ("%s: give back reserved space: %m", img->file->name);
+  give_back_space (img, jarea, jsize);
   qcow2_state_move (img, SESSION_JOURNALLED, SESSION_CLOSED);
   return 0;
 }

@@ -24,6 +24,7 @@
 #include "commit.h"
 #include "entry.h"
 #include "format.h"
+#include "grace.h"
 #include "inflight.h"
 #include "l2.h"
 #include "log.h"
@@ -58,14 +59,13 @@ write_in_place (struct qcow2_image *img, const void *buf, uint64_t count,
                 uint64_t offset)
 {
   struct qcow2_run run;
+  unsigned io = qcow2_io_begin (img);  /* the cluster stays ours */
+  int r = qcow2_map (img, offset, count, &run);
 
-  if (qcow2_map (img, offset, count, &run) == -1)
-    return -1;
-  if (run.type != RUN_DATA || !run.copied || run.length < count)
-    return 0;
-  if (write_data (img, buf, count, run.host_offset) == -1)
-    return -1;
-  return 1;
+  if (r == 0 && run.type == RUN_DATA && run.copied && run.length >= count)
+    r = write_data (img, buf, count, run.host_offset) == -1 ? -1 : 1;
+  qcow2_io_end (img, io);
+  return r;
 }
 
 /* Does the cluster at cluster_start read as zeroes from nothing but
@@ -132,6 +132,23 @@ fill_subclusters (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   return 0;
 }
 
+/* Where a new host cluster for the guest cluster at cluster_start would
+ * best go: right after the host cluster of the guest cluster before it,
+ * if that one is allocated (0: no hint). */
+static uint64_t
+neighbour_hint (struct qcow2_image *img, uint64_t cluster_start)
+{
+  uint64_t entry_offset, entry, bitmap, host;
+
+  if (cluster_start == 0 ||
+      qcow2_l2_lookup (img, cluster_start - img->hdr.cluster_size,
+                       &entry_offset, &entry, &bitmap) == -1 ||
+      qcow2_entry_type (img, entry) != ENTRY_NORMAL)
+    return 0;
+  host = qcow2_entry_host (entry);
+  return host != 0 ? host + img->hdr.cluster_size : 0;
+}
+
 static int
 write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
              uint64_t offset)
@@ -142,7 +159,7 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   const bool extl2 = h->l2_entry_size == 16;
   uint64_t entry_offset, entry, bitmap, host, new_entry, new_bitmap;
   uint64_t write_from, write_to, target;
-  bool new_cluster, fill_all, ordered;
+  bool new_cluster, fill_all, ordered, fresh;
   int r;
 
   r = write_in_place (img, buf, count, offset);
@@ -176,17 +193,19 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   }
   else {
     new_cluster = true;
-    /* Old content to keep around the write, unless it is all zeroes that
-     * fresh space gives for free. */
-    fill_all = !reads_zero_without_data (img, cluster, entry) ||
-      h->data_file != NULL;
     /* An external data file maps guest offsets to the same offsets. */
-    if (h->data_file != NULL)
+    if (h->data_file != NULL) {
       target = cluster;
-    else if (qcow2_alloc_clusters (img, 1, &target) == -1) {
+      fresh = false;
+    }
+    else if (qcow2_alloc_clusters (img, 1, neighbour_hint (img, cluster),
+                                   &fresh, &target) == -1) {
       r = -1;
       goto out;
     }
+    /* Old content to keep around the write, unless it is all zeroes that
+     * fresh space gives for free. */
+    fill_all = !reads_zero_without_data (img, cluster, entry) || !fresh;
   }
   if (extl2) {
     uint64_t sc = h->subcluster_size;
@@ -218,14 +237,15 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   }
   /* The one-flush commit (docs/journal-format.md 8.4) lets data and
    * transaction land in any order only when the batch's guest range read
-   * as zeroes from metadata alone (E1: !fill_all) and its new host range
-   * is fresh space (E2: a new cluster from alloc.c, never one reused, and
-   * not this cluster's own host cluster rewritten in place), with no
-   * external data file (E3; compressed data is never written here).  E4
-   * (DIRTY durable, ring space) is the journal's and dirty.c's to keep.
-   * Anything else asks for the two-flush commit (8.3): the data must be
-   * durable (F1) before the transaction is written. */
-  ordered = fill_all || !new_cluster || h->data_file != NULL;
+   * as zeroes from metadata alone (E1) and its new host range is fresh
+   * (E2: alloc.c says so, for space past the end of the file or a
+   * durable hole; never this cluster's own host cluster rewritten in
+   * place), with no external data file (E3; compressed data is never
+   * written here): fill_all is false exactly then.  E4 (DIRTY durable,
+   * ring space) is the journal's and dirty.c's to keep.  Anything else
+   * asks for the two-flush commit (8.3): the data must be durable (F1)
+   * before the transaction is written. */
+  ordered = fill_all || !new_cluster;
   qcow2_meta_unlock (img);
 
   /* Data, without the lock: old content around the new bytes. */
@@ -235,8 +255,11 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   else
     r = fill_subclusters (img, buf, count, offset, cluster, target, bitmap);
   qcow2_meta_lock (img);
-  if (r == -1)
+  if (r == -1) {
+    if (new_cluster && h->data_file == NULL)
+      qcow2_alloc_unused (img, target, 1);
     goto out;
+  }
   if (img->data != img->file &&
       target + (write_to - cluster) > img->data_size)
     __atomic_store_n (&img->data_size, target + (write_to - cluster),

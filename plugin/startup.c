@@ -3,8 +3,8 @@
  *
  * Like qemu-nbd, the server refuses to start when the image cannot be
  * served as asked: another process holds QEMU's locks on it, the file or
- * its file system is read-only, the image is version 2 or marked corrupt,
- * or lies on a block device (which cannot grow).
+ * its file system is read-only, or the image is version 2 or marked
+ * corrupt.
  * This runs in .get_ready, the last point where errors reach the user's
  * terminal (later, in the default forking mode, they go to syslog).  A
  * read-only fallback happens only with readonly=auto, and is said once.
@@ -26,7 +26,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define NBDKIT_API_VERSION 2
@@ -44,14 +43,7 @@ static int
 make_writable (struct qcow2_image *img)
 {
   const char *filename = qcow2j_params.filename;
-  struct stat st;
 
-  /* New clusters and the journal go past the end of the file. */
-  if (stat (filename, &st) == 0 && S_ISBLK (st.st_mode)) {
-    qerror ("%s: cannot write to a block device: qcow2j needs a regular "
-            "file, which can grow", filename);
-    return -1;
-  }
   if (!qcow2_can_write (img)) {
     if (access (filename, W_OK) == 0)
       errno = EROFS;

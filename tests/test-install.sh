@@ -40,7 +40,7 @@ doc=$(installed "$root" journal-format.md)
 [ -z "$(find "$root" -name '*.la')" ] || fail "a libtool .la file was installed"
 [[ $man == */man1/nbdkit-qcow2j-plugin.1 ]] || fail "man page at $man"
 [[ $doc == */doc/*/journal-format.md ]] || fail "journal format at $doc"
-"$NBDKIT_BIN" "$plugin" --dump-plugin | grep -q '^qcow2j_journal=yes' ||
+nbdkit "$plugin" --dump-plugin | grep -q '^qcow2j_journal=yes' ||
     fail "nbdkit cannot load the installed plugin"
 # Installed in nbdkit's plugin directory, the man page goes under
 # nbdkit's prefix, where man looks for nbdkit's own pages.

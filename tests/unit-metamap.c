@@ -17,15 +17,15 @@ static void
 compare (struct qcow2_image *img)
 {
   /* Disjoint, sorted, cluster aligned, no two neighbours of one kind. */
-  for (size_t i = 0; i < img->map_len; i++) {
-    const struct meta_extent *e = &img->map[i];
+  for (size_t i = 0; i < img->map.len; i++) {
+    const struct range *e = &img->map.v[i];
 
     CHECK (e->start < e->end && e->start % CS == 0 && e->end % CS == 0);
     CHECK (e->kind != META_NONE);
     if (i > 0)
-      CHECK (img->map[i - 1].end < e->start ||
-             (img->map[i - 1].end == e->start &&
-              img->map[i - 1].kind != e->kind));
+      CHECK (img->map.v[i - 1].end < e->start ||
+             (img->map.v[i - 1].end == e->start &&
+              img->map.v[i - 1].kind != e->kind));
   }
   for (uint64_t c = 0; c < CLUSTERS; c++) {
     uint64_t where = 0;
@@ -72,7 +72,7 @@ UNIT_CASE (range_lookup)
   uint64_t where;
 
   CHECK (qcow2_metamap_set (&img, 0, CLUSTERS * CS, META_NONE) == 0);
-  CHECK (img.map_len == 0);
+  CHECK (img.map.len == 0);
   CHECK (qcow2_metamap_set (&img, 10 * CS, 2 * CS, META_L2) == 0);
   CHECK (qcow2_metamap_find (&img, 3 * CS, 20 * CS, &where) == META_L2 &&
          where == 10 * CS);
@@ -93,7 +93,7 @@ main (int argc, char *argv[])
   img.hdr.cluster_size = CS;
   pthread_rwlock_init (&img.map_lock, NULL);
   UNIT_RUN (cases);
-  free (img.map);
+  rangemap_clear (&img.map);
   pthread_rwlock_destroy (&img.map_lock);
   return unit_status ();
 }
