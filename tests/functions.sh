@@ -48,6 +48,23 @@ trap 'exit 130' INT QUIT TERM
 tmp=$(mktemp -d /tmp/qcow2j-test.XXXXXX)
 cleanup_fn rm -rf "$tmp"
 
+# A test that hangs fails after QCOW2J_TEST_TIMEOUT seconds (default 20
+# minutes, far above the slowest test under a sanitizer) instead of
+# holding up the whole suite: its children are stopped, then itself.
+_watchdog_shell=$$
+(
+    sleep "${QCOW2J_TEST_TIMEOUT:-1200}" &
+    wait $!
+    echo "$0: FAIL: timed out after ${QCOW2J_TEST_TIMEOUT:-1200} s" >&2
+    for p in $(pgrep -P "$_watchdog_shell"); do
+        [ "$p" = "$BASHPID" ] || kill -TERM "$p" 2>/dev/null
+    done
+    kill -TERM "$_watchdog_shell"
+) </dev/null >/dev/null &
+_watchdog=$!
+cleanup_fn 'pkill -P $_watchdog; kill $_watchdog 2>/dev/null'
+
+
 # nbdkit ARGS...: the system nbdkit, with a sanitizer runtime preloaded when
 # QCOW2J_PRELOAD is set (the plugin is dlopen'ed by an uninstrumented
 # server, so the runtime must come first).  Leaks in the server are
@@ -58,6 +75,8 @@ NBDKIT_BIN=$(type -P nbdkit) || { echo "$0: nbdkit is not installed (run ./build
 # whose pid must be nbdkit's own).
 NBDKIT_CMD=("$NBDKIT_BIN")
 if [ -n "${QCOW2J_PRELOAD:-}" ]; then
+    # nbdkit-locale-shim.c says why it comes along.
+    QCOW2J_PRELOAD="$QCOW2J_PRELOAD $BUILDDIR/tests/.libs/nbdkit-locale-shim.so"
     NBDKIT_CMD=(env "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
                 "LD_PRELOAD=$QCOW2J_PRELOAD" "$NBDKIT_BIN")
 fi
