@@ -142,8 +142,15 @@ qcow2_reserve_space (struct qcow2_image *img)
   int r;
 
   ASSERT_META_LOCKED (img);
-  if (img->cannot_reserve || img->space_reserved >= need ||
-      qcow2_space_free_bytes (img) >= RESERVE_CLUSTERS * cs)
+  if (qcow2_space_free_bytes (img) >= RESERVE_CLUSTERS * cs)
+    return 0;
+  if (img->file->fixed_size) {
+    /* The device's end: fail the request now, not the change. */
+    qerror ("%s: no free space left on the device", img->file->name);
+    errno = ENOSPC;
+    return -1;
+  }
+  if (img->cannot_reserve || img->space_reserved >= need)
     return 0;
   from = MAX (img->space_reserved, img->next_free);
   to = img->next_free + MAX (RESERVE_AHEAD, 2 * RESERVE_CLUSTERS * cs);

@@ -118,7 +118,9 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
       goto out;
   }
 
-  if (qcow2_reserve_space (img) == -1) {
+  /* Room for tables, unless the change needs none (so that a trim on a
+   * full block device, which only frees, still works). */
+  if (!qcow2_l2_ready (img, offset) && qcow2_reserve_space (img) == -1) {
     r = -1;
     goto out;
   }

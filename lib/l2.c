@@ -134,6 +134,17 @@ copy_l2_table (struct qcow2_image *img, uint64_t l1i, uint64_t old)
   return 0;
 }
 
+bool
+qcow2_l2_ready (struct qcow2_image *img, uint64_t guest)
+{
+  uint64_t l1i, in_table, l1e;
+
+  ASSERT_META_LOCKED (img);
+  l2_position (img, guest, &l1i, &in_table);
+  l1e = img->l1[l1i];
+  return (l1e & L1E_OFFSET_MASK) != 0 && (l1e & QCOW_OFLAG_COPIED);
+}
+
 int
 qcow2_l2_prepare (struct qcow2_image *img, uint64_t guest,
                   uint64_t *entry_offset)

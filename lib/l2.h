@@ -2,6 +2,7 @@
 #ifndef QCOW2J_L2_H
 #define QCOW2J_L2_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "image-internal.h"
@@ -25,6 +26,10 @@ extern int qcow2_l2_entry_to_change (struct qcow2_image *img, uint64_t guest,
  * meta_lock, inside a change. */
 extern int qcow2_l2_prepare (struct qcow2_image *img, uint64_t guest,
                              uint64_t *entry_offset);
+
+/* True if guest offset's L2 table exists and is the active L1's alone:
+ * qcow2_l2_prepare then allocates nothing.  Needs meta_lock. */
+extern bool qcow2_l2_ready (struct qcow2_image *img, uint64_t guest);
 
 /* Set the entry at entry_offset (and its bitmap with extended L2 entries,
  * in the same step).  Needs meta_lock, inside a change. */

@@ -255,6 +255,10 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   else
     r = fill_subclusters (img, buf, count, offset, cluster, target, bitmap);
   qcow2_meta_lock (img);
+  /* Metadata: map the new data and let go of what was there, if there
+   * is room for the tables that may need (else the cluster goes back). */
+  if (r == 0)
+    r = qcow2_reserve_space (img);
   if (r == -1) {
     if (new_cluster && h->data_file == NULL)
       qcow2_alloc_unused (img, target, 1);
@@ -265,11 +269,6 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
     __atomic_store_n (&img->data_size, target + (write_to - cluster),
                       __ATOMIC_RELEASE);
 
-  /* Metadata: map the new data and let go of what was there. */
-  if (qcow2_reserve_space (img) == -1) {
-    r = -1;
-    goto out;
-  }
   qcow2_change_begin (img);
   if (new_cluster) {
     new_entry = target | QCOW_OFLAG_COPIED;
