@@ -192,6 +192,7 @@ qcow2_close (struct qcow2_image *img)
     mcache_free (img->cache);
   free (img->l1);
   rangemap_clear (&img->map);
+  rangemap_clear (&img->space);
   free (img->dir);
   qcow2_header_free (&img->hdr);
   pthread_mutex_destroy (&img->meta_lock);
