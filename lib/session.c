@@ -61,11 +61,27 @@ qcow2_journal_dirty (const struct qcow2_image *img)
 }
 
 /* Under setup_lock. */
+/* QEMU's writer locks on the file and the data file. */
+static int
+take_locks (struct qcow2_image *img)
+{
+  int fd = hostio_file_fd (img->file);
+
+  if (img->lock_files && fd >= 0 &&
+      qcow2_lock_fd (fd, img->file->name, true) == -1)
+    return -1;
+  fd = hostio_file_fd (img->data);
+  if (img->lock_files && img->data != img->file && fd >= 0 &&
+      qcow2_lock_fd (fd, img->data->name, true) == -1)
+    return -1;
+  return 0;
+}
+
+static int replay (struct qcow2_image *img);
+
 static int
 prepare (struct qcow2_image *img)
 {
-  int fd;
-
   switch (qcow2_state (img)) {
   case SESSION_READ_ONLY:
     break;
@@ -92,6 +108,14 @@ prepare (struct qcow2_image *img)
     return -1;
   }
   if (img->hdr.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
+    /* Marked corrupt by a session that then stopped with its journal
+     * dirty: QEMU's tools could not open it to repair it.  Replay the
+     * journal (its transactions are as sound as ever), which clears the
+     * bit. */
+    if (qcow2_journal_dirty (img) && take_locks (img) == 0 &&
+        replay (img) == 0)
+      qdebug ("%s: replayed the journal of a corrupt image",
+              img->file->name);
     qerror ("%s: cannot write to this image: it is marked corrupt; stop "
             "the server, then repair it with: qemu-img check -r all %s",
             img->file->name, img->file->name);
@@ -106,13 +130,7 @@ prepare (struct qcow2_image *img)
                    "journal extension (a shorter backing file name, set "
                    "with qemu-img rebase -u, makes room)");
 
-  fd = hostio_file_fd (img->file);
-  if (img->lock_files && fd >= 0 &&
-      qcow2_lock_fd (fd, img->file->name, true) == -1)
-    return -1;
-  fd = hostio_file_fd (img->data);
-  if (img->lock_files && img->data != img->file && fd >= 0 &&
-      qcow2_lock_fd (fd, img->data->name, true) == -1)
+  if (take_locks (img) == -1)
     return -1;
   qcow2_state_move (img, SESSION_READ_ONLY, SESSION_READY);
   return 0;
