@@ -227,6 +227,8 @@ struct qcow2_image {
   bool thread_running, thread_stop;  /* thread_lock */
   pthread_t thread;             /* thread_lock */
   uint64_t last_change;         /* atomic: monotonic ns of the last write */
+  bool release_wanted;          /* atomic: the file grew while freed
+                                   clusters waited for a checkpoint */
   uint64_t ring_high_water;     /* const once JOURNALLED: ring bytes that
                                    call for a checkpoint */
 };

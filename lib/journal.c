@@ -866,11 +866,11 @@ journal_is_idle (struct journal *j)
   return open_is_empty (j) && !j->committing;
 }
 
-bool
+size_t
 journal_frees_pending (struct journal *j)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
-  return j->open.nr_frees > 0 || j->ndeferred > 0 || j->nreleased > 0;
+  return j->open.nr_frees + j->ndeferred + j->nreleased;
 }
 
 int

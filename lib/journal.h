@@ -122,9 +122,9 @@ extern uint64_t journal_ring_used (struct journal *j);
 extern uint64_t journal_ring_size (struct journal *j);
 /* True if nothing has been added since the last commit. */
 extern bool journal_is_idle (struct journal *j);
-/* True if clusters were freed (journal_defer_free) that a commit and a
- * checkpoint would release. */
-extern bool journal_frees_pending (struct journal *j);
+/* How many frees (journal_defer_free) a commit and a checkpoint would
+ * release. */
+extern size_t journal_frees_pending (struct journal *j);
 /* The caller has written in place, and flushed, the effects of every
  * transaction up to and including seq (at most journal_durable_seq).
  * Writes a superblock moving the head past it and flushes; ring space and

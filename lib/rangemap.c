@@ -10,6 +10,11 @@
  * memmove of the tail, which for a few thousand ranges is cheaper than
  * the metadata write that comes with it.  Where a map could grow without
  * bound (free space fragmented by a hostile image), its owner caps it.
+ * A library tree (glib's GTree, Judy arrays) or a bitmap of clusters was
+ * considered: a tree costs a pointer chase per level and an allocation
+ * per range, and would add a dependency; a bitmap costs one bit per
+ * cluster of the file whether free or not (256 MiB for a 1 TiB file of
+ * 512-byte clusters) and a scan to find a run.
  */
 #include <config.h>
 

@@ -238,24 +238,26 @@ learn_free_space (struct qcow2_image *img)
   return r;
 }
 
-/* O3, O5: where the journal goes: the previous area if its clusters are
- * still free, else a run of free space, else new space past everything
- * in use (not on a block device, which cannot grow). */
+/* O3, O5: where the journal goes.  In a file, past everything in use:
+ * the clean close cuts it off with the free space at the end, and what
+ * a previous session's area left inside the file is free space for data.
+ * On a block device, which cannot grow, in the previous area if its
+ * clusters are still free, else in a run of free space. */
 static int
 place_journal_locked (struct qcow2_image *img, uint64_t *jarea,
                       uint64_t *jsize)
 {
   const uint64_t cs = img->hdr.cluster_size;
 
-  if (reuse_area (img)) {
+  *jsize = MAX (ROUND_UP (JOURNAL_SIZE, cs), (uint64_t) QJ_MIN_AREA);
+  *jsize = ROUND_UP (*jsize, (uint64_t) QJ_BLOCK);
+  if (img->file->fixed_size && reuse_area (img)) {
     *jarea = img->hdr.journal.offset;
     *jsize = img->hdr.journal.size;
     return 0;
   }
-  *jsize = MAX (ROUND_UP (JOURNAL_SIZE, cs), (uint64_t) QJ_MIN_AREA);
-  *jsize = ROUND_UP (*jsize, (uint64_t) QJ_BLOCK);
-  *jarea = area_in_free_space (img, *jsize);
-  if (*jarea != 0)
+  if (img->file->fixed_size &&
+      (*jarea = area_in_free_space (img, *jsize)) != 0)
     return 0;
   if (img->file->fixed_size) {
     qerror ("%s: no room for the journal: the device has no free run of "
@@ -565,11 +567,13 @@ give_back_space (struct qcow2_image *img, uint64_t jarea, uint64_t jsize)
     qdebug ("%s: cut the free space at the end away: %m", img->file->name);
   if (jarea + jsize <= end && hostio_punch (img->file, jarea, jsize) == -1)
     qdebug ("%s: discard the journal: %m", img->file->name);
-  /* Space reserved past the end of the file (qcow2_reserve_space). */
+  /* Space reserved past the end of the file (qcow2_reserve_space): a
+   * truncation to the same length frees it (a punch past the end may
+   * do nothing, as on ext4). */
   size = hostio_size (img->file);
   if (!img->file->fixed_size && size >= 0 &&
       img->space_reserved > (uint64_t) size &&
-      hostio_punch (img->file, size, img->space_reserved - size) == -1)
+      hostio_truncate (img->file, size) == -1)
     qdebug ("%s: give back reserved space: %m", img->file->name);
 }
 

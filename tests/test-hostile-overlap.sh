@@ -2,15 +2,15 @@
 # Guest I/O through L2 entries that name the image's own metadata: the
 # L1 table, an L2 table, the refcount table, a refcount block, the
 # snapshot table, a snapshot's L1 table, the bitmap directory, a bitmap
-# table; space past the end of the file (where a power cut can leave an
-# entry, and where the journal goes at the first write); and the journal
-# inside the file (an area a previous session left as a hint, reused).
+# table; and space past the end of the file (where a power cut can leave
+# an entry, and where the journal of a file goes at the first write:
+# tests/test-space-blockdev.sh has the journal inside a block device).
 # A write, a zero and a trim through each must fail with EIO, say what it
 # prevented, change none of the metadata the entry names (nor the
 # journal), and leave the image marked corrupt (as QEMU does) and still
-# readable.  A read through an entry naming the journal or space past the
-# end of the file fails too (a read of other metadata is harmless, and
-# QEMU allows it).  The same I/O on an honest cluster of the same image
+# readable.  A read through an entry naming space past the end of the file
+# (the journal) fails too (a read of other metadata is harmless, and QEMU
+# allows it).  The same I/O on an honest cluster of the same image
 # succeeds first, so the refusals are not the image's fault.
 source "$SRCDIR/tests/functions.sh"
 source "$SRCDIR/tests/write-helpers.sh"
@@ -53,15 +53,6 @@ prepare ()
             qemu-img bitmap --add "$1" b0
             nbdkit -U - "$QCOW2J" file="$1" \
                 --run 'nbdsh -u "$uri" -c "h.pwrite(b\"\x11\" * 4096, 0)"' ;;
-        journal)
-            # 8 MiB written and discarded by QEMU, with data after it:
-            # free space inside the file, where a session puts its
-            # journal and leaves it (a hint) at a clean close.
-            qemu-io -f qcow2 -c "write -P 0x44 $((2 * C)) 8M" \
-                -c "write -P 0x55 12M $C" \
-                -c "discard $((2 * C)) 8M" "$1" >/dev/null
-            nbdkit -U - "$QCOW2J" file="$1" \
-                --run 'nbdsh -u "$uri" -c "h.pwrite(b\"\x11\" * 4096, 0)"' ;;
     esac
 }
 
@@ -77,7 +68,6 @@ target ()                       # target IMG KIND: a host offset
         snapl1) u64 "$1" "$($patch "$1" get snapshots_offset)" ;;
         bitmapdir) u64 "$1" $(( $(ext_data "$1" 0x23852875) + 16 )) ;;
         bitmaptable) u64 "$1" "$(u64 "$1" $(( $(ext_data "$1" 0x23852875) + 16 )))" ;;
-        journal) u64 "$1" "$(ext_data "$1" 0x51324a4c)" ;;
         past-eof)
             size=$(stat -c %s "$1")
             echo $(( (size + C - 1) / C * C )) ;;
@@ -117,9 +107,9 @@ sys.exit(1)
 PY
 
 for kind in l1 l2 reftable refblock snaptable snapl1 bitmapdir bitmaptable \
-           past-eof journal; do
+           past-eof; do
     ops="write zero trim"
-    case $kind in past-eof|journal) ops="read $ops" ;; esac
+    case $kind in past-eof) ops="read $ops" ;; esac
     for op in $ops; do
         img="$kind-$op.qcow2"
         base "$img"
@@ -131,54 +121,42 @@ for kind in l1 l2 reftable refblock snaptable snapl1 bitmapdir bitmaptable \
         # cannot be named: an entry with offset 0 is unallocated.)
         case "$kind" in
             past-eof) len=0 ;;
-            journal) len=$((4 << 20)) ;;   # its superblocks and ring
             *) len=$C ;;
         esac
         # (A table at the end of the file may end before its cluster.)
         size=$(stat -c %s "$img")
         [ "$len" = 0 ] || [ $((t + len)) -le "$size" ] || len=$((size - t))
-        [ "$len" = 0 ] || [ "$kind" = journal ] ||
-            $patch "$img" peek "$t" "$len" > before.hex
+        [ "$len" = 0 ] || $patch "$img" peek "$t" "$len" > before.hex
 
         serve_start "$img"
         # Honest I/O on cluster 0 works, and sets the journal up (past
         # the end of the file: where the past-eof entry points).
         nbdsh -u "$uri" -c 'h.pwrite(b"\x33" * 4096, 0)' -c 'h.flush()' ||
             fail "$kind $op: an honest write failed"
-        # The journal as that write left it (well within the idle time
-        # after which the checkpoint would write its superblocks).
-        [ "$kind" != journal ] || $patch "$img" peek "$t" "$len" > before.hex
         rc=0
         python3 io.py "$op" "$uri" > io.out || rc=$?
         case $kind,$rc in
-            past-eof,0|journal,0) ;;        # refused, the session goes on
-            past-eof,3|journal,3) fail "$kind $op: a flush after the refusal failed" ;;
+            past-eof,0) ;;                  # refused, the session goes on
+            past-eof,3) fail "$kind $op: a flush after the refusal failed" ;;
             *,3) ;;                         # corrupt: writes stopped
             *,0) fail "$kind $op: writes go on on an image marked corrupt" ;;
             *,1) fail "$kind $op: the $op through an entry naming the $kind succeeded" ;;
             *) cat io.out; fail "$kind $op: not refused with EIO" ;;
         esac
-        # The journal as the refused request left it (a clean stop
-        # rewrites it).
-        if [ "$kind" = journal ]; then
-            $patch "$img" peek "$t" "$len" > after.hex
-            cmp -s before.hex after.hex ||
-                { cat io.out; fail "$kind $op: the journal changed"; }
-        fi
         serve_stop TERM || :
         case $kind in
-            past-eof|journal) expect='inside the qcow2j journal' ;;
+            past-eof) expect='inside the qcow2j journal' ;;
             *) expect='preventing' ;;
         esac
         grep -q "$expect" "$server_log" ||
             { cat "$server_log" >&2; fail "$kind $op: no message says what was prevented"; }
-        if [ "$len" != 0 ] && [ "$kind" != journal ]; then
+        if [ "$len" != 0 ]; then
             $patch "$img" peek "$t" "$len" > after.hex
             cmp -s before.hex after.hex || fail "$kind $op: the $kind changed"
         fi
-        # Marked corrupt (or, for the journal, refused before any harm);
+        # Marked corrupt (or, past the end, refused before any harm);
         # readable: cluster 0 as honestly written.
-        if [ "$kind" != past-eof ] && [ "$kind" != journal ]; then
+        if [ "$kind" != past-eof ]; then
             # A restart refuses to write, says how to repair, and first
             # replays a journal left dirty, so that QEMU can repair it.
             ! nbdkit -U - "$QCOW2J" file="$img" --run true 2>restart.log ||
