@@ -142,7 +142,8 @@ qcow2_reserve_space (struct qcow2_image *img)
   int r;
 
   ASSERT_META_LOCKED (img);
-  if (img->cannot_reserve || img->space_reserved >= need ||
+  if (img->cannot_reserve || img->file->fixed_size ||
+      img->space_reserved >= need ||
       qcow2_space_free_bytes (img) >= RESERVE_CLUSTERS * cs)
     return 0;
   from = MAX (img->space_reserved, img->next_free);
