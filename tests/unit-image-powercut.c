@@ -45,6 +45,14 @@
  * QCOW2J_SLOW=1 runs ten times as many trials.  QCOW2J_SEED=N repeats one
  * (with more moments).  QCOW2J_VERBOSE=1 describes each trial;
  * QCOW2J_KEEP=1 keeps the images qemu-img check refused.
+ *
+ * The "reuse" case (see "Power cuts over several sessions" below) runs
+ * trials of three sessions on one image, reusing the clusters earlier
+ * sessions and checkpoints freed, and cuts the power at every moment
+ * (every other one, and every subset of short windows holding punches,
+ * unless QCOW2J_SLOW=1: every one).  "unit-image-powercut reuse" runs it
+ * alone; QCOW2J_SEED=N repeats one of its trials, QCOW2J_EVENTS=1 lists
+ * the host I/O of its second session.
  */
 #include <config.h>
 
@@ -80,6 +88,7 @@ extern char **environ;
 #define MAX_DENSE 120
 #define DENSE_FLUSH_REPS 4
 #define MAX_EVERY_SUBSET 4      /* writes pending at a flush */
+#define MAX_PUNCH_SUBSET 6      /* the same, punches among them */
 #define STRIPE (256 * KiB)      /* owned by one worker thread */
 
 enum content { C_ZERO, C_GEN, C_STORED };
@@ -1282,6 +1291,20 @@ check_moment (struct trial *t, uint64_t moment, bool final, uint64_t subset)
   target_free (&tg);
 }
 
+/* Is a punch among the events pending at moment m (since the last
+ * flush)? */
+static bool
+punch_pending (struct powercut *pc, uint64_t m)
+{
+  for (uint64_t i = m; i > 0 && !powercut_is_flush (pc, i - 1); i--) {
+    uint64_t off, len;
+
+    if (powercut_event (pc, i - 1, &off, &len) == 'p')
+      return true;
+  }
+  return false;
+}
+
 /* Check crash states at moments [from, to) of t->pc, in increasing order
  * (cheap for the simulator): 'samples' evenly spaced ones; one in
  * flush_every of the moments just before a host flush completes; many
@@ -1327,6 +1350,16 @@ check_moments (struct trial *t, uint64_t from, uint64_t to, unsigned samples,
     }
     if (stride && (m - from) % stride == 0)
       take = true;
+    /* Reuse trials: just before a flush completes with punches pending
+     * (the checkpoint's, and those a commit into punched space may race
+     * with): every subset of a short window, several of a long one. */
+    if (stride && powercut_is_flush (t->pc, m) && punch_pending (t->pc, m)) {
+      take = true;
+      if (powercut_pending (t->pc, m) <= MAX_PUNCH_SUBSET)
+        every_subset = true;
+      else
+        reps = DENSE_FLUSH_REPS * 2;
+    }
     if (dense) {
       take = true;
       dense_m++;
@@ -1474,12 +1507,6 @@ umin (uint64_t a, uint64_t b)
   return a < b ? a : b;
 }
 
-static uint64_t
-umax (uint64_t a, uint64_t b)
-{
-  return a > b ? a : b;
-}
-
 struct reuse_config {
   uint64_t cs, size;
   bool extl2;
@@ -1493,7 +1520,7 @@ static const struct reuse_config reuse_configs[] = {
   { 32 * KiB, 4 * MiB, true, BASE_EMPTY, 0 },
   { 512, 2 * MiB, false, BASE_EMPTY, 64 },
   { 16 * KiB, 4 * MiB, false, BASE_BACKING, 0 },
-  { 4 * KiB, 4 * MiB, true, BASE_EMPTY, 0 },
+  { 16 * KiB, 4 * MiB, true, BASE_EMPTY, 0 },
   { 64 * KiB, 4 * MiB, false, BASE_SNAPSHOT, 0 },
   { 8 * KiB, 4 * MiB, false, BASE_EMPTY, 0 },
 };
@@ -1558,7 +1585,7 @@ checkpoint_now (struct trial *t)
 /* Write much of [start, start + len): runs of whole clusters, parts of
  * clusters (sector- or byte-aligned), some gaps left unwritten. */
 static void
-write_region (struct trial *t, uint64_t start, uint64_t len)
+write_region (struct trial *t, uint64_t start, uint64_t len, bool flushes)
 {
   const uint64_t cs = t->cfg.cs, end = start + len;
 
@@ -1580,6 +1607,10 @@ write_region (struct trial *t, uint64_t start, uint64_t len)
     n = umin (n, umin (MAX_IO, end - pos));
     if (pc_rand (&t->rng) % 6 != 0)
       do_write_at (t, pos, n);
+    /* A flush after most writes: batches of one write, each committed on
+     * its own, with one flush where the space is fresh. */
+    if (flushes && pc_rand (&t->rng) % 3 != 0)
+      do_flush_t (t);
     pos += n;
   }
 }
@@ -1672,12 +1703,12 @@ run_reuse_trial (uint64_t seed, unsigned stride)
            t->hist);
   pthread_mutex_init (&t->lock, NULL);
   q = t->cfg.size / 4 / t->cfg.cs * t->cfg.cs;
-  fill = umin (q, umax (48 * t->cfg.cs, 256 * KiB));
+  fill = umin (q, 48 * t->cfg.cs);
   load_base (t);
 
   /* Session 1: data in region A, parts of it freed; the close punches. */
   open_session (t, false);
-  write_region (t, 0, fill);
+  write_region (t, 0, fill, false);
   do_flush_t (t);
   trim_region (t, 0, fill, 4 + pc_rand (&t->rng) % 5);
   do_flush_t (t);
@@ -1688,19 +1719,20 @@ run_reuse_trial (uint64_t seed, unsigned stride)
   /* Session 2: stale reuse (learnt), then clean reuse (checkpoint). */
   s2_start = s1_end;
   open_session (t, false);
-  write_region (t, q, fill);
+  write_region (t, q, fill, false);
   do_flush_t (t);
-  trim_region (t, 0, 2 * q, 4 + pc_rand (&t->rng) % 8);
+  trim_region (t, 0, fill, 2 + pc_rand (&t->rng) % 4);
+  trim_region (t, q, fill, 3 + pc_rand (&t->rng) % 6);
   do_flush_t (t);
   checkpoint_now (t);
-  write_region (t, 2 * q, fill);
+  write_region (t, 2 * q, fill, true);
   random_calls (t, 20 + pc_rand (&t->rng) % 20);
   do_flush_t (t);
-  trim_region (t, 2 * q, q, 2 + pc_rand (&t->rng) % 6);
+  trim_region (t, 2 * q, fill, 3 + pc_rand (&t->rng) % 6);
   if (pc_rand (&t->rng) % 3 != 0)
     do_flush_t (t);
   checkpoint_now (t);
-  write_region (t, 3 * q, fill / 2);
+  write_region (t, 3 * q, fill / 2, true);
   random_calls (t, 10 + pc_rand (&t->rng) % 10);
   check_live (t);
   count_reuse (t, &clean, &stale);
@@ -1711,6 +1743,18 @@ run_reuse_trial (uint64_t seed, unsigned stride)
     do_flush_t (t);
   s2_end = powercut_moment (t->pc);
   size2 = sim_size (t);
+  if (getenv ("QCOW2J_EVENTS"))
+    for (uint64_t i = s2_start; i < s2_end; i++) {
+      uint64_t off, len;
+      char k = powercut_event (t->pc, i, &off, &len);
+      const char *call = "";
+
+      for (uint32_t j = 0; j < t->nops; j++)
+        if (t->ops[j].start <= i && i < t->ops[j].end)
+          call = op_name (t->ops[j].type);
+      fprintf (stderr, "event %" PRIu64 ": %c 0x%" PRIx64 " +%" PRIu64
+               " %s\n", i, k, off, len, call);
+    }
 
   check_moments (t, 0, s1_end, 20, 2, 0);
   check_moments (t, s2_start, s2_end, 0, 1, stride);
@@ -1756,13 +1800,15 @@ run_reuse_trial (uint64_t seed, unsigned stride)
     t->ops[op].end = m3_open;
     t->ops[op].dense = true;
   }
-  write_region (t, 0, fill);
-  write_region (t, 3 * q, fill);
+  write_region (t, 0, fill, false);
+  write_region (t, 3 * q, fill, false);
   do_flush_t (t);
-  trim_region (t, 0, 4 * q, 4 + pc_rand (&t->rng) % 8);
+  trim_region (t, 0, fill, 2 + pc_rand (&t->rng) % 4);
+  trim_region (t, 2 * q, fill, 2 + pc_rand (&t->rng) % 4);
+  trim_region (t, 3 * q, fill, 2 + pc_rand (&t->rng) % 4);
   do_flush_t (t);
   checkpoint_now (t);
-  write_region (t, q, fill);
+  write_region (t, q, fill, true);
   random_calls (t, 20 + pc_rand (&t->rng) % 20);
   check_live (t);
   count_reuse (t, &clean, &stale);
@@ -1831,7 +1877,7 @@ UNIT_CASE (reuse)
   }
   else
     for (unsigned i = 0; i < trials; i++)
-      run_reuse_trial (5000 + i, 1);
+      run_reuse_trial (5000 + i, slow && *slow == '1' ? 1 : 2);
   qemu_check_wait_all ();
   printf ("unit-image-powercut reuse: %u trials of 3 sessions, %" PRIu64
           " crash states, %" PRIu64 " qemu-img checks, %u failures\n",
