@@ -110,7 +110,7 @@ qcow2_alloc_clusters (struct qcow2_image *img, uint64_t n, uint64_t hint,
                       bool *fresh, uint64_t *offset)
 {
   const uint64_t len = n * img->hdr.cluster_size;
-  bool clean;
+  bool clean, reused = true;
 
   ASSERT_META_LOCKED (img);
   if (qcow2_space_take (img, n, hint, true, offset, &clean)) {
@@ -119,14 +119,26 @@ qcow2_alloc_clusters (struct qcow2_image *img, uint64_t n, uint64_t hint,
         return -1;
       if (extend (img, n, offset) == -1)
         return -1;
+      reused = false;
     }
   }
   else if (extend (img, n, offset) == -1)
     return -1;
-  else
+  else {
     clean = true;
+    reused = false;
+  }
   if (fresh != NULL)
     *fresh = clean;
+  /* Observational counters (image-internal.h), for the tests only. */
+  if (fresh == NULL)
+    img->stat_table_reused += reused ? n : 0;
+  else if (!reused)
+    img->stat_data_new += n;
+  else if (clean)
+    img->stat_data_clean += n;
+  else
+    img->stat_data_stale += n;
   journal_need_file_size (img->journal, *offset + len);
   return 0;
 }

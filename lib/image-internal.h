@@ -201,6 +201,12 @@ struct qcow2_image {
   uint64_t space_cursor;        /* meta_lock: where the last allocation
                                    from it ended */
   uint64_t space_reserved;      /* meta_lock: host space reserved up to */
+  /* meta_lock: clusters allocated in this session, by where they came
+   * from (observational only: counted for the tests, read by nothing in
+   * the library).  Data: clean free space (fresh, E2), stale free space,
+   * past the end of the file; tables: from free space. */
+  uint64_t stat_data_clean, stat_data_stale, stat_data_new;
+  uint64_t stat_table_reused;
   bool cannot_reserve;          /* meta_lock: the host cannot reserve */
   uint64_t *reftable;           /* meta_lock: refcount table, host order */
   uint64_t reftable_entries;    /* meta_lock */

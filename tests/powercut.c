@@ -301,6 +301,19 @@ powercut_is_flush (struct powercut *pc, uint64_t i)
   return i < pc->nev && pc->ev[i].kind == EV_FLUSH;
 }
 
+char
+powercut_event (struct powercut *pc, uint64_t i, uint64_t *offset,
+                uint64_t *len)
+{
+  static const char kinds[] = { [EV_WRITE] = 'w', [EV_TRUNCATE] = 't',
+                                [EV_PUNCH] = 'p', [EV_FLUSH] = 'f' };
+
+  assert (i < pc->nev);
+  *offset = pc->ev[i].offset;
+  *len = pc->ev[i].len;
+  return kinds[pc->ev[i].kind];
+}
+
 const uint8_t *
 powercut_data (struct powercut *pc, uint64_t *size)
 {

@@ -37,6 +37,11 @@ extern uint64_t powercut_moment (struct powercut *pc);
 /* True if event i (0-based) is a flush. */
 extern bool powercut_is_flush (struct powercut *pc, uint64_t i);
 
+/* Event i (0-based): its kind ('w' write, 't' truncate, 'p' punch, 'f'
+ * flush), offset and length (a truncate's length is the new size). */
+extern char powercut_event (struct powercut *pc, uint64_t i,
+                            uint64_t *offset, uint64_t *len);
+
 /* The current contents (what reads see). */
 extern const uint8_t *powercut_data (struct powercut *pc, uint64_t *size);
 

@@ -45,6 +45,14 @@
  * QCOW2J_SLOW=1 runs ten times as many trials.  QCOW2J_SEED=N repeats one
  * (with more moments).  QCOW2J_VERBOSE=1 describes each trial;
  * QCOW2J_KEEP=1 keeps the images qemu-img check refused.
+ *
+ * The "reuse" case (see "Power cuts over several sessions" below) runs
+ * trials of three sessions on one image, reusing the clusters earlier
+ * sessions and checkpoints freed, and cuts the power at every moment
+ * (every other one, and every subset of short windows holding punches,
+ * unless QCOW2J_SLOW=1: every one).  "unit-image-powercut reuse" runs it
+ * alone; QCOW2J_SEED=N repeats one of its trials, QCOW2J_EVENTS=1 lists
+ * the host I/O of its second session.
  */
 #include <config.h>
 
@@ -60,8 +68,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "checkpoint.h"
 #include "create.h"
 #include "image.h"
+#include "image-internal.h"
 #include "journal-format.h"
 #include "log.h"
 #include "powercut.h"
@@ -78,6 +88,7 @@ extern char **environ;
 #define MAX_DENSE 120
 #define DENSE_FLUSH_REPS 4
 #define MAX_EVERY_SUBSET 4      /* writes pending at a flush */
+#define MAX_PUNCH_SUBSET 6      /* the same, punches among them */
 #define STRIPE (256 * KiB)      /* owned by one worker thread */
 
 enum content { C_ZERO, C_GEN, C_STORED };
@@ -97,7 +108,8 @@ struct hist {
   uint32_t n, cap;
 };
 
-enum op_type { OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_CLOSE };
+enum op_type { OP_WRITE, OP_ZERO, OP_TRIM, OP_FLUSH, OP_CLOSE, OP_OPEN,
+               OP_CHECKPOINT };
 
 struct op {
   enum op_type type;
@@ -564,7 +576,8 @@ end_op (struct trial *t, uint32_t op)
   o = &t->ops[op];
   o->end_seq = ++t->seq;
   o->end = powercut_moment (t->pc);
-  o->dense = o->type == OP_CLOSE ||
+  o->dense = o->type == OP_CLOSE || o->type == OP_OPEN ||
+    o->type == OP_CHECKPOINT ||
     __atomic_load_n (&t->tap.sb_writes, __ATOMIC_SEQ_CST) > o->sb_writes;
   ops_total++;
   pthread_mutex_unlock (&t->lock);
@@ -616,14 +629,12 @@ pick_range (struct worker *w, bool small, uint64_t *offset, uint64_t *len)
 }
 
 static void
-do_write (struct worker *w, bool small)
+do_write_at (struct trial *t, uint64_t offset, uint64_t len)
 {
-  struct trial *t = w->t;
-  uint64_t offset, len, s0, s1;
+  uint64_t s0, s1;
   uint8_t *buf, g[SECTOR];
   uint32_t op;
 
-  pick_range (w, small, &offset, &len);
   s0 = offset / SECTOR;
   s1 = (offset + len + SECTOR - 1) / SECTOR;
   buf = malloc (len);
@@ -651,16 +662,22 @@ do_write (struct worker *w, bool small)
 }
 
 static void
-do_zero (struct worker *w, bool small)
+do_write (struct worker *w, bool small)
 {
-  struct trial *t = w->t;
-  uint64_t offset, len, s0, s1;
-  bool may_trim = pc_rand (&w->rng) & 1;
-  bool fast = pc_rand (&w->rng) % 5 == 0;
+  uint64_t offset, len;
+
+  pick_range (w, small, &offset, &len);
+  do_write_at (w->t, offset, len);
+}
+
+static void
+do_zero_at (struct trial *t, uint64_t offset, uint64_t len, bool may_trim,
+            bool fast)
+{
+  uint64_t s0, s1;
   uint32_t op;
   int r;
 
-  pick_range (w, small, &offset, &len);
   s0 = offset / SECTOR;
   s1 = (offset + len + SECTOR - 1) / SECTOR;
   op = begin_op (t, OP_ZERO, offset, len);
@@ -680,14 +697,23 @@ do_zero (struct worker *w, bool small)
 }
 
 static void
-do_trim (struct worker *w, bool small)
+do_zero (struct worker *w, bool small)
 {
-  struct trial *t = w->t;
-  uint64_t offset, len, s0, s1;
+  uint64_t offset, len;
+  bool may_trim = pc_rand (&w->rng) & 1;
+  bool fast = pc_rand (&w->rng) % 5 == 0;
+
+  pick_range (w, small, &offset, &len);
+  do_zero_at (w->t, offset, len, may_trim, fast);
+}
+
+static void
+do_trim_at (struct trial *t, uint64_t offset, uint64_t len)
+{
+  uint64_t s0, s1;
   uint8_t *live;
   uint32_t op;
 
-  pick_range (w, small, &offset, &len);
   s0 = offset / SECTOR;
   s1 = (offset + len + SECTOR - 1) / SECTOR;
   op = begin_op (t, OP_TRIM, offset, len);
@@ -716,9 +742,17 @@ do_trim (struct worker *w, bool small)
 }
 
 static void
-do_flush (struct worker *w)
+do_trim (struct worker *w, bool small)
 {
-  struct trial *t = w->t;
+  uint64_t offset, len;
+
+  pick_range (w, small, &offset, &len);
+  do_trim_at (w->t, offset, len);
+}
+
+static void
+do_flush_t (struct trial *t)
+{
   uint32_t op = begin_op (t, OP_FLUSH, 0, 0);
 
   if (qcow2_flush (t->img) != 0) {
@@ -727,6 +761,12 @@ do_flush (struct worker *w)
     unit_stop ();
   }
   end_op (t, op);
+}
+
+static void
+do_flush (struct worker *w)
+{
+  do_flush_t (w->t);
 }
 
 static void *
@@ -854,18 +894,16 @@ make_base (struct trial *t, const char *path)
   abort ();
 }
 
+/* Make the trial's base image (make_base) and load it into a new
+ * power-cut simulator behind the tap; the model starts as its content. */
 static void
-run_workload (struct trial *t, unsigned nops)
+load_base (struct trial *t)
 {
-  struct qcow2_open_options opts = { .writable = true };
-  struct worker w[4];
-  const unsigned nw = t->cfg.threads;
   char path[300];
   uint8_t *data;
   struct stat st;
   int fd;
 
-  REQUIRE (nw >= 1 && nw <= 4);
   snprintf (path, sizeof path, "%s/base.qcow2", dir);
   if (t->cfg.base != BASE_EMPTY && !have_qemu_img)
     t->cfg.base = BASE_EMPTY;
@@ -888,6 +926,17 @@ run_workload (struct trial *t, unsigned nops)
   t->tap.io.ops = &tap_ops;
   t->tap.io.name = (char *) "image";
   t->tap.inner = powercut_io (t->pc);
+}
+
+static void
+run_workload (struct trial *t, unsigned nops)
+{
+  struct qcow2_open_options opts = { .writable = true };
+  struct worker w[4];
+  const unsigned nw = t->cfg.threads;
+
+  REQUIRE (nw >= 1 && nw <= 4);
+  load_base (t);
 
   /* A small metadata cache now and then, so that slices are evicted. */
   if (pc_rand (&t->rng) % 3 == 0)
@@ -1000,6 +1049,8 @@ op_name (enum op_type type)
   case OP_TRIM: return "trim";
   case OP_FLUSH: return "flush";
   case OP_CLOSE: return "close";
+  case OP_OPEN: return "open";
+  case OP_CHECKPOINT: return "checkpoint";
   }
   return "?";
 }
@@ -1240,14 +1291,95 @@ check_moment (struct trial *t, uint64_t moment, bool final, uint64_t subset)
   target_free (&tg);
 }
 
+/* Is a punch among the events pending at moment m (since the last
+ * flush)? */
+static bool
+punch_pending (struct powercut *pc, uint64_t m)
+{
+  for (uint64_t i = m; i > 0 && !powercut_is_flush (pc, i - 1); i--) {
+    uint64_t off, len;
+
+    if (powercut_event (pc, i - 1, &off, &len) == 'p')
+      return true;
+  }
+  return false;
+}
+
+/* Check crash states at moments [from, to) of t->pc, in increasing order
+ * (cheap for the simulator): 'samples' evenly spaced ones; one in
+ * flush_every of the moments just before a host flush completes; many
+ * moments of the calls that set up the journal, checkpointed or closed
+ * (several subsets of what is pending at their flushes, every subset of
+ * a few); and every 'stride'th moment if stride is not 0.  Returns the
+ * number of moments taken inside such calls. */
+static uint64_t
+check_moments (struct trial *t, uint64_t from, uint64_t to, unsigned samples,
+               unsigned flush_every, unsigned stride)
+{
+  uint64_t next = from, dense_m = 0;
+  uint32_t dense_op = 0;
+
+  for (uint64_t m = from, nflush = 0; m <= to; m++) {
+    bool dense = false, take = false, every_subset = false;
+    unsigned reps = 1;
+
+    while (dense_op < t->nops && t->ops[dense_op].end < m)
+      dense_op++;
+    for (uint32_t i = dense_op; i < t->nops && t->ops[i].start <= m; i++)
+      if (t->ops[i].dense && m >= t->ops[i].start && m <= t->ops[i].end) {
+        /* At most about MAX_DENSE moments of each (a checkpoint of many
+         * slices has hundreds), and all its flush moments. */
+        uint64_t ostride = 1 + (t->ops[i].end - t->ops[i].start) / MAX_DENSE;
+        dense = (m - t->ops[i].start) % ostride == 0 || m == t->ops[i].end ||
+          powercut_is_flush (t->pc, m);
+        /* Just before one of their flushes completes: several subsets
+         * of the writes in flight (a checkpoint's pages, its superblock,
+         * the header words), and every subset of a few (the steps of
+         * changing the header cluster). */
+        if (powercut_is_flush (t->pc, m)) {
+          reps = DENSE_FLUSH_REPS;
+          every_subset = powercut_pending (t->pc, m) <= MAX_EVERY_SUBSET;
+        }
+        break;
+      }
+    if (powercut_is_flush (t->pc, m) && nflush++ % flush_every == 0)
+      take = true;
+    if (m == next) {
+      take = true;
+      next += 1 + (to - from) / (samples ? samples : 1);
+    }
+    if (stride && (m - from) % stride == 0)
+      take = true;
+    /* Reuse trials: just before a flush completes with punches pending
+     * (the checkpoint's, and those a commit into punched space may race
+     * with): every subset of a short window, several of a long one. */
+    if (stride && powercut_is_flush (t->pc, m) && punch_pending (t->pc, m)) {
+      take = true;
+      if (powercut_pending (t->pc, m) <= MAX_PUNCH_SUBSET)
+        every_subset = true;
+      else
+        reps = DENSE_FLUSH_REPS * 2;
+    }
+    if (dense) {
+      take = true;
+      dense_m++;
+    }
+    for (unsigned r = 0; take && m < to && r < reps; r++)
+      check_moment (t, m, false, RANDOM);
+    for (uint64_t sub = 0; every_subset && m < to &&
+           sub < 1ULL << powercut_pending (t->pc, m); sub++)
+      check_moment (t, m, false, sub);
+  }
+  return dense_m;
+}
+
 static void
 run_trial (uint64_t seed, unsigned samples)
 {
   struct trial *t = calloc (1, sizeof *t);
-  uint64_t moments, next = 0;
+  uint64_t moments;
   unsigned before = unit_failed ();
   uint64_t dense_m = 0, file_size;
-  uint32_t dense_op = 0;
   unsigned nops, flush_every;
   struct timespec t0, t1, t2;
 
@@ -1289,45 +1421,7 @@ run_trial (uint64_t seed, unsigned samples)
   moments = powercut_moment (t->pc);
   powercut_data (t->pc, &file_size);
   flush_every = t->cfg.long_run ? 25 : 1;
-  for (uint64_t m = 0, nflush = 0; m <= moments; m++) {
-    bool dense = false, take = false, every_subset = false;
-    unsigned reps = 1;
-
-    while (dense_op < t->nops && t->ops[dense_op].end < m)
-      dense_op++;
-    for (uint32_t i = dense_op; i < t->nops && t->ops[i].start <= m; i++)
-      if (t->ops[i].dense && m >= t->ops[i].start && m <= t->ops[i].end) {
-        /* At most about MAX_DENSE moments of each (a checkpoint of many
-         * slices has hundreds), and all its flush moments. */
-        uint64_t stride = 1 + (t->ops[i].end - t->ops[i].start) / MAX_DENSE;
-        dense = (m - t->ops[i].start) % stride == 0 || m == t->ops[i].end ||
-          powercut_is_flush (t->pc, m);
-        /* Just before one of their flushes completes: several subsets
-         * of the writes in flight (a checkpoint's pages, its superblock,
-         * the header words), and every subset of a few (the steps of
-         * changing the header cluster). */
-        if (powercut_is_flush (t->pc, m)) {
-          reps = DENSE_FLUSH_REPS;
-          every_subset = powercut_pending (t->pc, m) <= MAX_EVERY_SUBSET;
-        }
-        break;
-      }
-    if (powercut_is_flush (t->pc, m) && nflush++ % flush_every == 0)
-      take = true;
-    if (m == next) {
-      take = true;
-      next += 1 + moments / samples;
-    }
-    if (dense) {
-      take = true;
-      dense_m++;
-    }
-    for (unsigned r = 0; take && m < moments && r < reps; r++)
-      check_moment (t, m, false, RANDOM);
-    for (uint64_t sub = 0; every_subset && m < moments &&
-           sub < 1ULL << powercut_pending (t->pc, m); sub++)
-      check_moment (t, m, false, sub);
-  }
+  dense_m = check_moments (t, 0, moments, samples, flush_every, 0);
   check_moment (t, moments, true, RANDOM);
   qemu_check_wait_all ();
   clock_gettime (CLOCK_MONOTONIC, &t2);
@@ -1371,6 +1465,434 @@ run_trial (uint64_t seed, unsigned samples)
   free (t);
 }
 
+/* Power cuts over several sessions, reusing freed space --------------------
+ *
+ * The "reuse" case: each trial runs three write sessions on one image,
+ * the later ones allocating data from the clusters the earlier ones freed
+ * (lib/space.c, lib/alloc.c), and cuts the power at every moment of the
+ * second and third (and at a sample of the first):
+ *
+ * 1. write a region A (whole clusters, parts of clusters, some gaps),
+ *    flush, trim or zero (may_trim) parts of it, flush, close: the
+ *    close's checkpoint punches the freed clusters.
+ * 2. reopen (qcow2_prepare_writable on the same simulated file): the
+ *    free space is learnt from the refcounts (stale: the simulator
+ *    reports no holes), and writing a new region B reuses it (fill_all,
+ *    two-flush commit); flush, trim parts of A and B, flush, and a
+ *    checkpoint (qcow2_checkpoint, what the checkpoint thread runs)
+ *    releases those clusters punched, as clean free space: writing a new
+ *    region C reuses them with the one-flush commit, a part of a cluster
+ *    written leaving the rest to read as zeroes.  Random calls over the
+ *    whole disk, another trim and checkpoint, writes to region D, and
+ *    the session ends with a close, a flush or nothing.
+ * 3. a crash state of session 2 (a random moment, a random subset of
+ *    the pending writes) is recovered (qcow2_make_writable replays), its
+ *    disk checked, and it becomes the start of session 3, on a new
+ *    simulated file: writes reuse the stale space learnt at set-up (what
+ *    session 2 freed, what its lost transactions had allocated), trims,
+ *    a checkpoint, clean reuse again, random calls.
+ *
+ * Every crash state is checked as in the "trials" case (what was
+ * flushed is there, nothing else than a version written to that very
+ * sector: data of another guest range, which a wrong reuse exposes, is
+ * caught; trimmed sectors may keep their old data), a sample by
+ * qemu-img check.  The clusters reused are counted by the library's
+ * allocation counters (image-internal.h, observational only), and at
+ * least one trial must reuse clean and stale space.
+ */
+
+static uint64_t
+umin (uint64_t a, uint64_t b)
+{
+  return a < b ? a : b;
+}
+
+struct reuse_config {
+  uint64_t cs, size;
+  bool extl2;
+  enum base base;
+  unsigned refcount_bits;
+};
+
+static const struct reuse_config reuse_configs[] = {
+  { 4 * KiB, 4 * MiB, false, BASE_EMPTY, 0 },
+  { 64 * KiB, 8 * MiB, false, BASE_EMPTY, 0 },
+  { 32 * KiB, 4 * MiB, true, BASE_EMPTY, 0 },
+  { 512, 2 * MiB, false, BASE_EMPTY, 64 },
+  { 16 * KiB, 4 * MiB, false, BASE_BACKING, 0 },
+  { 16 * KiB, 4 * MiB, true, BASE_EMPTY, 0 },
+  { 64 * KiB, 4 * MiB, false, BASE_SNAPSHOT, 0 },
+  { 8 * KiB, 4 * MiB, false, BASE_EMPTY, 0 },
+};
+#define NR_REUSE_CONFIGS (sizeof reuse_configs / sizeof reuse_configs[0])
+
+static uint64_t reuse_states, reuse_clean, reuse_stale, reuse_new;
+static uint64_t reuse_tables, reuse_clean_trials, reuse_stale_trials;
+
+static void
+open_session (struct trial *t, bool replay)
+{
+  struct qcow2_open_options opts = { .writable = true };
+  uint32_t op = begin_op (t, OP_OPEN, 0, 0);
+
+  if (pc_rand (&t->rng) % 3 == 0)
+    opts.l2_cache_bytes = 64 * KiB;
+  t->img = qcow2_open_hostio (&t->tap.io, dir, &opts);
+  REQUIRE (t->img != NULL);
+  if (replay)
+    CHECK (qcow2_make_writable (t->img) == 0);
+  else
+    CHECK (qcow2_prepare_writable (t->img) == 0);
+  end_op (t, op);
+}
+
+/* Add the session's allocation counters to the totals. */
+static void
+count_reuse (struct trial *t, uint64_t *clean, uint64_t *stale)
+{
+  struct qcow2_image *img = t->img;
+
+  qcow2_meta_lock (img);
+  *clean += img->stat_data_clean;
+  *stale += img->stat_data_stale;
+  reuse_clean += img->stat_data_clean;
+  reuse_stale += img->stat_data_stale;
+  reuse_new += img->stat_data_new;
+  reuse_tables += img->stat_table_reused;
+  qcow2_meta_unlock (img);
+}
+
+static void
+close_session (struct trial *t)
+{
+  uint32_t op = begin_op (t, OP_CLOSE, 0, 0);
+
+  CHECK (qcow2_close (t->img) == 0);
+  end_op (t, op);
+  t->img = NULL;
+}
+
+/* What the checkpoint thread does when it finds the ring full. */
+static void
+checkpoint_now (struct trial *t)
+{
+  uint32_t op = begin_op (t, OP_CHECKPOINT, 0, 0);
+
+  CHECK (qcow2_checkpoint (t->img) == 0);
+  end_op (t, op);
+}
+
+/* Write much of [start, start + len): runs of whole clusters, parts of
+ * clusters (sector- or byte-aligned), some gaps left unwritten. */
+static void
+write_region (struct trial *t, uint64_t start, uint64_t len, bool flushes)
+{
+  const uint64_t cs = t->cfg.cs, end = start + len;
+
+  for (uint64_t pos = start; pos < end; ) {
+    uint64_t r = pc_rand (&t->rng) % 10, n;
+
+    if (r < 6) {
+      pos = (pos + cs - 1) / cs * cs;
+      n = cs * (1 + pc_rand (&t->rng) % 8);
+    }
+    else if (r < 9) {
+      pos = (pos + SECTOR - 1) / SECTOR * SECTOR;
+      n = SECTOR * (1 + pc_rand (&t->rng) % (2 * cs / SECTOR + 1));
+    }
+    else
+      n = 1 + pc_rand (&t->rng) % (cs + SECTOR);
+    if (pos >= end)
+      break;
+    n = umin (n, umin (MAX_IO, end - pos));
+    if (pc_rand (&t->rng) % 6 != 0)
+      do_write_at (t, pos, n);
+    /* A flush after most writes: batches of one write, each committed on
+     * its own, with one flush where the space is fresh. */
+    if (flushes && pc_rand (&t->rng) % 3 != 0)
+      do_flush_t (t);
+    pos += n;
+  }
+}
+
+/* k trims or zeroes (may_trim) in [start, start + len), mostly of whole
+ * clusters, so that clusters are freed. */
+static void
+trim_region (struct trial *t, uint64_t start, uint64_t len, unsigned k)
+{
+  const uint64_t cs = t->cfg.cs, nc = len / cs;
+
+  for (unsigned i = 0; i < k; i++) {
+    uint64_t n = 1 + pc_rand (&t->rng) % umin (nc, 8), offset, count;
+
+    offset = start + pc_rand (&t->rng) % (nc - n + 1) * cs;
+    count = n * cs;
+    if (pc_rand (&t->rng) % 5 == 0) {
+      /* Sector-aligned, not cluster-aligned. */
+      offset += SECTOR * (pc_rand (&t->rng) % (cs / SECTOR));
+      count = umin (count, start + len - offset);
+    }
+    if (pc_rand (&t->rng) % 3 == 0)
+      do_zero_at (t, offset, count, true, false);
+    else
+      do_trim_at (t, offset, count);
+  }
+}
+
+static void
+random_calls (struct trial *t, unsigned nops)
+{
+  struct worker w = { .t = t, .rng = pc_rand (&t->rng), .id = 0, .n = 1,
+                      .nops = nops };
+
+  run_worker (&w);
+}
+
+static uint64_t
+sim_size (struct trial *t)
+{
+  uint64_t size;
+
+  powercut_data (t->pc, &size);
+  return size;
+}
+
+/* Forget the model: the disk now reads as t->disk, from the start. */
+static void
+reset_model (struct trial *t)
+{
+  memcpy (t->init, t->disk, t->cfg.size);
+  memcpy (t->model, t->disk, t->cfg.size);
+  for (uint64_t s = 0; s < t->nsect; s++) {
+    t->init_hash[s] = hash_sector (t->init + s * SECTOR);
+    t->hist[s].n = 0;
+  }
+  t->nstore = 0;
+  t->nops = 0;
+}
+
+static void
+run_reuse_trial (uint64_t seed, unsigned stride)
+{
+  struct trial *t = calloc (1, sizeof *t);
+  const struct reuse_config *rc = &reuse_configs[seed % NR_REUSE_CONFIGS];
+  unsigned before = unit_failed ();
+  uint64_t states0 = states, clean = 0, stale = 0;
+  uint64_t q, fill, s1_end, s2_start, s2_end, s3_end, cut, size1, size2;
+  uint64_t m3_open;
+  uint8_t *crash;
+  uint64_t crash_size;
+  struct powercut *pc2;
+  struct qcow2_open_options opts = { .writable = true };
+  char what[200];
+  unsigned end2, end3;
+
+  REQUIRE (t != NULL);
+  t->seed = seed;
+  t->rng = seed;
+  t->cfg = (struct config) { rc->cs, rc->size, rc->extl2, false, rc->base,
+                             false, 1, rc->refcount_bits };
+  t->nsect = t->cfg.size / SECTOR;
+  t->model = calloc (1, t->cfg.size);
+  t->init = calloc (1, t->cfg.size);
+  t->init_hash = malloc (t->nsect * sizeof *t->init_hash);
+  t->disk = malloc (t->cfg.size);
+  t->first_hash = malloc (t->nsect * sizeof *t->first_hash);
+  t->hist = calloc (t->nsect, sizeof *t->hist);
+  REQUIRE (t->model && t->init && t->init_hash && t->disk && t->first_hash &&
+           t->hist);
+  pthread_mutex_init (&t->lock, NULL);
+  q = t->cfg.size / 4 / t->cfg.cs * t->cfg.cs;
+  fill = umin (q, 48 * t->cfg.cs);
+  load_base (t);
+
+  /* Session 1: data in region A, parts of it freed; the close punches. */
+  open_session (t, false);
+  write_region (t, 0, fill, false);
+  do_flush_t (t);
+  trim_region (t, 0, fill, 4 + pc_rand (&t->rng) % 5);
+  do_flush_t (t);
+  close_session (t);
+  s1_end = powercut_moment (t->pc);
+  size1 = sim_size (t);
+
+  /* Session 2: stale reuse (learnt), then clean reuse (checkpoint). */
+  s2_start = s1_end;
+  open_session (t, false);
+  write_region (t, q, fill, false);
+  do_flush_t (t);
+  trim_region (t, 0, fill, 2 + pc_rand (&t->rng) % 4);
+  trim_region (t, q, fill, 3 + pc_rand (&t->rng) % 6);
+  do_flush_t (t);
+  checkpoint_now (t);
+  write_region (t, 2 * q, fill, true);
+  random_calls (t, 20 + pc_rand (&t->rng) % 20);
+  do_flush_t (t);
+  trim_region (t, 2 * q, fill, 3 + pc_rand (&t->rng) % 6);
+  if (pc_rand (&t->rng) % 3 != 0)
+    do_flush_t (t);
+  checkpoint_now (t);
+  write_region (t, 3 * q, fill / 2, true);
+  random_calls (t, 10 + pc_rand (&t->rng) % 10);
+  check_live (t);
+  count_reuse (t, &clean, &stale);
+  end2 = pc_rand (&t->rng) % 4;
+  if (end2 < 2)
+    close_session (t);
+  else if (end2 == 2)
+    do_flush_t (t);
+  s2_end = powercut_moment (t->pc);
+  size2 = sim_size (t);
+  if (getenv ("QCOW2J_EVENTS"))
+    for (uint64_t i = s2_start; i < s2_end; i++) {
+      uint64_t off, len;
+      char k = powercut_event (t->pc, i, &off, &len);
+      const char *call = "";
+
+      for (uint32_t j = 0; j < t->nops; j++)
+        if (t->ops[j].start <= i && i < t->ops[j].end)
+          call = op_name (t->ops[j].type);
+      fprintf (stderr, "event %" PRIu64 ": %c 0x%" PRIx64 " +%" PRIu64
+               " %s\n", i, k, off, len, call);
+    }
+
+  check_moments (t, 0, s1_end, 20, 2, 0);
+  check_moments (t, s2_start, s2_end, 0, 1, stride);
+  check_moment (t, s2_end, true, RANDOM);
+
+  /* Session 3 starts from a crash state of session 2, recovered. */
+  cut = s2_start + pc_rand (&t->rng) % (s2_end - s2_start + 1);
+  powercut_crash_state (t->pc, cut, &t->rng, &crash, &crash_size);
+  if (t->img)
+    qcow2_close (t->img);       /* after the checks: it writes */
+  t->img = NULL;
+  pc2 = t->pc;
+  t->pc = powercut_new ("image", crash, crash_size);
+  free (crash);
+  t->tap.inner = powercut_io (t->pc);
+  snprintf (what, sizeof what, "seed %" PRIu64 ", session 3 from moment %"
+            PRIu64 " of session 2", seed, cut);
+  t->img = qcow2_open_hostio (&t->tap.io, dir, &opts);
+  REQUIRE (t->img != NULL);
+  REQUIRE (qcow2_make_writable (t->img) == 0);
+  m3_open = powercut_moment (t->pc);
+  REQUIRE (qcow2_pread (t->img, t->disk, t->cfg.size, 0) == 0);
+  {
+    /* The model of sessions 1 and 2 is still there. */
+    uint64_t s2_moment_pc = cut;
+    struct powercut *cur = t->pc;
+    uint64_t bad;
+
+    t->pc = pc2;
+    bad = check_disk (t, s2_moment_pc);
+    t->pc = cur;
+    if (bad > 0)
+      FAIL ("%s: %" PRIu64 " sectors hold what they may not", what, bad);
+  }
+  powercut_free (pc2);
+  reset_model (t);
+  {
+    /* The recovery and set-up, as a call: a cut in it gives the crash
+     * state's disk. */
+    uint32_t op = begin_op (t, OP_OPEN, 0, 0);
+    t->ops[op].start = 0;
+    end_op (t, op);
+    t->ops[op].end = m3_open;
+    t->ops[op].dense = true;
+  }
+  write_region (t, 0, fill, false);
+  write_region (t, 3 * q, fill, false);
+  do_flush_t (t);
+  trim_region (t, 0, fill, 2 + pc_rand (&t->rng) % 4);
+  trim_region (t, 2 * q, fill, 2 + pc_rand (&t->rng) % 4);
+  trim_region (t, 3 * q, fill, 2 + pc_rand (&t->rng) % 4);
+  do_flush_t (t);
+  checkpoint_now (t);
+  write_region (t, q, fill, true);
+  random_calls (t, 20 + pc_rand (&t->rng) % 20);
+  check_live (t);
+  count_reuse (t, &clean, &stale);
+  end3 = pc_rand (&t->rng) % 2;
+  if (end3 == 0)
+    close_session (t);
+  s3_end = powercut_moment (t->pc);
+
+  check_moments (t, 0, s3_end, 0, 1, stride);
+  check_moment (t, s3_end, true, RANDOM);
+  qemu_check_wait_all ();
+
+  reuse_clean_trials += clean > 0;
+  reuse_stale_trials += stale > 0;
+  reuse_states += states - states0;
+  if (getenv ("QCOW2J_VERBOSE"))
+    fprintf (stderr, "reuse seed %" PRIu64 ": cs %" PRIu64 "%s%s, refcount "
+             "%u, %" PRIu64 " MiB; session 1 ends at moment %" PRIu64
+             " (file %" PRIu64 " KiB), session 2 at %" PRIu64 " (%s, file %"
+             PRIu64 " KiB), session 3 from moment %" PRIu64 ": %" PRIu64
+             " moments (%s); data clusters reused: %" PRIu64 " clean, %"
+             PRIu64 " stale; %" PRIu64 " crash states\n",
+             seed, t->cfg.cs, t->cfg.extl2 ? " extl2" : "",
+             t->cfg.base == BASE_COMPRESSED ? " compressed"
+             : t->cfg.base == BASE_SNAPSHOT ? " snapshot"
+             : t->cfg.base == BASE_BACKING ? " backing" : "",
+             t->cfg.refcount_bits ? t->cfg.refcount_bits : 16,
+             t->cfg.size / MiB, s1_end, size1 / KiB, s2_end,
+             end2 < 2 ? "close" : end2 == 2 ? "flush" : "cut",
+             size2 / KiB, cut, s3_end, end3 == 0 ? "close" : "cut",
+             clean, stale, states - states0);
+  if (unit_failed () > before)
+    fprintf (stderr, "reuse trial with seed %" PRIu64 " failed "
+             "(QCOW2J_SEED=%" PRIu64 " tests/unit-image-powercut reuse "
+             "repeats it)\n", seed, seed);
+
+  if (t->img)
+    qcow2_close (t->img);
+  powercut_free (t->pc);
+  for (uint64_t s = 0; s < t->nsect; s++)
+    free (t->hist[s].e);
+  free (t->hist);
+  free (t->store);
+  free (t->ops);
+  free (t->model);
+  free (t->init);
+  free (t->init_hash);
+  free (t->disk);
+  free (t->first_hash);
+  pthread_mutex_destroy (&t->lock);
+  free (t);
+}
+
+UNIT_CASE (reuse)
+{
+  const char *slow = getenv ("QCOW2J_SLOW");
+  const char *seed_env = getenv ("QCOW2J_SEED");
+  unsigned trials = slow && *slow == '1' ? 10 * NR_REUSE_CONFIGS
+    : NR_REUSE_CONFIGS;
+  uint64_t checks0 = qemu_check_started ();
+  unsigned failed0 = unit_failed ();
+
+  if (seed_env) {
+    run_reuse_trial (strtoull (seed_env, NULL, 0), 1);
+    trials = 1;
+  }
+  else
+    for (unsigned i = 0; i < trials; i++)
+      run_reuse_trial (5000 + i, slow && *slow == '1' ? 1 : 2);
+  qemu_check_wait_all ();
+  printf ("unit-image-powercut reuse: %u trials of 3 sessions, %" PRIu64
+          " crash states, %" PRIu64 " qemu-img checks, %u failures\n",
+          trials, reuse_states, qemu_check_started () - checks0,
+          unit_failed () - failed0);
+  printf ("unit-image-powercut reuse: data clusters reused: %" PRIu64
+          " clean (one-flush commit allowed), %" PRIu64 " stale; %" PRIu64
+          " allocated past the end; %" PRIu64 " table clusters from free "
+          "space; %" PRIu64 " trials reused clean space, %" PRIu64
+          " stale space\n", reuse_clean, reuse_stale, reuse_new,
+          reuse_tables, reuse_clean_trials, reuse_stale_trials);
+  CHECK (reuse_clean_trials > 0);
+  CHECK (reuse_stale_trials > 0);
+}
+
 UNIT_CASE (trials)
 {
   const char *slow = getenv ("QCOW2J_SLOW");
@@ -1400,6 +1922,7 @@ UNIT_CASE (trials)
 
 static const struct unit_case cases[] = {
   UNIT_ENTRY (trials),
+  UNIT_ENTRY (reuse),
 };
 
 int
