@@ -29,14 +29,10 @@
 #include <inttypes.h>
 
 #include "alloc.h"
-#include "checkpoint.h"
 #include "format.h"
 #include "log.h"
 #include "minmax.h"
 #include "space.h"
-
-/* Frees waiting for a checkpoint that make it worth running one early. */
-#define RELEASE_AFTER_BYTES (1ULL << 20)
 
 /* n new clusters past next_free. */
 static int
@@ -48,13 +44,6 @@ extend (struct qcow2_image *img, uint64_t n, uint64_t *offset)
     qerror ("%s: no free space left on the device", img->file->name);
     errno = ENOSPC;
     return -1;
-  }
-  /* Growing while clusters freed earlier wait for a checkpoint to become
-   * free space: ask for that checkpoint now rather than in seconds. */
-  if (journal_frees_pending (img->journal) * img->hdr.cluster_size >=
-      RELEASE_AFTER_BYTES) {
-    __atomic_store_n (&img->release_wanted, true, __ATOMIC_RELAXED);
-    qcow2_checkpoint_wake (img);
   }
   if (end > QCOW2_MAX_HOST_OFFSET) {
     qerror ("%s: the image would grow past the qcow2 limit",
@@ -130,6 +119,10 @@ qcow2_alloc_clusters (struct qcow2_image *img, uint64_t n, uint64_t hint,
   }
   if (fresh != NULL)
     *fresh = clean;
+  /* Entries may name it now (map.c), wherever it lies. */
+  if (*offset >= img->alloc_start && *offset < img->journal_start &&
+      *offset + len > img->gap_end)
+    __atomic_store_n (&img->gap_end, *offset + len, __ATOMIC_RELEASE);
   /* Observational counters (image-internal.h), for the tests only. */
   if (fresh == NULL)
     img->stat_table_reused += reused ? n : 0;

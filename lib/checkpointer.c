@@ -3,9 +3,8 @@
  * Started after nbdkit forks (a thread started before is lost) and
  * stopped before the image closes.  Every tick it looks at the journal:
  * it commits changes nobody flushed once they are a few seconds old, runs
- * a checkpoint when the ring is past its high water mark, changes have
- * waited a few seconds (10.3) or the allocator wants freed clusters
- * released, and after a few seconds of idleness clears
+ * a checkpoint when the ring is past its high water mark or changes have
+ * waited a few seconds (10.3), and after a few seconds of idleness clears
  * "journal dirty" (10.4), so that a server killed while idle leaves an
  * image QEMU opens.  It does nothing unless the session is JOURNALLED.
  */
@@ -28,7 +27,7 @@ static void
 tick (struct qcow2_image *img)
 {
   uint64_t idle;
-  bool pending, open_records, release;
+  bool pending, open_records;
 
   /* The journal exists from JOURNALLED on (the state is published after
    * it, with release order). */
@@ -38,19 +37,15 @@ tick (struct qcow2_image *img)
   pending = journal_durable_seq (img->journal) >=
     journal_head_seq (img->journal);
   open_records = journal_open_bytes (img->journal) > 0;
-  /* The allocator grew the file while freed clusters waited (alloc.c):
-   * commit and checkpoint now, so that it finds them. */
-  release = __atomic_exchange_n (&img->release_wanted, false,
-                                 __ATOMIC_RELAXED);
   /* Changes nobody flushed, left for a while: commit them. */
-  if (open_records && (idle > CHECKPOINT_AFTER_NS || release)) {
+  if (open_records && idle > CHECKPOINT_AFTER_NS) {
     if (journal_commit (img->journal, NULL) == -1 && errno != EAGAIN)
       return;
     pending = true;
   }
   if (pending &&
       (journal_ring_used (img->journal) > img->ring_high_water ||
-       idle > CHECKPOINT_AFTER_NS || release) &&
+       idle > CHECKPOINT_AFTER_NS) &&
       qcow2_checkpoint (img) == -1)
     return;
   if (idle > CLEAN_AFTER_NS)

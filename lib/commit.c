@@ -23,6 +23,7 @@
 #include "commit.h"
 #include "dirty.h"
 #include "log.h"
+#include "space.h"
 #include "state.h"
 
 void
@@ -64,7 +65,7 @@ qcow2_commit (struct qcow2_image *img, bool *covered)
 }
 
 int
-qcow2_commit_if_large (struct qcow2_image *img)
+qcow2_after_piece (struct qcow2_image *img)
 {
   bool covered;
 
@@ -73,6 +74,26 @@ qcow2_commit_if_large (struct qcow2_image *img)
     return -1;
   if (journal_ring_used (img->journal) > img->ring_high_water)
     qcow2_checkpoint_wake (img);
+  return 0;
+}
+
+/* Frees waiting for a checkpoint that make it worth running one early,
+ * whatever free space there is: reusing them keeps the file compact, and
+ * the checkpoint's cost is spread over this much. */
+#define RELEASE_AFTER_BYTES (4ULL << 20)
+
+int
+qcow2_release_freed_early (struct qcow2_image *img)
+{
+  const uint64_t cs = img->hdr.cluster_size;
+  uint64_t pending = journal_frees_pending (img->journal) * cs;
+  bool covered;
+
+  if (pending < RELEASE_AFTER_BYTES &&
+      (pending == 0 || qcow2_space_free_bytes (img) >= 2 * cs))
+    return 0;
+  if (qcow2_commit (img, &covered) == -1 || qcow2_checkpoint (img) == -1)
+    return -1;
   return 0;
 }
 

@@ -256,7 +256,7 @@ qcow2_zero_range (struct qcow2_image *img, uint64_t count, uint64_t offset,
       r = change_entry (img, ms, ml, v2 ? UNMAP :
                         may_trim ? ZERO_RELEASE : ZERO_KEEP);
       if (r == -1 || (r == 1 && zero_data (img, ms, ml) == -1) ||
-          qcow2_commit_if_large (img) == -1)
+          qcow2_after_piece (img) == -1)
         return -1;
       if (ms + ml < offset + n &&
           zero_data (img, ms + ml, offset + n - ms - ml) == -1)
@@ -287,7 +287,7 @@ qcow2_trim_range (struct qcow2_image *img, uint64_t count, uint64_t offset)
     if (ml > 0 && !(h->version < 3 &&
                     backing_under (img, ROUND_DOWN (offset, h->cluster_size))) &&
         (change_entry (img, ms, ml, UNMAP) == -1 ||
-         qcow2_commit_if_large (img) == -1))
+         qcow2_after_piece (img) == -1))
       return -1;
     offset += n;
     count -= n;

@@ -196,7 +196,10 @@ hostio_file_open (const char *path, bool writable)
   }
   f->io.ops = &file_ops;
   f->fd = fd;
-  f->io.fixed_size = fstat (fd, &st) == 0 && S_ISBLK (st.st_mode);
+  if (fstat (fd, &st) == 0) {
+    f->io.fixed_size = S_ISBLK (st.st_mode);
+    f->io.sparse = S_ISREG (st.st_mode);
+  }
   return &f->io;
 }
 

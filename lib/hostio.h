@@ -51,6 +51,8 @@ struct hostio {
   char *name;                   /* for messages; owned by the hostio */
   bool fixed_size;              /* a block device: its size is all there
                                    is, truncate fails */
+  bool sparse;                  /* a file whose holes cost nothing: a
+                                   far offset may be written */
 };
 
 static inline int

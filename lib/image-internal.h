@@ -141,11 +141,15 @@ struct qcow2_image {
                                    meta_lock */
   /* Where entries may point: below open_end (the file's length at open,
    * before the journal's set-up extended it), or into what this session
-   * allocated, [alloc_start, file_size).  Never into the live journal,
+   * allocated past it: [alloc_start, gap_end), the clusters it took from
+   * the gap it left below the journal (first fit: gap_end is the end of
+   * the highest), and past the journal, [journal_end, file_size), when
+   * the journal lies past alloc_start.  Never into the live journal,
    * [journal_start, journal_end) (0, 0 when there is none).  Set at open
    * and by the set-up (under setup_lock, before JOURNALLED), or by
-   * overlay.c before any reader runs; read atomically. */
-  uint64_t open_end, alloc_start;
+   * overlay.c before any reader runs; gap_end raised by alloc.c under
+   * meta_lock; read atomically. */
+  uint64_t open_end, alloc_start, gap_end;
   uint64_t journal_start, journal_end;
   uint64_t data_size;           /* atomic: the same for data */
 
@@ -197,9 +201,10 @@ struct qcow2_image {
   struct rangemap space;        /* meta_lock (setup_lock while learnt):
                                    free clusters, tagged enum space_kind
                                    (space.c) */
-  uint64_t space_free;          /* meta_lock: bytes in it */
-  uint64_t space_cursor;        /* meta_lock: where the last allocation
-                                   from it ended */
+  uint64_t space_free;          /* atomic, changed under meta_lock:
+                                   bytes in it */
+  uint64_t space_low[2];        /* meta_lock: per kind (clean, stale), an
+                                   offset below which it has no range */
   uint64_t space_reserved;      /* meta_lock: host space reserved up to */
   /* meta_lock: clusters allocated in this session, by where they came
    * from (observational only: counted for the tests, read by nothing in
@@ -233,8 +238,6 @@ struct qcow2_image {
   bool thread_running, thread_stop;  /* thread_lock */
   pthread_t thread;             /* thread_lock */
   uint64_t last_change;         /* atomic: monotonic ns of the last write */
-  bool release_wanted;          /* atomic: the file grew while freed
-                                   clusters waited for a checkpoint */
   uint64_t ring_high_water;     /* const once JOURNALLED: ring bytes that
                                    call for a checkpoint */
 };

@@ -94,7 +94,7 @@ open_layer (struct hostio *io, const char *dir, struct mcache *cache,
     qerror ("%s: size: %m", io->name);
     goto fail;
   }
-  img->file_size = img->open_end = img->alloc_start = size;
+  img->file_size = img->open_end = img->alloc_start = img->gap_end = size;
   if (qcow2_header_read (io, img->file_size, &img->hdr) == -1)
     goto fail;
   h = &img->hdr;

@@ -103,9 +103,17 @@ host_problem (struct qcow2_image *img, bool in_data, uint64_t host,
   if (host < __atomic_load_n (&img->journal_end, __ATOMIC_ACQUIRE) &&
       __atomic_load_n (&img->journal_start, __ATOMIC_ACQUIRE) < host + len)
     return "is inside the qcow2j journal";
-  if (host < __atomic_load_n (&img->open_end, __ATOMIC_ACQUIRE) ||
-      (host >= __atomic_load_n (&img->alloc_start, __ATOMIC_ACQUIRE) &&
-       host < __atomic_load_n (&img->file_size, __ATOMIC_ACQUIRE)))
+  if (host < __atomic_load_n (&img->open_end, __ATOMIC_ACQUIRE))
+    return NULL;
+  /* Past it: only what this session allocated, below the journal (up to
+   * the highest cluster allocated there) or past it. */
+  if (host >= __atomic_load_n (&img->alloc_start, __ATOMIC_ACQUIRE) &&
+      host < __atomic_load_n (&img->gap_end, __ATOMIC_ACQUIRE))
+    return NULL;
+  if (host >= __atomic_load_n (&img->journal_end, __ATOMIC_ACQUIRE) &&
+      __atomic_load_n (&img->journal_end, __ATOMIC_ACQUIRE) >=
+      __atomic_load_n (&img->alloc_start, __ATOMIC_ACQUIRE) &&
+      host < __atomic_load_n (&img->file_size, __ATOMIC_ACQUIRE))
     return NULL;
   return "is past the end of the file";
 }

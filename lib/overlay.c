@@ -290,7 +290,8 @@ qcow2_replay_in_memory (struct qcow2_image *img)
   img->hdr.incompatible_features &= ~QJ_INCOMPAT_DIRTY;
   /* Host offsets up to the journal's file size read as zeroes. */
   if (st.min_file_size > img->file_size) {
-    img->file_size = img->open_end = img->alloc_start = st.min_file_size;
+    img->file_size = img->open_end = img->alloc_start = img->gap_end =
+      st.min_file_size;
     if (img->data == img->file)
       img->data_size = img->file_size;
   }

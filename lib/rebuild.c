@@ -184,7 +184,7 @@ fix_copied (struct qcow2_image *img)
     qcow2_change_begin (img);
     r = qcow2_change_end (img, fix_copied_l2 (img, i));
     qcow2_meta_unlock (img);
-    if (r == -1 || qcow2_commit_if_large (img) == -1)
+    if (r == -1 || qcow2_after_piece (img) == -1)
       return -1;
   }
   return 0;
@@ -281,7 +281,7 @@ qcow2_rebuild_refcounts (struct qcow2_image *img, uint64_t file_end)
     qcow2_change_end (img, r);
     if (r == 0 && i % 4096 == 4095) {
       qcow2_meta_unlock (img);
-      r = qcow2_commit_if_large (img);
+      r = qcow2_after_piece (img);
       qcow2_meta_lock (img);
     }
   }

@@ -45,6 +45,10 @@
 #include "write.h"
 
 #define JOURNAL_SIZE (4ULL << 20)       /* default area size */
+/* The gap left below the journal of a file: the disk's size, its tables
+ * and this much more; not past this offset. */
+#define JOURNAL_GAP_SLACK (64ULL << 20)
+#define JOURNAL_GAP_LIMIT (4ULL << 40)
 
 static int
 refuse (struct qcow2_image *img, int err, const char *why)
@@ -248,6 +252,7 @@ place_journal_locked (struct qcow2_image *img, uint64_t *jarea,
                       uint64_t *jsize)
 {
   const uint64_t cs = img->hdr.cluster_size;
+  uint64_t room;
 
   *jsize = MAX (ROUND_UP (JOURNAL_SIZE, cs), (uint64_t) QJ_MIN_AREA);
   *jsize = ROUND_UP (*jsize, (uint64_t) QJ_BLOCK);
@@ -269,9 +274,17 @@ place_journal_locked (struct qcow2_image *img, uint64_t *jarea,
     errno = ENOSPC;
     return -1;
   }
-  /* Blocks of the journal are 4 KiB aligned, whatever the clusters: the
-   * clusters skipped are free (and fresh: past the end of the file). */
-  *jarea = ROUND_UP (img->next_free, MAX (cs, (uint64_t) QJ_BLOCK));
+  /* Past the end of the file, and, in a sparse file, past the room the
+   * guest's data could take (a gap that costs nothing), so that new
+   * clusters go below the journal and the clean close can cut it off;
+   * right at the end if that room would make the file too long for
+   * common file systems.  Blocks of the journal are 4 KiB aligned,
+   * whatever the clusters.  The clusters skipped are free, and fresh:
+   * past the end of the file (M4). */
+  room = img->hdr.size + img->hdr.size / 64 + JOURNAL_GAP_SLACK;
+  *jarea = img->file->sparse && img->next_free + room <= JOURNAL_GAP_LIMIT ?
+    img->next_free + room : img->next_free;
+  *jarea = ROUND_UP (*jarea, MAX (cs, (uint64_t) QJ_BLOCK));
   if (*jarea > img->next_free)
     qcow2_space_give (img, img->next_free, *jarea - img->next_free,
                       SPACE_CLEAN);
@@ -349,6 +362,7 @@ set_up (struct qcow2_image *img)
    * bounds take it in. */
   __atomic_store_n (&img->journal_start, jarea, __ATOMIC_RELEASE);
   __atomic_store_n (&img->journal_end, jarea + jsize, __ATOMIC_RELEASE);
+  __atomic_store_n (&img->gap_end, alloc_start, __ATOMIC_RELEASE);
   __atomic_store_n (&img->alloc_start, alloc_start, __ATOMIC_RELEASE);
   __atomic_store_n (&img->file_size, img->next_free, __ATOMIC_RELEASE);
   if (img->data == img->file)

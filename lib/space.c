@@ -25,12 +25,14 @@
  * the host can punch (a block device that cannot guarantee zeroes gives
  * them back stale).
  *
- * Allocation is next fit: from where the last allocation ended, so that
- * clusters allocated one after the other (a guest writing a region in
- * order) lie one after the other on the host; a caller that knows where
- * a neighbour lives passes it as a hint.  Data takes clean space first
- * (the one-flush commit), tables take stale space first (it already has
- * host blocks; see qcow2_alloc_clusters).
+ * Allocation is first fit, lowest offset first, as QEMU allocates: the
+ * file stays compact, and what a clean close cuts off its end grows.  A
+ * caller that knows where a neighbour lives passes it as a hint, so that
+ * a guest writing a region in order gets it in order on the host.  Data
+ * takes clean space first (the one-flush commit); see
+ * qcow2_alloc_clusters for tables.  Each kind keeps a low mark below
+ * which it has no range, so that the search is a bisection and a short
+ * walk, not a scan of the whole map.
  *
  * Kept in a rangemap (rangemap.c says why a sorted array), capped at
  * MAX_RANGES ranges: a file whose free space is fragmented past that (a
@@ -59,7 +61,8 @@ add (struct qcow2_image *img, uint64_t start, uint64_t end,
   if (start >= end || img->space.len + 2 > MAX_RANGES ||
       rangemap_set (&img->space, start, end, kind) == -1)
     return;
-  img->space_free += end - start;
+  img->space_low[kind - 1] = MIN (img->space_low[kind - 1], start);
+  __atomic_add_fetch (&img->space_free, end - start, __ATOMIC_RELAXED);
 }
 
 void
@@ -75,7 +78,7 @@ qcow2_space_give (struct qcow2_image *img, uint64_t start, uint64_t len,
 uint64_t
 qcow2_space_free_bytes (struct qcow2_image *img)
 {
-  return img->space_free;
+  return __atomic_load_n (&img->space_free, __ATOMIC_RELAXED);
 }
 
 /* Remove [start, end) (free, of one kind or several) from the map. */
@@ -84,7 +87,7 @@ cut (struct qcow2_image *img, uint64_t start, uint64_t end)
 {
   if (rangemap_set (&img->space, start, end, 0) == -1)
     return -1;
-  img->space_free -= end - start;
+  __atomic_sub_fetch (&img->space_free, end - start, __ATOMIC_RELAXED);
   return 0;
 }
 
@@ -114,25 +117,28 @@ qcow2_space_take_at (struct qcow2_image *img, uint64_t start, uint64_t len)
   return 1;
 }
 
-/* Next fit among ranges of one kind: the first range of that kind with
- * len bytes at or after 'from', else the first before it.  Its usable
- * start, or UINT64_MAX. */
+/* First fit among ranges of one kind: the lowest range of that kind with
+ * len bytes (scanning from the kind's low mark, below which it has no
+ * range).  Its start, or UINT64_MAX. */
 static uint64_t
-next_fit (struct qcow2_image *img, uint64_t from, uint64_t len,
-          unsigned kind)
+first_fit (struct qcow2_image *img, uint64_t len, unsigned kind)
 {
   const struct rangemap *m = &img->space;
-  size_t first = rangemap_first_after (m, from);
+  bool seen = false;
 
-  for (size_t i = first; i < m->len; i++) {
-    uint64_t s = MAX (m->v[i].start, from);
-
-    if (m->v[i].kind == kind && m->v[i].end - s >= len)
-      return s;
-  }
-  for (size_t i = 0; i <= first && i < m->len; i++)
-    if (m->v[i].kind == kind && m->v[i].end - m->v[i].start >= len)
+  for (size_t i = rangemap_first_after (m, img->space_low[kind - 1]);
+       i < m->len; i++) {
+    if (m->v[i].kind != kind)
+      continue;
+    if (!seen) {
+      img->space_low[kind - 1] = m->v[i].start;
+      seen = true;
+    }
+    if (m->v[i].end - m->v[i].start >= len)
       return m->v[i].start;
+  }
+  if (!seen)
+    img->space_low[kind - 1] = UINT64_MAX;
   return UINT64_MAX;
 }
 
@@ -153,17 +159,15 @@ qcow2_space_take (struct qcow2_image *img, uint64_t n, uint64_t hint,
     goto taken;
   }
   kind = first;
-  at = next_fit (img, img->space_cursor, len, kind);
+  at = first_fit (img, len, kind);
   if (at == UINT64_MAX) {
     kind = SPACE_CLEAN + SPACE_STALE - first;
-    at = next_fit (img, img->space_cursor, len, kind);
+    at = first_fit (img, len, kind);
   }
-  /* Taking from the start of a range never needs memory; from inside one
-   * (the cursor was left there) it may. */
+  /* Taking from the start of a range never needs memory. */
   if (at == UINT64_MAX || cut (img, at, at + len) == -1)
     return 0;
  taken:
-  img->space_cursor = at + len;
   *offset = at;
   *fresh = kind == SPACE_CLEAN;
   return 1;
@@ -239,6 +243,6 @@ void
 qcow2_space_forget (struct qcow2_image *img)
 {
   rangemap_clear (&img->space);
-  img->space_free = 0;
-  img->space_cursor = 0;
+  __atomic_store_n (&img->space_free, 0, __ATOMIC_RELAXED);
+  img->space_low[0] = img->space_low[1] = 0;
 }

@@ -25,8 +25,8 @@ extern int qcow2_space_learn_run (struct qcow2_image *img, uint64_t start,
 extern void qcow2_space_forget (struct qcow2_image *img);
 
 /* Take n contiguous free clusters: at hint if they are free there, else
- * after the last allocation (next fit), clean ranges first or stale ones
- * first as asked.  *fresh: every byte reads as zeroes in every crash
+ * the lowest run long enough (first fit), clean ranges first or stale
+ * ones first as asked.  *fresh: every byte reads as zeroes in every crash
  * outcome (a clean range).  1 if taken, 0 if no free range is long
  * enough.  Under meta_lock. */
 extern int qcow2_space_take (struct qcow2_image *img, uint64_t n,
@@ -44,7 +44,7 @@ extern int qcow2_space_take_at (struct qcow2_image *img, uint64_t start,
 extern void qcow2_space_give (struct qcow2_image *img, uint64_t start,
                               uint64_t len, enum space_kind kind);
 
-/* Bytes known free. */
+/* Bytes known free (read without meta_lock, it is only a hint). */
 extern uint64_t qcow2_space_free_bytes (struct qcow2_image *img);
 
 /* Where the run of free space that ends at 'end' starts ('end' if the

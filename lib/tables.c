@@ -69,7 +69,7 @@ qcow2_reload_metadata (struct qcow2_image *img)
     return -1;
   qcow2_header_free (&img->hdr);
   img->hdr = h;
-  img->file_size = img->open_end = img->alloc_start = size;
+  img->file_size = img->open_end = img->alloc_start = img->gap_end = size;
   if (img->data == img->file)
     img->data_size = size;
   free (img->l1);

@@ -307,9 +307,11 @@ qcow2_write_range (struct qcow2_image *img, const void *buf, uint64_t count,
     uint64_t n = MIN (count, img->hdr.cluster_size -
                       (offset & (img->hdr.cluster_size - 1)));
 
-    /* Keep the open transaction small, whatever the request's size. */
-    if (write_piece (img, p, n, offset) == -1 ||
-        qcow2_commit_if_large (img) == -1)
+    /* Reuse what was freed before growing the file; keep the open
+     * transaction small, whatever the request's size. */
+    if (qcow2_release_freed_early (img) == -1 ||
+        write_piece (img, p, n, offset) == -1 ||
+        qcow2_after_piece (img) == -1)
       return -1;
     p += n;
     offset += n;

@@ -3,14 +3,13 @@
 # L1 table, an L2 table, the refcount table, a refcount block, the
 # snapshot table, a snapshot's L1 table, the bitmap directory, a bitmap
 # table; and space past the end of the file (where a power cut can leave
-# an entry, and where the journal of a file goes at the first write:
-# tests/test-space-blockdev.sh has the journal inside a block device).
+# an entry, and where the session's new clusters and journal go: an entry
+# may name only a cluster the session allocated there).
 # A write, a zero and a trim through each must fail with EIO, say what it
 # prevented, change none of the metadata the entry names (nor the
 # journal), and leave the image marked corrupt (as QEMU does) and still
 # readable.  A read through an entry naming space past the end of the file
-# (the journal) fails too (a read of other metadata is harmless, and QEMU
-# allows it).  The same I/O on an honest cluster of the same image
+# fails too (a read of other metadata is harmless, and QEMU allows it).  The same I/O on an honest cluster of the same image
 # succeeds first, so the refusals are not the image's fault.
 source "$SRCDIR/tests/functions.sh"
 source "$SRCDIR/tests/write-helpers.sh"
@@ -145,7 +144,7 @@ for kind in l1 l2 reftable refblock snaptable snapl1 bitmapdir bitmaptable \
         esac
         serve_stop TERM || :
         case $kind in
-            past-eof) expect='inside the qcow2j journal' ;;
+            past-eof) expect='past the end of the file' ;;
             *) expect='preventing' ;;
         esac
         grep -q "$expect" "$server_log" ||

@@ -114,13 +114,13 @@ if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null; then
     chmod 444 ro.qcow2
     as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups)
     if "${as_nobody[@]}" test -r "$QCOW2J"; then
-        if "${as_nobody[@]}" "$NBDKIT_BIN" -U - "$QCOW2J" file="$tmp/ro.qcow2" \
+        if "${as_nobody[@]}" "${NBDKIT_CMD[@]}" -U - "$QCOW2J" file="$tmp/ro.qcow2" \
                --run true 2>ro.log; then
             fail "a read-only file was served writable"
         fi
         grep -q 'ro.qcow2: cannot open it for writing: Permission denied' ro.log ||
             fail "read-only file: $(cat ro.log)"
-        "${as_nobody[@]}" "$NBDKIT_BIN" -U - "$QCOW2J" file="$tmp/ro.qcow2" readonly=auto \
+        "${as_nobody[@]}" "${NBDKIT_CMD[@]}" -U - "$QCOW2J" file="$tmp/ro.qcow2" readonly=auto \
             --run 'nbdsh -u "$uri" -c "assert h.is_read_only()"' 2>ro-auto.log
         grep -q 'readonly=auto: serving it read-only' ro-auto.log ||
             fail "read-only file, readonly=auto: $(cat ro-auto.log)"

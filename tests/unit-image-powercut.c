@@ -1877,7 +1877,8 @@ UNIT_CASE (reuse)
   }
   else
     for (unsigned i = 0; i < trials; i++)
-      run_reuse_trial (5000 + i, slow && *slow == '1' ? 1 : 2);
+      run_reuse_trial (5000 + i, slow && *slow == '1' ? 1
+                       : unit_quick () ? 6 : 2);
   qemu_check_wait_all ();
   printf ("unit-image-powercut reuse: %u trials of 3 sessions, %" PRIu64
           " crash states, %" PRIu64 " qemu-img checks, %u failures\n",
@@ -1905,7 +1906,7 @@ UNIT_CASE (trials)
   }
   else
     for (unsigned i = 0; i < trials; i++)
-      run_trial (1000 + i, 150);
+      run_trial (1000 + i, unit_quick () ? 50 : 150);
   qemu_check_wait_all ();
   printf ("unit-image-powercut: %u trials, %" PRIu64 " crash states, %"
           PRIu64 " qemu-img checks, %u failures\n",

@@ -392,7 +392,7 @@ UNIT_CASE (trials)
 {
   const char *slow = getenv ("QCOW2J_SLOW");
   const char *seed_env = getenv ("QCOW2J_SEED");
-  unsigned trials = slow && *slow == '1' ? 200 : 20;
+  unsigned trials = slow && *slow == '1' ? 200 : unit_quick () ? 8 : 20;
 
   if (seed_env) {
     run_trial (strtoull (seed_env, NULL, 0), 300, 600);

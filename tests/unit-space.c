@@ -9,7 +9,7 @@
  * kind is the model's, and qcow2_space_free_bytes is the model's free
  * bytes.  A take must return free clusters of one kind chosen as the
  * header promises: the hint if it is free and of the kind asked for
- * first, else next fit from the end of the previous take among ranges of
+ * first, else first fit (the lowest run long enough) among ranges of
  * the kind asked for first, else of the other kind; *fresh exactly when
  * every cluster taken was clean; 0 only when no range of either kind is
  * long enough. */
@@ -32,7 +32,6 @@
 enum { USED = 0, CLEAN = SPACE_CLEAN, STALE = SPACE_STALE };
 
 static unsigned model[CLUSTERS];
-static uint64_t cursor;         /* the model's next-fit cursor */
 
 /* The host file: which GRAIN-sized pieces are holes. */
 static bool hole[GRAINS];
@@ -116,31 +115,11 @@ model_kind (uint64_t c, uint64_t n)
   return k;
 }
 
-/* Next fit among maximal runs of one kind, as promised: the first run of
- * that kind with n clusters at or after the cursor (from the cursor if
- * it lies inside), else the first with n clusters from its start.
- * CLUSTERS if none. */
+/* First fit among maximal runs of one kind, as promised: the lowest run
+ * of that kind with n clusters, from its start.  CLUSTERS if none. */
 static uint64_t
-model_next_fit (uint64_t n, unsigned kind)
+model_first_fit (uint64_t n, unsigned kind)
 {
-  const uint64_t cur = cursor / CS;
-
-  for (uint64_t c = 0; c < CLUSTERS; ) {
-    uint64_t e = c;
-
-    if (model[c] != kind) {
-      c++;
-      continue;
-    }
-    while (e < CLUSTERS && model[e] == kind)
-      e++;
-    if (e > cur) {
-      uint64_t s = c > cur ? c : cur;
-      if (e - s >= n)
-        return s;
-    }
-    c = e;
-  }
   for (uint64_t c = 0; c < CLUSTERS; ) {
     uint64_t e = c;
 
@@ -192,10 +171,10 @@ op_take (uint64_t *seed)
   }
   else {
     kind = first;
-    expect = model_next_fit (n, kind);
+    expect = model_first_fit (n, kind);
     if (expect == CLUSTERS) {
       kind = other;
-      expect = model_next_fit (n, kind);
+      expect = model_first_fit (n, kind);
     }
   }
   r = qcow2_space_take (&img, n, hint, prefer_clean, &offset, &fresh);
@@ -218,15 +197,14 @@ op_take (uint64_t *seed)
           "all free", n, offset, n);
   CHECK (fresh == (model_kind (offset / CS, n) == CLEAN));
   if (offset / CS != expect)
-    FAIL ("take %" PRIu64 " (hint %#" PRIx64 "%s, prefer_clean %d, cursor "
-          "%#" PRIx64 "): took cluster %" PRIu64 ", expected %" PRIu64
-          " (kind %u)", n, hint, hinted ? ", honoured" : "", prefer_clean,
-          cursor, offset / CS, expect, kind);
+    FAIL ("take %" PRIu64 " (hint %#" PRIx64 "%s, prefer_clean %d): took "
+          "cluster %" PRIu64 ", expected %" PRIu64 " (kind %u)", n, hint,
+          hinted ? ", honoured" : "", prefer_clean, offset / CS, expect,
+          kind);
   if (prefer_clean && kind == CLEAN)
     CHECK (fresh);
   for (uint64_t i = offset / CS; i < offset / CS + n && i < CLUSTERS; i++)
     model[i] = USED;
-  cursor = offset + n * CS;
 }
 
 static void
@@ -263,7 +241,6 @@ reset (void)
 {
   qcow2_space_forget (&img);
   memset (model, 0, sizeof model);
-  cursor = 0;
 }
 
 UNIT_CASE (random_operations)
@@ -292,9 +269,9 @@ UNIT_CASE (random_operations)
   qcow2_meta_unlock (&img);
 }
 
-/* Taking from inside a range splits it; the cursor left in the middle of
- * a range is where the next take starts. */
-UNIT_CASE (next_fit_and_hint)
+/* The lowest run first, hints honoured, clean first unless none is
+ * long enough. */
+UNIT_CASE (first_fit_and_hint)
 {
   uint64_t off;
   bool fresh;
@@ -313,8 +290,8 @@ UNIT_CASE (next_fit_and_hint)
   /* Tables ask for stale first. */
   CHECK (qcow2_space_take (&img, 1, 0, false, &off, &fresh) == 1 &&
          off == 30 * CS && !fresh);
-  /* A stale hint is not honoured when clean is asked for first; the
-   * cursor (after the stale take) wraps to the first clean run. */
+  /* A stale hint is not honoured when clean is asked for first: the
+   * lowest clean run. */
   CHECK (qcow2_space_take (&img, 1, 31 * CS, true, &off, &fresh) == 1 &&
          off == 14 * CS && fresh);
   CHECK (qcow2_space_take (&img, 3, 0, true, &off, &fresh) == 1 &&
@@ -397,7 +374,7 @@ UNIT_CASE (learn_runs)
 
 static const struct unit_case cases[] = {
   UNIT_ENTRY (random_operations),
-  UNIT_ENTRY (next_fit_and_hint),
+  UNIT_ENTRY (first_fit_and_hint),
   UNIT_ENTRY (learn_runs),
 };
 

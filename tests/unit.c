@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "unit.h"
@@ -55,6 +56,14 @@ unit_stop (void)
   fprintf (stderr, "%s: a REQUIRE failed in a thread other than the "
            "case's: aborting\n", unit_prog);
   abort ();
+}
+
+bool
+unit_quick (void)
+{
+  const char *q = getenv ("QCOW2J_QUICK");
+
+  return q != NULL && strcmp (q, "1") == 0;
 }
 
 unsigned

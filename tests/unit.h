@@ -21,6 +21,7 @@
 #ifndef QCOW2J_UNIT_H
 #define QCOW2J_UNIT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,11 @@ extern void unit_stop (void) __attribute__ ((noreturn));
 
 /* Failed checks so far. */
 extern unsigned unit_failed (void);
+
+/* QCOW2J_QUICK=1 (check.sh sets it for the sanitizer builds, where
+ * everything runs several times slower): the long randomized tests
+ * sample fewer of the same states; every kind of case still runs. */
+extern bool unit_quick (void);
 /* EXIT_FAILURE if any check failed, else EXIT_SUCCESS. */
 extern int unit_status (void);
 /* Handle the arguments: --list prints the names and exits, an unknown
