@@ -11,7 +11,9 @@
  * session's area, in free space or past the end of the file, add our
  * header extension, set "journal valid", and rebuild refcounts that QEMU
  * left stale.  So an image served writable but only read is never
- * modified.  Closing commits, checkpoints, clears our bits and gives the
+ * modified (but for one that is marked corrupt with its journal dirty:
+ * its journal is replayed when it is prepared, so that QEMU can repair
+ * it, and writing is refused).  Closing commits, checkpoints, clears our bits and gives the
  * journal's space back, cutting free space off the end of the file (12.2,
  * C1 to C6): what remains is plain qcow2 that qemu-img checks clean.
  */
@@ -252,7 +254,9 @@ place_journal_locked (struct qcow2_image *img, uint64_t *jarea,
                       uint64_t *jsize)
 {
   const uint64_t cs = img->hdr.cluster_size;
-  uint64_t room;
+  const uint64_t align = MAX (cs, (uint64_t) QJ_BLOCK);
+  uint64_t room, end;
+  int r;
 
   *jsize = MAX (ROUND_UP (JOURNAL_SIZE, cs), (uint64_t) QJ_MIN_AREA);
   *jsize = ROUND_UP (*jsize, (uint64_t) QJ_BLOCK);
@@ -276,23 +280,34 @@ place_journal_locked (struct qcow2_image *img, uint64_t *jarea,
   }
   /* Past the end of the file, and, in a sparse file, past the room the
    * guest's data could take (a gap that costs nothing), so that new
-   * clusters go below the journal and the clean close can cut it off;
-   * right at the end if that room would make the file too long for
-   * common file systems.  Blocks of the journal are 4 KiB aligned,
-   * whatever the clusters.  The clusters skipped are free, and fresh:
-   * past the end of the file (M4). */
-  room = img->hdr.size + img->hdr.size / 64 + JOURNAL_GAP_SLACK;
-  *jarea = img->file->sparse && img->next_free + room <= JOURNAL_GAP_LIMIT ?
-    img->next_free + room : img->next_free;
-  *jarea = ROUND_UP (*jarea, MAX (cs, (uint64_t) QJ_BLOCK));
+   * clusters go below the journal and the clean close can cut it off.
+   * The room counts from where the free space at the end of the file
+   * starts: after a crash, what the last session left there (its gap,
+   * its journal) is reused rather than added to.  Right at the end if
+   * that room would make the file too long for common file systems, or
+   * for this one.  Blocks of the journal are 4 KiB aligned, whatever
+   * the clusters.  The clusters skipped are free, and fresh: past the
+   * end of the file (M4). */
+  end = ROUND_UP (img->next_free, align);
+  room = qcow2_space_free_tail (img, img->next_free) + img->hdr.size +
+    img->hdr.size / 64 + JOURNAL_GAP_SLACK;
+  *jarea = end;
+  if (img->file->sparse && room + *jsize <= JOURNAL_GAP_LIMIT)
+    *jarea = MAX (end, ROUND_UP (room, align));
+  r = hostio_truncate (img->file, *jarea + *jsize);
+  if (r == -1 && *jarea > end && (errno == EFBIG || errno == EINVAL)) {
+    qdebug ("%s: no room for a gap below the journal: %m", img->file->name);
+    *jarea = end;
+    r = hostio_truncate (img->file, *jarea + *jsize);
+  }
+  if (r == -1) {
+    qerror ("%s: extend for the journal: %m", img->file->name);
+    return -1;
+  }
   if (*jarea > img->next_free)
     qcow2_space_give (img, img->next_free, *jarea - img->next_free,
                       SPACE_CLEAN);
   img->next_free = *jarea + *jsize;
-  if (hostio_truncate (img->file, img->next_free) == -1) {
-    qerror ("%s: extend for the journal: %m", img->file->name);
-    return -1;
-  }
   return 0;
 }
 
