@@ -292,8 +292,14 @@ place_journal_locked (struct qcow2_image *img, uint64_t *jarea,
   room = qcow2_space_free_tail (img, img->next_free) + img->hdr.size +
     img->hdr.size / 64 + JOURNAL_GAP_SLACK;
   *jarea = end;
-  if (img->file->sparse && room + *jsize <= JOURNAL_GAP_LIMIT)
-    *jarea = MAX (end, ROUND_UP (room, align));
+  if (img->file->sparse && room + *jsize <= JOURNAL_GAP_LIMIT) {
+    *jarea = ROUND_UP (room, align);
+    /* Inside the file (what a crashed session left): if free, there. */
+    if (*jarea + *jsize <= img->next_free &&
+        qcow2_space_take_at (img, *jarea, *jsize))
+      return 0;
+    *jarea = MAX (end, *jarea);
+  }
   r = hostio_truncate (img->file, *jarea + *jsize);
   if (r == -1 && *jarea > end && (errno == EFBIG || errno == EINVAL)) {
     qdebug ("%s: no room for a gap below the journal: %m", img->file->name);

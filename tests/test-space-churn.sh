@@ -150,3 +150,27 @@ echo "one session: qcow2j $open_size bytes ($open_alloc allocated) while" \
 qemu-img compare -q one.qcow2 oneref.qcow2 ||
     fail "one session: qcow2j and QEMU disagree on the content"
 echo "ok: one session of churn"
+
+# ---- Part 3: the gap below the journal after crashes -----------------------
+# A sparse file's journal lies past a gap as large as the disk; a server
+# killed leaves it there, and the next session must reuse it, not add a
+# gap of its own each time.  After a clean close, the file is cut back.
+qemu-img create -q -f qcow2 big.qcow2 1T
+for r in 1 2 3; do
+    serve_start big.qcow2
+    nbdsh -u "$uri" -c "h.pwrite(b'\x5a' * 65536, $r * 65536)" -c 'h.flush()' ||
+        fail "crash round $r: the write failed"
+    serve_stop KILL || :
+    size=$(fsize big.qcow2)
+    echo "crash round $r: $size bytes"
+    [ "$r" = 1 ] && first=$size
+    [ "$size" -le $((first + 8 * MiB)) ] ||
+        fail "crash round $r: the file grew to $size bytes ($first after the first crash)"
+done
+serve_start big.qcow2
+nbdsh -u "$uri" -c 'assert h.pread(65536, 3 * 65536) == b"\x5a" * 65536'
+serve_stop TERM
+qcheck big.qcow2
+[ "$(fsize big.qcow2)" -le $((2 * MiB)) ] ||
+    fail "after a clean close the file is $(fsize big.qcow2) bytes"
+echo "ok: crashes leave one gap"
