@@ -23,7 +23,6 @@
 #include "commit.h"
 #include "dirty.h"
 #include "log.h"
-#include "space.h"
 #include "state.h"
 
 void
@@ -77,20 +76,19 @@ qcow2_after_piece (struct qcow2_image *img)
   return 0;
 }
 
-/* Frees waiting for a checkpoint that make it worth running one early,
- * whatever free space there is: reusing them keeps the file compact, and
- * the checkpoint's cost is spread over this much. */
+/* Frees waiting for a checkpoint that make it worth running one early:
+ * reusing them keeps the file compact, and the checkpoint's cost (its
+ * flushes) is spread over this much.  Fewer wait for the checkpoint
+ * thread (a few seconds). */
 #define RELEASE_AFTER_BYTES (4ULL << 20)
 
 int
 qcow2_release_freed_early (struct qcow2_image *img)
 {
-  const uint64_t cs = img->hdr.cluster_size;
-  uint64_t pending = journal_frees_pending (img->journal) * cs;
   bool covered;
 
-  if (pending < RELEASE_AFTER_BYTES &&
-      (pending == 0 || qcow2_space_free_bytes (img) >= 2 * cs))
+  if (journal_frees_pending (img->journal) * img->hdr.cluster_size <
+      RELEASE_AFTER_BYTES)
     return 0;
   if (qcow2_commit (img, &covered) == -1 || qcow2_checkpoint (img) == -1)
     return -1;

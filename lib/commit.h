@@ -25,11 +25,10 @@ extern int qcow2_commit (struct qcow2_image *img, bool *covered);
  * below the ring's size, and ask for a checkpoint when the ring fills. */
 extern int qcow2_after_piece (struct qcow2_image *img);
 
-/* Before each piece of a request that may allocate: if clusters freed
- * earlier wait for a checkpoint to become free space (docs/journal-
- * format.md R2, R3), and they are many or the image has no free space
- * left, commit and checkpoint now, so that the piece reuses them rather
- * than grow the file.  Not under meta_lock. */
+/* Before each piece of a request that may allocate: if many clusters
+ * freed earlier wait for a checkpoint to become free space (docs/journal-
+ * format.md R2, R3), commit and checkpoint now, so that the piece reuses
+ * them rather than grow the file.  Not under meta_lock. */
 extern int qcow2_release_freed_early (struct qcow2_image *img);
 
 /* Give the journal the image's hooks (journal.h): DIRTY before the first
