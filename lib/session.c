@@ -255,7 +255,7 @@ place_journal_locked (struct qcow2_image *img, uint64_t *jarea,
 {
   const uint64_t cs = img->hdr.cluster_size;
   const uint64_t align = MAX (cs, (uint64_t) QJ_BLOCK);
-  uint64_t room, end;
+  uint64_t want, end;
   int r;
 
   *jsize = MAX (ROUND_UP (JOURNAL_SIZE, cs), (uint64_t) QJ_MIN_AREA);
@@ -289,11 +289,12 @@ place_journal_locked (struct qcow2_image *img, uint64_t *jarea,
    * the clusters.  The clusters skipped are free, and fresh: past the
    * end of the file (M4). */
   end = ROUND_UP (img->next_free, align);
-  room = qcow2_space_free_tail (img, img->next_free) + img->hdr.size +
-    img->hdr.size / 64 + JOURNAL_GAP_SLACK;
   *jarea = end;
-  if (img->file->sparse && room + *jsize <= JOURNAL_GAP_LIMIT) {
-    *jarea = ROUND_UP (room, align);
+  want = img->hdr.size <= JOURNAL_GAP_LIMIT ?
+    qcow2_space_free_tail (img, img->next_free) + img->hdr.size +
+    img->hdr.size / 64 + JOURNAL_GAP_SLACK : UINT64_MAX;
+  if (img->file->sparse && want <= JOURNAL_GAP_LIMIT - *jsize) {
+    *jarea = ROUND_UP (want, align);
     /* Inside the file (what a crashed session left): if free, there. */
     if (*jarea + *jsize <= img->next_free &&
         qcow2_space_take_at (img, *jarea, *jsize))
