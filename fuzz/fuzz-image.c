@@ -14,7 +14,13 @@
  *    trims, reads and flushes derived from the input's last bytes, and
  *    closes it;
  * 3. after a clean close, reopens the result read-only: it must open
- *    (lib wrote it) with no dirty journal, and reads;
+ *    (lib wrote it) with no dirty journal, and reads; and checks two
+ *    oracles: every byte the requests of pass 2 wrote or zeroed (in the
+ *    first WRITE_WINDOW bytes of the disk) reads back as written, and no
+ *    sector of the image's metadata (header, L1 and L2 tables, refcount
+ *    table and blocks, found by a walk of the file written here, not by
+ *    lib) starts with the tag every written guest sector starts with: a
+ *    guest write never lands on metadata;
  * 4. replays the copy taken after the last flush, as if the power had
  *    been cut there, and closes that.
  *
@@ -434,6 +440,43 @@ exercise_reads (struct qcow2_image *img, uint64_t *rng)
 
 static uint8_t wbuf[MAX_WRITE];
 
+/* Every guest sector written starts with this tag (then the op and the
+ * sector's guest offset); its other bytes are 0x41 + op.  A byte's
+ * content is a function of the op and its guest offset. */
+static const char tag[8] = "Q2JFUZZ!";
+
+static uint8_t
+gen_byte (unsigned op, uint64_t off)
+{
+  unsigned k = off % 512;
+
+  if (k < 8)
+    return tag[k];
+  if (k == 8)
+    return op;
+  if (k < 17)
+    return (off / 512) >> (8 * (k - 9));
+  return 0x41 + op;
+}
+
+/* What pass 2 made of each byte of the first WRITE_WINDOW bytes: 0 not
+ * touched, 1 + op written by op, ZEROED, or UNKNOWN (trimmed, or a
+ * request that failed). */
+#define ZEROED 0xfe
+#define UNKNOWN 0xff
+static uint8_t *expect;
+static uint64_t expect_len;
+
+static void
+model (uint64_t off, uint64_t len, uint8_t what)
+{
+  if (off >= expect_len)
+    return;
+  if (len > expect_len - off)
+    len = expect_len - off;
+  memset (expect + off, what, len);
+}
+
 /* An offset and a length for a request: inside the first WRITE_WINDOW
  * bytes of the disk or at its end; cluster-, sector- or byte-aligned. */
 static void
@@ -479,6 +522,10 @@ exercise_writes (struct qcow2_image *img, uint64_t *rng, struct fz_io *io,
   const uint64_t cs = qcow2_cluster_size (img);
   unsigned nops = 1 + below (rng, MAX_OPS);
 
+  if (expect == NULL && (expect = malloc (WRITE_WINDOW)) == NULL)
+    abort ();
+  expect_len = vsize < WRITE_WINDOW ? vsize : WRITE_WINDOW;
+  memset (expect, 0, expect_len);
   if (vsize == 0)
     return;
   for (unsigned i = 0; i < nops; i++) {
@@ -488,12 +535,11 @@ exercise_writes (struct qcow2_image *img, uint64_t *rng, struct fz_io *io,
     pick_range (rng, vsize, cs, &off, &len);
     switch (below (rng, 10)) {
     case 0: case 1: case 2: case 3:
-      memset (wbuf, 0x41 + i, len);
-      if (below (rng, 2))
-        for (uint64_t b = 0; b < len; b += 512)
-          wbuf[b] = next (rng);
+      for (uint64_t b = 0; b < len; b++)
+        wbuf[b] = gen_byte (i, off + b);
       r = qcow2_pwrite (img, wbuf, len, off);
       trace ("pwrite 0x%" PRIx64 "+0x%" PRIx64 ": %d", off, len, r);
+      model (off, len, r == 0 ? 1 + i : UNKNOWN);
       break;
     case 4: case 5: {
       bool may_trim = below (rng, 2), fast = below (rng, 4) == 0;
@@ -501,11 +547,13 @@ exercise_writes (struct qcow2_image *img, uint64_t *rng, struct fz_io *io,
       r = qcow2_zero (img, len, off, may_trim, fast);
       trace ("zero 0x%" PRIx64 "+0x%" PRIx64 " may_trim=%d fast=%d: %d",
              off, len, may_trim, fast, r);
+      model (off, len, r == 0 ? ZEROED : UNKNOWN);
       break;
     }
     case 6:
       r = qcow2_trim (img, len, off);
       trace ("trim 0x%" PRIx64 "+0x%" PRIx64 ": %d", off, len, r);
+      model (off, len, UNKNOWN);
       break;
     case 7:
       trace ("read 0x%" PRIx64 "+0x%" PRIx64, off, len);
@@ -624,6 +672,117 @@ write_pass (const uint8_t *data, size_t size, uint64_t *rng, bool ops,
   return clean;
 }
 
+/* The oracles of pass 3 --------------------------------------------------- */
+
+static uint64_t
+be (const uint8_t *p, unsigned n)
+{
+  uint64_t v = 0;
+
+  for (unsigned i = 0; i < n; i++)
+    v = v << 8 | p[i];
+  return v;
+}
+
+/* No sector of the n clusters at offset (those inside the file) starts
+ * with the guest data tag. */
+static void
+no_tag_in (const uint8_t *data, uint64_t size, uint64_t offset, uint64_t len,
+           const char *what)
+{
+  for (uint64_t o = offset; o < offset + len && o + 8 <= size; o += 512)
+    if (memcmp (data + o, tag, 8) == 0) {
+      uint64_t sector = 0;
+
+      for (unsigned k = 8; k-- > 0; )
+        sector = sector << 8 | data[o + 9 + k];
+      fprintf (stderr, "fuzz-image.c: guest data (op %u, guest sector %"
+               PRIu64 ") in the %s at 0x%" PRIx64 "\n", data[o + 8],
+               sector, what, o);
+      abort ();
+    }
+}
+
+/* Walk the metadata of the image file a clean close left (as written,
+ * independently of lib): header cluster, L1 table and the L2 tables it
+ * names, refcount table and blocks.  No guest write may have landed
+ * there. */
+static void
+check_metadata (const uint8_t *data, uint64_t size)
+{
+  unsigned bits;
+  uint64_t cs, l1, l1_size, rt, rt_clusters;
+
+  if (size < 72)
+    return;
+  bits = be (data + 20, 4);
+  if (bits < 9 || bits > 21)
+    return;
+  cs = 1ULL << bits;
+  l1_size = be (data + 36, 4);
+  l1 = be (data + 40, 8);
+  rt = be (data + 48, 8);
+  rt_clusters = be (data + 56, 4);
+  no_tag_in (data, size, 0, cs, "header cluster");
+  if (l1 < size && l1_size <= (size - l1) / 8) {
+    no_tag_in (data, size, l1, l1_size * 8, "L1 table");
+    for (uint64_t i = 0; i < l1_size; i++) {
+      uint64_t l2 = be (data + l1 + 8 * i, 8) & 0x00fffffffffffe00ULL;
+
+      if (l2 != 0 && l2 < size)
+        no_tag_in (data, size, l2, cs, "L2 table");
+    }
+  }
+  if (rt < size && rt_clusters <= (size - rt) / cs) {
+    no_tag_in (data, size, rt, rt_clusters * cs, "refcount table");
+    for (uint64_t i = 0; i < rt_clusters * cs / 8; i++) {
+      uint64_t rb = be (data + rt + 8 * i, 8) & ~(uint64_t) 511;
+
+      if (rb != 0 && rb < size)
+        no_tag_in (data, size, rb, cs, "refcount block");
+    }
+  }
+}
+
+/* Every byte pass 2 wrote or zeroed reads so from what its clean close
+ * left. */
+static void
+check_content (const uint8_t *data, uint64_t size)
+{
+  struct fz_io *io = fz_new (data, size, true);
+  struct qcow2_image *img = qcow2_open_hostio (&io->io, NULL, &ro_opts);
+
+  FUZZ_ASSERT (img != NULL);
+  for (uint64_t off = 0; off < expect_len; ) {
+    uint64_t n = 0;
+
+    while (off < expect_len &&
+           (expect[off] == 0 || expect[off] == UNKNOWN))
+      off++;
+    while (off + n < expect_len && n < READ_CHUNK &&
+           expect[off + n] != 0 && expect[off + n] != UNKNOWN)
+      n++;
+    if (n == 0)
+      break;
+    FUZZ_ASSERT (qcow2_pread (img, rbuf, n, off) == 0);
+    for (uint64_t b = 0; b < n; b++) {
+      uint8_t e = expect[off + b] == ZEROED ? 0
+        : gen_byte (expect[off + b] - 1, off + b);
+
+      if (rbuf[b] != e) {
+        fprintf (stderr, "fuzz-image.c: guest byte 0x%" PRIx64 " reads "
+                 "0x%02x after the clean close, not 0x%02x (%s)\n",
+                 off + b, rbuf[b], e,
+                 expect[off + b] == ZEROED ? "zeroed" : "written");
+        abort ();
+      }
+    }
+    off += n;
+  }
+  FUZZ_ASSERT (qcow2_close (img) == 0);
+  fz_free (io);
+}
+
 static void
 quiet (const char *fs, va_list args)
 {
@@ -674,8 +833,13 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   /* 2: writable, with requests. */
   if (write_pass (data, size, &rng, true, &crash_copy, &crash_size,
                   &out, &out_size)) {
-    /* 3: what a clean close leaves must open read-only, not dirty. */
+    /* 3: what a clean close leaves must open read-only, not dirty, read
+     * as written, with no guest data in its metadata (unless the input
+     * held the tag already). */
     read_only_pass (out, out_size, &rng, true);
+    check_content (out, out_size);
+    if (memmem (data, size, tag, sizeof tag) == NULL)
+      check_metadata (out, out_size);
   }
   buf_put (out);
 
