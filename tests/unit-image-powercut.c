@@ -42,7 +42,9 @@
  * power is cut again during the recovery itself (replay, journal set-up,
  * close), and recovering from that must give exactly the same disk.
  *
- * QCOW2J_SLOW=1 runs ten times as many trials.  QCOW2J_SEED=N repeats one
+ * QCOW2J_SLOW=1 runs ten times as many trials; QCOW2J_QUICK=1 (the
+ * sanitizer runs) samples fewer moments of the same trials and has one
+ * state in 40 checked by qemu-img.  QCOW2J_SEED=N repeats one
  * (with more moments).  QCOW2J_VERBOSE=1 describes each trial;
  * QCOW2J_KEEP=1 keeps the images qemu-img check refused.
  *
@@ -1878,7 +1880,7 @@ UNIT_CASE (reuse)
   else
     for (unsigned i = 0; i < trials; i++)
       run_reuse_trial (5000 + i, slow && *slow == '1' ? 1
-                       : unit_quick () ? 6 : 2);
+                       : unit_quick () ? 16 : 2);
   qemu_check_wait_all ();
   printf ("unit-image-powercut reuse: %u trials of 3 sessions, %" PRIu64
           " crash states, %" PRIu64 " qemu-img checks, %u failures\n",
@@ -1906,7 +1908,7 @@ UNIT_CASE (trials)
   }
   else
     for (unsigned i = 0; i < trials; i++)
-      run_trial (1000 + i, unit_quick () ? 50 : 150);
+      run_trial (1000 + i, unit_quick () ? 20 : 150);
   qemu_check_wait_all ();
   printf ("unit-image-powercut: %u trials, %" PRIu64 " crash states, %"
           PRIu64 " qemu-img checks, %u failures\n",
@@ -1937,6 +1939,8 @@ main (int argc, char *argv[])
   mallopt (M_MMAP_THRESHOLD, 32 * MiB);
   mallopt (M_TRIM_THRESHOLD, 256 * MiB);
   qlog_set_handlers (report, NULL);
+  if (unit_quick ())
+    qemu_every = 40;
   zero_hash = hash_sector (zero);
   have_qemu_img = system ("qemu-img --version >/dev/null 2>&1") == 0;
   if (!have_qemu_img)
