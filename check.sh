@@ -4,7 +4,8 @@
 # UBSan, then the threaded unit tests, and the plugin inside nbdkit under
 # many connections, built with TSan.  The sanitizer runs sample fewer
 # states in the long randomized tests (QCOW2J_QUICK=1, tests/unit.h),
-# which the plain run covers in full.  Prints
+# which the plain run covers in full, and the ASan run leaves out
+# unit-image-powercut (see there).  Prints
 # 'N passed, N failed[, N skipped]' last, counted from every run.
 #   ./check.sh                 everything
 #   QCOW2J_SANITIZERS=0 ./check.sh   only the plain build
@@ -47,11 +48,17 @@ if [ "${QCOW2J_SANITIZERS:-1}" = 1 ]; then
     # The plugin is loaded by an uninstrumented nbdkit: preload the
     # runtime there (functions.sh does, for nbdkit only, and leaves leak
     # checking of the server to valgrind).
+    # Every test but unit-image-powercut, whose crash states take over
+    # half an hour under ASan even thinned: the plain run has it, and
+    # unit-image-faults drives the same write path on the same simulator.
+    asan_tests=$(printf 'print-tests:\n\t@echo $(TESTS)\n' |
+                 make -s -C "$asan" -f Makefile -f - print-tests |
+                 tr ' ' '\n' | grep -vx 'tests/unit-image-powercut' | tr '\n' ' ')
     (cd "$asan" &&
      QCOW2J_QUICK=1 QCOW2J_PRELOAD="$(gcc -print-file-name=libasan.so)" \
      ASAN_OPTIONS=abort_on_error=1 \
      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-     make -j"$(nproc)" check) || status=1
+     make -j"$(nproc)" check TESTS="$asan_tests") || status=1
     runs+=("$asan")
   else
     echo "check.sh: ASan/UBSan build failed"; status=1
