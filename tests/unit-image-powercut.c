@@ -1375,6 +1375,28 @@ check_moments (struct trial *t, uint64_t from, uint64_t to, unsigned samples,
   return dense_m;
 }
 
+/* A trial's image (closed after the checks: closing writes), simulator
+ * and model. */
+static void
+trial_free (struct trial *t)
+{
+  if (t->img)
+    qcow2_close (t->img);
+  powercut_free (t->pc);
+  for (uint64_t s = 0; s < t->nsect; s++)
+    free (t->hist[s].e);
+  free (t->hist);
+  free (t->store);
+  free (t->ops);
+  free (t->model);
+  free (t->init);
+  free (t->init_hash);
+  free (t->disk);
+  free (t->first_hash);
+  pthread_mutex_destroy (&t->lock);
+  free (t);
+}
+
 static void
 run_trial (uint64_t seed, unsigned samples)
 {
@@ -1450,21 +1472,7 @@ run_trial (uint64_t seed, unsigned samples)
     fprintf (stderr, "trial with seed %" PRIu64 " failed (QCOW2J_SEED=%"
              PRIu64 " repeats it)\n", seed, seed);
 
-  if (t->img)
-    qcow2_close (t->img);       /* after the checks: it writes */
-  powercut_free (t->pc);
-  for (uint64_t s = 0; s < t->nsect; s++)
-    free (t->hist[s].e);
-  free (t->hist);
-  free (t->store);
-  free (t->ops);
-  free (t->model);
-  free (t->init);
-  free (t->init_hash);
-  free (t->disk);
-  free (t->first_hash);
-  pthread_mutex_destroy (&t->lock);
-  free (t);
+  trial_free (t);
 }
 
 /* Power cuts over several sessions, reusing freed space --------------------
@@ -1847,21 +1855,7 @@ run_reuse_trial (uint64_t seed, unsigned stride)
              "(QCOW2J_SEED=%" PRIu64 " tests/unit-image-powercut reuse "
              "repeats it)\n", seed, seed);
 
-  if (t->img)
-    qcow2_close (t->img);
-  powercut_free (t->pc);
-  for (uint64_t s = 0; s < t->nsect; s++)
-    free (t->hist[s].e);
-  free (t->hist);
-  free (t->store);
-  free (t->ops);
-  free (t->model);
-  free (t->init);
-  free (t->init_hash);
-  free (t->disk);
-  free (t->first_hash);
-  pthread_mutex_destroy (&t->lock);
-  free (t);
+  trial_free (t);
 }
 
 UNIT_CASE (reuse)
