@@ -266,7 +266,7 @@ start=$SECONDS
 n=0
 while [ $n -lt "$iters" ] && [ $((SECONDS - start)) -lt "$budget" ]; do
     r=(${regions[$((RANDOM % ${#regions[@]}))]})
-    s=$RANDOM$RANDOM
+    s=$((RANDOM * 32768 + RANDOM))   # not $RANDOM$RANDOM: "0" then "28634" is not a number
     img=$tmp/fuzz.qcow2
     cp "$tmp/fz${r[0]}.qcow2" "$img"
     what=$($patch "$img" flip "$s" 1 8 "${r[1]}")
