@@ -22,7 +22,8 @@
  *   format         map.c (guest to host), read.c (guest content, for
  *                  clients and copy-on-write), entry.c (what an L2 entry is),
  *                  snapshot.c, bitmaps.c, backing.c, header.c,
- *                  journal-ext.c (the Q2JL extension), metamap.c (where
+ *                  journal-ext.c (the Q2JL extension), walk.c (every
+ *                  table of the metadata, visited), metamap.c (where
  *                  the metadata is), grace.c (host I/O in flight)
  *   below          journal.c, journal-replay.c, metacache.c, hostio*.c,
  *                  lock.c, compress.c, crc32c.c, log.c, rangemap.c

@@ -27,14 +27,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bitmaps.h"
-#include "byteorder.h"
-#include "cleanup.h"
-#include "format.h"
 #include "log.h"
 #include "metamap.h"
 #include "minmax.h"
 #include "rangemap.h"
+#include "walk.h"
 
 const char *
 qcow2_meta_kind_name (enum meta_kind kind)
@@ -192,124 +189,19 @@ add (struct qcow2_image *img, uint64_t start, uint64_t len,
   return qcow2_metamap_set (img, start, len, kind);
 }
 
-/* An L1 table's L2 tables (entries in host order when 'l1' is the active
- * table in memory, big-endian when read from a snapshot). */
 static int
-add_l2_tables (struct qcow2_image *img, const uint64_t *l1, uint64_t n,
-               bool big_endian, enum meta_kind kind)
+visit (struct qcow2_image *img, void *opaque, enum meta_kind kind,
+       uint64_t offset, uint64_t len)
 {
-  for (uint64_t i = 0; i < n; i++) {
-    uint64_t e = big_endian ? be64toh (l1[i]) :
-      __atomic_load_n (&l1[i], __ATOMIC_ACQUIRE);
-    uint64_t l2 = e & L1E_OFFSET_MASK;
-
-    if (l2 != 0 && add (img, l2, img->hdr.cluster_size, kind) == -1)
-      return -1;
-  }
-  return 0;
-}
-
-static int
-add_snapshots (struct qcow2_image *img)
-{
-  const struct qcow2_header *h = &img->hdr;
-
-  if (h->nb_snapshots == 0)
-    return 0;
-  if (add (img, h->snapshots_offset, img->snapshot_table_bytes,
-           META_SNAPSHOTS) == -1)
-    return -1;
-  for (uint32_t i = 0; i < h->nb_snapshots; i++) {
-    const struct qcow2_snapshot *s = &img->snapshots[i];
-    CLEANUP_FREE uint64_t *l1 = NULL;
-
-    if (s->l1_size == 0)
-      continue;
-    /* snapshot.c bounded l1_size by QEMU's limit on L1 tables. */
-    l1 = malloc ((uint64_t) s->l1_size * 8);
-    if (l1 == NULL) {
-      qerror ("%s: snapshot L1 table: malloc: %m", img->file->name);
-      return -1;
-    }
-    if (hostio_pread (img->file, l1, (uint64_t) s->l1_size * 8,
-                      s->l1_offset) == -1) {
-      qerror ("%s: read snapshot L1 table at 0x%" PRIx64 ": %m",
-              img->file->name, s->l1_offset);
-      return -1;
-    }
-    if (add (img, s->l1_offset, (uint64_t) s->l1_size * 8,
-             META_SNAPSHOT_L1) == -1 ||
-        add_l2_tables (img, l1, s->l1_size, true, META_SNAPSHOT_L2) == -1)
-      return -1;
-  }
-  return 0;
-}
-
-static int
-add_bitmaps (struct qcow2_image *img)
-{
-  const uint64_t cs = img->hdr.cluster_size;
-  CLEANUP_FREE uint8_t *dir = NULL;
-  CLEANUP_FREE struct qcow2_bitmap *bitmaps = NULL;
-  int n = qcow2_bitmaps_read (img, &dir, &bitmaps);
-
-  if (n <= 0)
-    return n;
-  if (add (img, img->hdr.bitmap_directory_offset,
-           img->hdr.bitmap_directory_size, META_BITMAP_DIR) == -1)
-    return -1;
-  for (int i = 0; i < n; i++) {
-    const struct qcow2_bitmap *b = &bitmaps[i];
-    CLEANUP_FREE uint64_t *table = NULL;
-
-    if (b->table_size == 0)
-      continue;
-    table = malloc ((uint64_t) b->table_size * 8);
-    if (table == NULL) {
-      qerror ("%s: bitmap table: malloc: %m", img->file->name);
-      return -1;
-    }
-    if (hostio_pread (img->file, table, (uint64_t) b->table_size * 8,
-                      b->table_offset) == -1) {
-      qerror ("%s: read bitmap table at 0x%" PRIx64 ": %m",
-              img->file->name, b->table_offset);
-      return -1;
-    }
-    if (add (img, b->table_offset, (uint64_t) b->table_size * 8,
-             META_BITMAP_TABLE) == -1)
-      return -1;
-    for (uint32_t k = 0; k < b->table_size; k++) {
-      uint64_t data = be64toh (table[k]) & QCOW2_BITMAP_TABLE_OFFSET_MASK;
-
-      if (data != 0 && add (img, data, cs, META_BITMAP_DATA) == -1)
-        return -1;
-    }
-  }
-  return 0;
+  (void) opaque;
+  return add (img, offset, len, kind);
 }
 
 int
 qcow2_metamap_build (struct qcow2_image *img)
 {
-  const struct qcow2_header *h = &img->hdr;
-  const uint64_t cs = h->cluster_size;
-
   img->map.len = 0;
-  if (add (img, 0, cs, META_HEADER) == -1 ||
-      add (img, h->l1_table_offset, (uint64_t) h->l1_size * 8,
-           META_L1) == -1 ||
-      add (img, h->refcount_table_offset,
-           (uint64_t) h->refcount_table_clusters * cs, META_REFTABLE) == -1)
-    return -1;
-  for (uint64_t i = 0; i < img->reftable_entries; i++) {
-    uint64_t rb = img->reftable[i] & REFT_OFFSET_MASK;
-
-    if (rb != 0 && add (img, rb, cs, META_REFBLOCK) == -1)
-      return -1;
-  }
-  if (add_l2_tables (img, img->l1, h->l1_size, false, META_L2) == -1 ||
-      add_snapshots (img) == -1 ||
-      add_bitmaps (img) == -1)
-    return -1;
-  return 0;
+  /* Lenient: a reference outside the file is refused where it is used
+   * (map.c), and names nothing to protect here. */
+  return qcow2_walk_metadata (img, img->file_size, false, visit, NULL);
 }

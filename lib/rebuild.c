@@ -14,10 +14,11 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "bitmaps.h"
+#include "metamap.h"
 #include "byteorder.h"
 #include "cleanup.h"
 #include "commit.h"
@@ -30,17 +31,20 @@
 #include "rebuild.h"
 #include "refcount.h"
 #include "state.h"
+#include "walk.h"
 
 struct counts {
   uint16_t *v;                  /* expected refcount of each cluster */
   uint64_t n;                   /* clusters in the file */
 };
 
+/* A reference that names no place in the file: the image is corrupt. */
 static int
 bad (struct qcow2_image *img, const char *what, uint64_t offset)
 {
-  qerror ("%s: rebuilding refcounts: %s at 0x%" PRIx64 " lies outside the "
-          "file or is misaligned", img->file->name, what, offset);
+  qerror ("%s: corrupt image: rebuilding refcounts: %s 0x%" PRIx64
+          " lies outside the file or is misaligned: repair it with "
+          "qemu-img check -r all", img->file->name, what, offset);
   errno = EIO;
   return -1;
 }
@@ -90,83 +94,35 @@ count_l2 (struct qcow2_image *img, struct counts *c, uint64_t l2)
     return -1;
   for (uint64_t i = 0; i < h->cluster_size; i += h->l2_entry_size) {
     uint64_t e = get_be64 (t + i), first, n;
+    bool compressed = qcow2_entry_type (img, e) == ENTRY_COMPRESSED;
+    char what[80];
 
     qcow2_entry_clusters (img, e, &first, &n);
     if (n == 0)
       continue;
-    if (qcow2_entry_type (img, e) == ENTRY_COMPRESSED) {
-      if (add (img, c, first, n * h->cluster_size, "compressed data") == -1)
-        return -1;
-    }
-    else if (!IS_ALIGNED (first, h->cluster_size) ||
-             add (img, c, first, h->cluster_size, "a data cluster") == -1)
-      return bad (img, "a data cluster", first);
+    snprintf (what, sizeof what, "L2 table 0x%" PRIx64 ": entry %" PRIu64
+              ": %s", l2, i / h->l2_entry_size,
+              compressed ? "compressed data" : "data cluster");
+    if (!compressed && !IS_ALIGNED (first, h->cluster_size))
+      return bad (img, what, first);
+    if (add (img, c, first, n * h->cluster_size, what) == -1)
+      return -1;
   }
   return 0;
 }
 
+/* One reference to a region of metadata (walk.c), and for an L2 table
+ * the data it maps. */
 static int
-count_l1 (struct qcow2_image *img, struct counts *c, uint64_t l1,
-          uint32_t l1_size)
+count (struct qcow2_image *img, void *opaque, enum meta_kind kind,
+       uint64_t offset, uint64_t len)
 {
-  const uint64_t cs = img->hdr.cluster_size;
-  CLEANUP_FREE uint8_t *t = NULL;
+  struct counts *c = opaque;
 
-  if (add (img, c, l1, (uint64_t) l1_size * 8, "an L1 table") == -1 ||
-      read_table (img, l1, (uint64_t) l1_size * 8, &t) == -1)
+  if (add (img, c, offset, len, qcow2_meta_kind_name (kind)) == -1)
     return -1;
-  for (uint32_t i = 0; i < l1_size; i++) {
-    uint64_t l2 = get_be64 (t + 8 * i) & L1E_OFFSET_MASK;
-
-    if (l2 == 0)
-      continue;
-    if (!IS_ALIGNED (l2, cs) || add (img, c, l2, cs, "an L2 table") == -1 ||
-        count_l2 (img, c, l2) == -1)
-      return bad (img, "an L2 table", l2);
-  }
-  return 0;
-}
-
-static int
-count_snapshots (struct qcow2_image *img, struct counts *c)
-{
-  /* snapshot.c validated the table at open. */
-  for (uint32_t i = 0; i < img->hdr.nb_snapshots; i++)
-    if (count_l1 (img, c, img->snapshots[i].l1_offset,
-                  img->snapshots[i].l1_size) == -1)
-      return -1;
-  return add (img, c, img->hdr.snapshots_offset, img->snapshot_table_bytes,
-              "the snapshot table");
-}
-
-static int
-count_bitmaps (struct qcow2_image *img, struct counts *c)
-{
-  const struct qcow2_header *h = &img->hdr;
-  CLEANUP_FREE uint8_t *dir = NULL;
-  CLEANUP_FREE struct qcow2_bitmap *bitmaps = NULL;
-  int n = qcow2_bitmaps_read (img, &dir, &bitmaps);
-
-  if (n < 0)
-    return -1;
-  if (n > 0 && add (img, c, h->bitmap_directory_offset,
-                    h->bitmap_directory_size, "the bitmap directory") == -1)
-    return -1;
-  for (int i = 0; i < n; i++) {
-    CLEANUP_FREE uint8_t *t = NULL;
-    uint64_t table = bitmaps[i].table_offset;
-    uint64_t size = bitmaps[i].table_size;
-
-    if (add (img, c, table, size * 8, "a bitmap table") == -1 ||
-        read_table (img, table, size * 8, &t) == -1)
-      return -1;
-    for (uint64_t k = 0; k < size; k++) {
-      uint64_t data = get_be64 (t + 8 * k) & QCOW2_BITMAP_TABLE_OFFSET_MASK;
-
-      if (data && add (img, c, data, h->cluster_size, "bitmap data") == -1)
-        return -1;
-    }
-  }
+  if (kind == META_L2 || kind == META_SNAPSHOT_L2)
+    return count_l2 (img, c, offset);
   return 0;
 }
 
@@ -229,38 +185,36 @@ fix_copied_l2 (struct qcow2_image *img, uint32_t i)
   return 0;
 }
 
+uint16_t *
+qcow2_recount (struct qcow2_image *img, uint64_t file_end)
+{
+  struct counts c;
+
+  c.n = DIV_ROUND_UP (file_end, img->hdr.cluster_size);
+  c.v = calloc (c.n ? c.n : 1, sizeof *c.v);
+  if (c.v == NULL) {
+    qerror ("%s: rebuilding refcounts: calloc: %m", img->file->name);
+    return NULL;
+  }
+  if (qcow2_walk_metadata (img, file_end, true, count, &c) == -1) {
+    free (c.v);
+    return NULL;
+  }
+  return c.v;
+}
+
 int
-qcow2_rebuild_refcounts (struct qcow2_image *img, uint64_t file_end)
+qcow2_rebuild_refcounts (struct qcow2_image *img, const uint16_t *counts,
+                         uint64_t file_end)
 {
   const struct qcow2_header *h = &img->hdr;
   const uint64_t cs = h->cluster_size;
-  struct counts c;
+  const uint64_t n = DIV_ROUND_UP (file_end, cs);
   int r = 0;
 
   /* During the set-up: no writer runs beside it (session.c). */
   assert (qcow2_state (img) == SESSION_READY);
   ASSERT_JOURNAL_SET_UP (img);
-  c.n = DIV_ROUND_UP (file_end, cs);
-  c.v = calloc (c.n ? c.n : 1, sizeof *c.v);
-  if (c.v == NULL) {
-    qerror ("%s: rebuilding refcounts: calloc: %m", img->file->name);
-    return -1;
-  }
-  if (add (img, &c, 0, cs, "the header") == -1 ||
-      count_l1 (img, &c, h->l1_table_offset, h->l1_size) == -1 ||
-      count_snapshots (img, &c) == -1 ||
-      count_bitmaps (img, &c) == -1 ||
-      add (img, &c, h->refcount_table_offset,
-           (uint64_t) h->refcount_table_clusters * cs,
-           "the refcount table") == -1)
-    goto fail;
-  for (uint64_t i = 0; i < img->reftable_entries; i++) {
-    uint64_t rb = img->reftable[i] & REFT_OFFSET_MASK;
-
-    if (rb && (!IS_ALIGNED (rb, cs) ||
-               add (img, &c, rb, cs, "a refcount block") == -1))
-      goto fail;
-  }
 
   /* Set what differs, committing as transactions grow.  If the refcount
    * table has to move meanwhile, its old clusters are free. */
@@ -268,8 +222,8 @@ qcow2_rebuild_refcounts (struct qcow2_image *img, uint64_t file_end)
   const uint64_t old_table = h->refcount_table_offset;
   const uint64_t old_table_end = old_table +
     (uint64_t) h->refcount_table_clusters * cs;
-  for (uint64_t i = 0; i < c.n && r == 0; i++) {
-    uint64_t rc, want = c.v[i];
+  for (uint64_t i = 0; i < n && r == 0; i++) {
+    uint64_t rc, want = counts[i];
 
     if (h->refcount_table_offset != old_table &&
         i * cs >= old_table && i * cs < old_table_end)
@@ -288,10 +242,5 @@ qcow2_rebuild_refcounts (struct qcow2_image *img, uint64_t file_end)
   qcow2_meta_unlock (img);
   if (r == 0)
     r = fix_copied (img);
-  free (c.v);
   return r;
-
- fail:
-  free (c.v);
-  return -1;
 }

@@ -334,12 +334,13 @@ place_journal (struct qcow2_image *img, uint64_t *jarea, uint64_t *jsize)
  * QEMU's bit.  A crash on the way leaves the bit set, and the rebuild
  * runs again. */
 static int
-rebuild_stale_refcounts (struct qcow2_image *img, uint64_t old_end)
+rebuild_stale_refcounts (struct qcow2_image *img, const uint16_t *counts,
+                         uint64_t old_end)
 {
   bool covered;
 
   qdebug ("%s: rebuilding refcounts left stale by QEMU", img->file->name);
-  if (qcow2_rebuild_refcounts (img, old_end) == -1 ||
+  if (qcow2_rebuild_refcounts (img, counts, old_end) == -1 ||
       qcow2_commit (img, &covered) == -1 ||
       qcow2_checkpoint (img) == -1)
     return -1;
@@ -352,20 +353,23 @@ set_up (struct qcow2_image *img)
 {
   const uint64_t cs = img->hdr.cluster_size;
   uint64_t jsize, jarea, jid, old_end, alloc_start;
+  CLEANUP_FREE uint16_t *counts = NULL;
   bool stale_refcounts;
 
   if (qcow2_refcounts_load (img) == -1)
     return -1;
   if (qcow2_journal_dirty (img) && replay (img) == -1)
     return -1;
-  if (qcow2_bitmaps_mark_in_use (img) == -1 ||
-      qcow2_metamap_build (img) == -1)
-    return -1;
-  /* QEMU's dirty bit: refcounts lag (lazy refcounts); rebuilt below,
-   * once the journal exists.  Until then nothing may trust them, not
-   * even to reuse an old journal area. */
+  /* QEMU's dirty bit: refcounts lag (lazy refcounts); counted here,
+   * before anything is written, and set below, once the journal exists.
+   * Until then nothing may trust them, not even to reuse an old journal
+   * area.  Whatever these walks refuse, the image is left as it was. */
   stale_refcounts = img->hdr.incompatible_features & QCOW2_INCOMPAT_DIRTY;
   old_end = img->file_size;
+  if (qcow2_metamap_build (img) == -1 ||
+      (stale_refcounts && (counts = qcow2_recount (img, old_end)) == NULL) ||
+      qcow2_bitmaps_mark_in_use (img) == -1)
+    return -1;
 
   /* Free space, unless the refcounts cannot be trusted yet: then only
    * space past the end of the file, until they are rebuilt. */
@@ -423,7 +427,7 @@ set_up (struct qcow2_image *img)
   img->ring_high_water = journal_ring_size (img->journal) / 2;
   __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
   if (stale_refcounts &&
-      (rebuild_stale_refcounts (img, old_end) == -1 ||
+      (rebuild_stale_refcounts (img, counts, old_end) == -1 ||
        learn_free_space (img) == -1))
     return -1;
   return 0;
