@@ -112,7 +112,10 @@ check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
       return refuse (j, seq, "reserved header byte %d is not zero", i);
   if (flags & QJ_TX_FLAG_SKIP) {
     if (payload != QJ_TX_HEADER || nr_records != 0 || min_file != 0)
-      return refuse (j, seq, "malformed SKIP filler");
+      return refuse (j, seq, "SKIP filler with payload %" PRIu32
+                     ", nr_records %" PRIu32 ", min_file_size %" PRIu64
+                     " (must be %d, 0, 0)", payload, nr_records, min_file,
+                     QJ_TX_HEADER);
     return 0;
   }
   if (min_file % 512 != 0 || min_file > QJ_MAX_TARGET)
@@ -123,7 +126,8 @@ check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
     uint32_t rlen;
 
     if (len < QJ_REC_HEADER)
-      return refuse (j, seq, "truncated record header");
+      return refuse (j, seq, "record %" PRIu32 ": header truncated (%"
+                     PRIu32 " bytes left of the payload)", n, len);
     type = get_be16 (p);
     rflags = get_be16 (p + 2);
     rlen = get_be32 (p + 4);
@@ -161,7 +165,8 @@ check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
       uint64_t off, count;
 
       if (rlen < QJ_REC_HEADER + 16)
-        return refuse (j, seq, "record %" PRIu32 " (write) is too short", n);
+        return refuse (j, seq, "record %" PRIu32 " (write) has length %"
+                       PRIu32 " (at least %d)", n, rlen, QJ_REC_HEADER + 16);
       off = get_be64 (p + 8);
       count = get_be32 (p + 16);
       if (count == 0 || get_be32 (p + 20) != 0 ||
@@ -171,7 +176,7 @@ check_transaction (const struct journal *j, uint64_t seq, const uint8_t *tx,
       for (uint32_t i = 24 + count; i < rlen; i++)
         if (p[i] != 0)
           return refuse (j, seq, "record %" PRIu32 " (write) has non-zero "
-                         "padding", n);
+                         "padding byte 0x%02x at %" PRIu32, n, p[i], i);
       if (!target_ok (j, off, count, min_file))
         return refuse (j, seq, "record %" PRIu32 " (write): target 0x%"
                        PRIx64 "+%" PRIu64 " is out of bounds", n, off, count);
