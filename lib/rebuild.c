@@ -18,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "metamap.h"
 #include "byteorder.h"
 #include "cleanup.h"
 #include "commit.h"
@@ -27,6 +26,7 @@
 #include "l2.h"
 #include "log.h"
 #include "metadata.h"
+#include "metamap.h"
 #include "minmax.h"
 #include "rebuild.h"
 #include "refcount.h"
