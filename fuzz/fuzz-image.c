@@ -1331,11 +1331,11 @@ check_change (struct fz_io *m, struct oracle *o, const char *op,
            PRIx64 " (metadata at open) from 0x%02x to 0x%02x", op, offset,
            count, x, mkind_name[o->kind[x / o->cs]], cluster, old, new);
   if (*what != '\0')
-    fprintf (stderr, ": %s, which only the journal or nobody may change "
-             "(rule a)\n", what);
+    fprintf (stderr, ": in %s, where no write outside the journal may make "
+             "that change (rule a)\n", what);
   else if (o->jsize == 0)
-    fprintf (stderr, ": not a byte the header writes may change, and no "
-             "journal to justify it: %s (rule c)\n", o->why);
+    fprintf (stderr, ": no journal record can justify it: %s (rule c)\n",
+             o->why);
   else
     fprintf (stderr, ": no record of the journal at 0x%" PRIx64 "+0x%"
              PRIx64 " (%" PRIu64 " valid transactions from seq %" PRIu64
