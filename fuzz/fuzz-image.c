@@ -1174,6 +1174,8 @@ decode_journal (struct fz_io *m, struct oracle *o)
   }
   if (area + jsize > m->size)
     memset (m->data + m->size, 0, area + jsize - m->size);
+  o->jarea = area;
+  o->jsize = jsize;
   for (int i = 0; i < 2; i++)
     ok[i] = sb_valid (data + area + 4096 * i, id, jsize, &g[i], &hd[i],
                       &hs[i]);
@@ -1187,8 +1189,6 @@ decode_journal (struct fz_io *m, struct oracle *o)
                 "differ", g[0]);
     return;
   }
-  o->jarea = area;
-  o->jsize = jsize;
   best = !ok[0] || (ok[1] && g[1] > g[0]);
   off = hd[best];
   seq = o->head_seq = hs[best];
@@ -1339,7 +1339,7 @@ check_change (struct fz_io *m, struct oracle *o, const char *op,
   else
     fprintf (stderr, ": no record of the journal at 0x%" PRIx64 "+0x%"
              PRIx64 " (%" PRIu64 " valid transactions from seq %" PRIu64
-             ", %zu target ranges; then %s) sets it to that value "
+             ", %zu target ranges; %s) sets it to that value "
              "(rule c)\n", o->jarea, o->jsize, o->n_tx, o->head_seq,
              o->n_rec, o->why);
   abort ();
@@ -1374,13 +1374,14 @@ check_range (struct fz_io *m, const char *op, const uint8_t *buf,
   }
 }
 
-/* Has lib changed the file where the decoded journal lies? */
+/* Has lib changed the file where the decoded journal lies (or written
+ * anything while none was found)? */
 static void
 invalidate (struct oracle *o, uint64_t offset, uint64_t count)
 {
-  if (offset < o->cs ||
-      (o->jsize && offset < o->jarea + o->jsize &&
-       o->jarea < offset + count))
+  if (o->jsize == 0 || offset < o->cs ||
+      (offset < o->jarea + o->jsize &&
+       (o->jarea <= offset || o->jarea - offset < count)))
     o->decoded = false;
 }
 
@@ -1426,7 +1427,8 @@ static void
 oracle_punch (struct fz_io *m, uint64_t offset, uint64_t count)
 {
   struct oracle *o = m->oracle;
-  uint64_t end = offset + count < m->size ? offset + count : m->size;
+  uint64_t end = offset < m->size && count < m->size - offset
+    ? offset + count : m->size;
 
   for (uint64_t c = offset / o->cs; offset < end && c < o->nclusters &&
          c <= (end - 1) / o->cs; c++) {
