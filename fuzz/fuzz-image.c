@@ -12,17 +12,28 @@
  * 2. opens a copy writable, runs qcow2_make_writable (replaying a dirty
  *    journal, rebuilding stale refcounts), then a few writes, zeroes,
  *    trims, reads and flushes derived from the input's last bytes, and
- *    closes it;
+ *    closes it.  Throughout, from before the open to the close, the
+ *    metadata oracle checks every change lib makes to the file: each
+ *    changed byte of a cluster that held metadata at open (header, L1
+ *    and L2 tables, refcount table and blocks, snapshot table and the
+ *    snapshots' L1 and L2 tables, bitmap directory, tables and data, as
+ *    walk_metadata finds them in the input, independently of lib) must
+ *    be a header byte the DIRTY protocol or the header writes change, in
+ *    a cluster punched whole before, set by a valid record of the
+ *    journal the file holds at that moment (decoded here, not by lib),
+ *    or a bitmap's "in use" flag; and the journal area lib places must
+ *    not overlap that metadata (rules (a)-(d), in detail where "The
+ *    metadata oracle of the write passes" begins, below);
  * 3. after a clean close, reopens the result read-only: it must open
  *    (lib wrote it) with no dirty journal, and reads; and checks two
  *    oracles: every byte the requests of pass 2 wrote or zeroed (in the
  *    first WRITE_WINDOW bytes of the disk) reads back as written, and no
- *    sector of the image's metadata (header, L1 and L2 tables, refcount
- *    table and blocks, found by a walk of the file written here, not by
- *    lib) starts with the tag every written guest sector starts with: a
- *    guest write never lands on metadata;
- * 4. replays the copy taken after the last flush, as if the power had
- *    been cut there, and closes that.
+ *    sector of the image's metadata (all walk_metadata finds in the
+ *    result) starts with the tag every written guest sector starts with:
+ *    a guest write never lands on metadata;
+ * 4. replays the copy taken after the first successful flush of pass 2,
+ *    as if the power had been cut there, and closes that, under the
+ *    metadata oracle of pass 2 (its metadata at open: the copy's).
  *
  * Work is bounded: the host file cannot grow past MAX_FILE (writes past
  * it fail with ENOSPC), the L2 cache is small, reads and writes touch at
@@ -44,6 +55,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "crc32c.h"
 #include "hostio.h"
 #include "image.h"
 #include "log.h"
@@ -93,7 +105,19 @@ struct fz_io {
   uint64_t size;
   bool read_only;               /* any change is a bug (abort) */
   bool closed;                  /* lib closed it; the harness frees it */
+  struct oracle *oracle;        /* pass 2: every change is checked */
 };
+
+/* The metadata oracle of the write passes (below): each hook sees a
+ * change before it is made, or (after_write) just after. */
+struct oracle;
+static void oracle_write (struct fz_io *m, const uint8_t *buf,
+                          uint64_t count, uint64_t offset);
+static void oracle_after_write (struct fz_io *m, uint64_t count,
+                                uint64_t offset);
+static void oracle_punch (struct fz_io *m, uint64_t offset, uint64_t count);
+static void oracle_truncate (struct fz_io *m, uint64_t size);
+static void oracle_free (struct oracle *o);
 
 static int
 fz_pread (struct hostio *io, void *buf, size_t count, uint64_t offset)
@@ -178,9 +202,13 @@ fz_pwrite (struct hostio *io, const void *buf, size_t count, uint64_t offset)
 
   if (fz_room (m, offset, count) == -1)
     return -1;
+  if (m->oracle)
+    oracle_write (m, buf, count, offset);
   if (fz_grow (m, offset + count) == -1)
     return -1;
   memcpy (m->data + offset, buf, count);
+  if (m->oracle)
+    oracle_after_write (m, count, offset);
   return 0;
 }
 
@@ -201,6 +229,8 @@ fz_punch (struct hostio *io, uint64_t offset, uint64_t count)
   FUZZ_ASSERT (!m->closed);
   FUZZ_ASSERT (!m->read_only);
   trace ("host punch 0x%" PRIx64 "+0x%" PRIx64, offset, count);
+  if (m->oracle)
+    oracle_punch (m, offset, count);
   if (offset < m->size) {
     if (count > m->size - offset)
       count = m->size - offset;
@@ -220,6 +250,8 @@ fz_truncate (struct hostio *io, uint64_t size)
     errno = EFBIG;
     return -1;
   }
+  if (m->oracle)
+    oracle_truncate (m, size);
   if (size < m->size)
     m->size = size;
   return fz_grow (m, size);
@@ -292,6 +324,7 @@ static void
 fz_free (struct fz_io *m)
 {
   FUZZ_ASSERT (m->closed);
+  oracle_free (m->oracle);
   buf_put (m->data);
   free (m->io.name);
   free (m);
@@ -573,6 +606,856 @@ exercise_writes (struct qcow2_image *img, uint64_t *rng, struct fz_io *io,
   read_chunk (img, 0, vsize < READ_CHUNK ? vsize : READ_CHUNK);
 }
 
+/* The image's metadata, walked in the file ------------------------------
+ *
+ * Independently of lib: from the qcow2 specification, on the bytes of
+ * the file, every table bounded by the file's size.  What is malformed
+ * (the image is mutated) is skipped, not guessed at: a structure lib
+ * refuses to use is no metadata it could be expected to keep.  One walk
+ * serves both metadata oracles: the write passes' (which clusters held
+ * metadata at open) and pass 3's (no guest data in the metadata a clean
+ * close left). */
+
+static uint64_t
+be (const uint8_t *p, unsigned n)
+{
+  uint64_t v = 0;
+
+  for (unsigned i = 0; i < n; i++)
+    v = v << 8 | p[i];
+  return v;
+}
+
+enum mkind {
+  MK_NONE, MK_HEADER, MK_L1, MK_L2, MK_REFTABLE, MK_REFBLOCK,
+  MK_SNAPTABLE, MK_SNAP_L1, MK_SNAP_L2, MK_BITMAP_DIR, MK_BITMAP_TABLE,
+  MK_BITMAP_DATA,
+  MK_BITMAP_FLAGS,              /* no structure: the 4-byte flags word of
+                                   a bitmap directory entry */
+};
+
+static const char *const mkind_name[] = {
+  [MK_NONE] = "(no metadata)", [MK_HEADER] = "header cluster",
+  [MK_L1] = "L1 table", [MK_L2] = "L2 table",
+  [MK_REFTABLE] = "refcount table", [MK_REFBLOCK] = "refcount block",
+  [MK_SNAPTABLE] = "snapshot table", [MK_SNAP_L1] = "snapshot's L1 table",
+  [MK_SNAP_L2] = "snapshot's L2 table",
+  [MK_BITMAP_DIR] = "bitmap directory", [MK_BITMAP_TABLE] = "bitmap table",
+  [MK_BITMAP_DATA] = "bitmap data cluster",
+  [MK_BITMAP_FLAGS] = "bitmap directory entry's flags",
+};
+
+#define QCOW_MAGIC 0x514649fbU
+#define EXT_BITMAPS 0x23852875U
+#define EXT_Q2JL 0x51324a4cU
+#define OFFSET_MASK 0x00fffffffffffe00ULL       /* L1, L2, bitmap tables */
+#define AUTOCLEAR_BITMAPS (1ULL << 0)
+#define AUTOCLEAR_VALID (1ULL << 60)
+#define INCOMPAT_QEMU_DIRTY (1ULL << 0)
+#define INCOMPAT_CORRUPT (1ULL << 1)
+#define INCOMPAT_DIRTY (1ULL << 60)
+
+/* What the header cluster says, as far as the oracles need it. */
+struct hdr {
+  uint64_t cs;
+  unsigned version;
+  uint64_t backing;             /* backing_file_offset */
+  uint64_t autoclear;
+  uint64_t ext_end;             /* the end marker, or the end of the
+                                   extension area without one */
+  unsigned n_q2jl;              /* Q2JL extensions, of any length */
+  uint64_t q2jl;                /* data bytes of the last one of 32 bytes */
+  uint64_t bitmaps;             /* data bytes of the bitmaps extension
+                                   (of 24 bytes), or 0 */
+};
+
+/* Parse the header at data; calls each_ext for each header extension
+ * (its type, length and where its data bytes are).  False if it is no qcow2
+ * header with a usable cluster size. */
+static bool
+parse_header (const uint8_t *data, uint64_t size, struct hdr *h,
+              void (*each_ext) (void *opaque, uint32_t type, uint32_t len,
+                                uint64_t pos),
+              void *opaque)
+{
+  unsigned bits;
+  uint64_t len, pos, area_end;
+
+  memset (h, 0, sizeof *h);
+  if (size < 104 || be (data, 4) != QCOW_MAGIC)
+    return false;
+  h->version = be (data + 4, 4);
+  bits = be (data + 20, 4);
+  if ((h->version != 2 && h->version != 3) || bits < 9 || bits > 21)
+    return false;
+  h->cs = 1ULL << bits;
+  h->backing = be (data + 8, 8);
+  h->autoclear = h->version == 3 ? be (data + 88, 8) : 0;
+  h->ext_end = h->cs;
+  if (h->version == 2)
+    return true;                /* no extensions that lib would parse */
+
+  /* Extensions, from header_length up to the backing file name (or the
+   * end of the cluster), until the end marker. */
+  len = be (data + 100, 4);
+  if (len < 104 || len % 8 != 0 || len > h->cs)
+    return true;
+  area_end = h->backing > len && h->backing <= h->cs ? h->backing : h->cs;
+  h->ext_end = area_end;
+  for (pos = len; pos + 8 <= area_end && pos + 8 <= size; ) {
+    uint32_t type = be (data + pos, 4), elen = be (data + pos + 4, 4);
+
+    if (type == 0) {
+      h->ext_end = pos;
+      break;
+    }
+    if (elen > area_end - pos - 8 || elen > size - pos - 8)
+      break;                    /* malformed: lib refuses the header */
+    if (type == EXT_Q2JL) {
+      h->n_q2jl++;
+      if (elen == 32)
+        h->q2jl = pos + 8;
+    }
+    if (type == EXT_BITMAPS && elen == 24)
+      h->bitmaps = pos + 8;
+    if (each_ext)
+      each_ext (opaque, type, elen, pos + 8);
+    pos += 8 + ((uint64_t) elen + 7) / 8 * 8;
+  }
+  return true;
+}
+
+typedef void meta_fn (void *opaque, enum mkind kind, uint64_t offset,
+                      uint64_t len);
+
+struct walk {
+  const uint8_t *data;
+  uint64_t size, cs;
+  uint64_t budget;              /* table entries left to read: with
+                                   snapshots sharing tables the walk
+                                   could otherwise take long */
+  meta_fn *fn;
+  void *opaque;
+};
+
+/* Report [offset, offset+len), cut to the file. */
+static void
+emit (struct walk *w, enum mkind kind, uint64_t offset, uint64_t len)
+{
+  if (offset >= w->size || len == 0)
+    return;
+  if (len > w->size - offset)
+    len = w->size - offset;
+  w->fn (w->opaque, kind, offset, len);
+}
+
+/* A table of n 8-byte entries at offset: cluster aligned, not in the
+ * header cluster, inside the file?  (Else malformed, and skipped.) */
+static bool
+table_ok (const struct walk *w, uint64_t offset, uint64_t n)
+{
+  return offset != 0 && offset % w->cs == 0 && offset < w->size &&
+    n <= (w->size - offset) / 8;
+}
+
+/* The table of n entries at offset, and the clusters of size len its
+ * entries name (entry & mask; the entry's flag bits left out). */
+static void
+walk_table (struct walk *w, uint64_t offset, uint64_t n, uint64_t mask,
+            enum mkind kind, enum mkind named)
+{
+  if (!table_ok (w, offset, n))
+    return;
+  emit (w, kind, offset, n * 8);
+  for (uint64_t i = 0; i < n && w->budget > 0; i++, w->budget--) {
+    uint64_t c = be (w->data + offset + 8 * i, 8) & mask;
+
+    if (c != 0 && c % w->cs == 0)
+      emit (w, named, c, w->cs);
+  }
+}
+
+/* The snapshot table (n entries at offset): each entry 40 bytes, then
+ * extra data, id and name, padded to 8; each snapshot's L1 table and
+ * the L2 tables it names. */
+static void
+walk_snapshots (struct walk *w, uint64_t offset, uint64_t n)
+{
+  uint64_t pos = offset;
+
+  if (n == 0 || offset == 0 || offset % w->cs != 0 || offset >= w->size)
+    return;
+  for (uint64_t i = 0; i < n; i++) {
+    const uint8_t *e = w->data + pos;
+    uint64_t len;
+
+    if (w->size - pos < 40)
+      break;
+    len = 40 + be (e + 36, 4) + be (e + 12, 2) + be (e + 14, 2);
+    len = (len + 7) / 8 * 8;
+    if (len > w->size - pos)
+      break;
+    walk_table (w, be (e, 8), be (e + 8, 4), OFFSET_MASK, MK_SNAP_L1,
+                MK_SNAP_L2);
+    pos += len;
+  }
+  emit (w, MK_SNAPTABLE, offset, pos - offset);
+}
+
+/* The bitmap directory (extension data bytes at ext): each entry 24
+ * bytes, then extra data and name, padded to 8; each bitmap's table and
+ * the data clusters it names.  Only while autoclear bit 0 says the
+ * extension is consistent (otherwise QEMU ignores it, and so does lib). */
+static void
+walk_bitmaps (struct walk *w, const struct hdr *h)
+{
+  const uint8_t *x = w->data + h->bitmaps;
+  uint64_t n, dsize, doff, pos = 0;
+
+  if (h->bitmaps == 0 || !(h->autoclear & AUTOCLEAR_BITMAPS))
+    return;
+  n = be (x, 4);
+  dsize = be (x + 8, 8);
+  doff = be (x + 16, 8);
+  if (n == 0 || doff == 0 || doff % w->cs != 0 || doff >= w->size ||
+      dsize > w->size - doff)
+    return;
+  emit (w, MK_BITMAP_DIR, doff, dsize);
+  for (uint64_t i = 0; i < n; i++) {
+    const uint8_t *e = w->data + doff + pos;
+    uint64_t len;
+
+    if (dsize - pos < 24)
+      break;
+    len = 24 + be (e + 20, 4) + be (e + 18, 2);
+    if (len > dsize - pos)
+      break;
+    emit (w, MK_BITMAP_FLAGS, doff + pos + 12, 4);
+    walk_table (w, be (e, 8), be (e + 8, 4), OFFSET_MASK, MK_BITMAP_TABLE,
+                MK_BITMAP_DATA);
+    pos += (len + 7) / 8 * 8;
+  }
+}
+
+/* Report every metadata structure of the image in data to fn: header
+ * cluster, L1 table and its L2 tables, refcount table and its blocks,
+ * snapshot table and each snapshot's L1 and L2 tables, bitmap
+ * directory, tables and data clusters. */
+static void
+walk_metadata (const uint8_t *data, uint64_t size, meta_fn *fn,
+               void *opaque)
+{
+  struct hdr h;
+  struct walk w = {
+    .data = data, .size = size, .budget = 1 << 22, .fn = fn,
+    .opaque = opaque,
+  };
+
+  if (!parse_header (data, size, &h, NULL, NULL))
+    return;
+  w.cs = h.cs;
+  emit (&w, MK_HEADER, 0, h.cs);
+  walk_table (&w, be (data + 40, 8), be (data + 36, 4), OFFSET_MASK,
+              MK_L1, MK_L2);
+  walk_table (&w, be (data + 48, 8), be (data + 56, 4) * h.cs / 8,
+              ~(uint64_t) 511, MK_REFTABLE, MK_REFBLOCK);
+  walk_snapshots (&w, be (data + 64, 8), be (data + 60, 4));
+  walk_bitmaps (&w, &h);
+}
+
+/* The metadata oracle of the write passes ---------------------------------
+ *
+ * Before lib opens the file writable, the walk above records which
+ * clusters held metadata.  Every change lib then makes to the file (a
+ * pwrite, a punch, a truncation), byte by byte where the old and the new
+ * byte differ, must be one of:
+ *
+ * (a) in the header cluster, a byte that the DIRTY protocol and the
+ *     header writes outside the journal change (docs/journal-format.md
+ *     2.3, 3.3, 12.1 O4, 12.2 C5; lib/dirty.c, lib/header-write.c):
+ *     bits 60 (DIRTY, set and cleared), 0 (QEMU's dirty bit, cleared
+ *     after a refcount rebuild) and 1 (corrupt, set) of the incompatible
+ *     features word; bit 60 (VALID) of the autoclear word; the data
+ *     bytes of a Q2JL extension present at open; anything from the end
+ *     of the extensions at open to the end of the cluster (the Q2JL and
+ *     feature name table added, a new end marker, a moved backing file
+ *     name); and backing_file_offset if the image had a backing file
+ *     name (moved out of the additions' way).  Header bytes 24-71 follow
+ *     (c), like any journalled metadata; no other header byte may change;
+ * (b) a whole cluster punched (not cluster 0): the checkpoint punches
+ *     freed clusters before they are reused (10.2 step 5), after which
+ *     the cluster is no longer the open-time metadata this oracle keeps;
+ * (c) the value a valid record of the journal now in the file gives that
+ *     byte (0 for ZERO): the journal decoded here from the Q2JL extension,
+ *     superblocks and chain of the file's current bytes, independently of
+ *     lib's journal code (lib's crc32c is the only part used).  A
+ *     checkpoint writes home while its records are still in the ring,
+ *     and a replay before it moves the head, so "a record of the chain
+ *     from the head" is the rule;
+ * (d) bit 0 ("in use") of a bitmap directory entry's flags, set: lib
+ *     marks every persistent bitmap in use in place, outside the journal,
+ *     before its first write (lib/bitmaps.c), as QEMU leaves them after
+ *     an unclean stop.
+ *
+ * And the journal area lib places (a Q2JL lib writes, with a non-zero
+ * id) overlaps no open-time metadata cluster that is still one.  A
+ * violation prints what and where and aborts.  What lib writes into
+ * clusters that held no metadata at open (new tables, data, the journal)
+ * is not this oracle's business. */
+
+/* A byte range a record of the journal sets: to the bytes at src in the
+ * file, or to zeroes (src == ZERO_SRC). */
+struct rec {
+  uint64_t start, len, src;
+};
+#define ZERO_SRC UINT64_MAX
+
+struct oracle {
+  uint64_t cs, nclusters;
+  uint8_t *kind;                /* enum mkind of each cluster at open, or
+                                   MK_NONE (none, or punched since) */
+  uint64_t backing;             /* backing_file_offset at open */
+  uint64_t ext_end;             /* struct hdr's, at open */
+  uint64_t *q2jl;               /* data bytes of the Q2JL extensions of 32
+                                   bytes at open */
+  size_t n_q2jl;
+  uint64_t *flags;              /* bitmap entries' flags words at open */
+  size_t n_flags;
+  uint64_t area, area_size, area_id;    /* the Q2JL as last seen */
+
+  /* The journal in the file, decoded when a change needs it, and again
+   * after lib writes cluster 0 or the area. */
+  bool decoded;
+  uint64_t jarea, jsize;        /* the area decoded (jsize 0: none) */
+  uint64_t head_seq, n_tx;      /* the chain: from head_seq, n_tx long */
+  struct rec *rec;              /* sorted by start */
+  uint64_t *maxend;             /* of rec[0..i] */
+  size_t n_rec, cap_rec;
+  char why[200];                /* why there is no (longer a) chain */
+  uint64_t by_rule[4];          /* changed bytes each rule allowed (the
+                                   verbose trace says how many) */
+};
+
+static void *
+xrealloc (void *p, size_t n)
+{
+  p = realloc (p, n ? n : 1);
+  if (p == NULL)
+    abort ();
+  return p;
+}
+
+static void
+mark_open_meta (void *opaque, enum mkind kind, uint64_t offset, uint64_t len)
+{
+  struct oracle *o = opaque;
+
+  if (kind == MK_BITMAP_FLAGS) {
+    o->flags = xrealloc (o->flags, (o->n_flags + 1) * sizeof *o->flags);
+    o->flags[o->n_flags++] = offset;
+    return;
+  }
+  for (uint64_t c = offset / o->cs; c <= (offset + len - 1) / o->cs &&
+         c < o->nclusters; c++)
+    if (o->kind[c] == MK_NONE)
+      o->kind[c] = kind;
+}
+
+static void
+note_q2jl (void *opaque, uint32_t type, uint32_t len, uint64_t pos)
+{
+  struct oracle *o = opaque;
+
+  if (type == EXT_Q2JL && len == 32) {
+    o->q2jl = xrealloc (o->q2jl, (o->n_q2jl + 1) * sizeof *o->q2jl);
+    o->q2jl[o->n_q2jl++] = pos;
+  }
+}
+
+/* The Q2JL extension of the file, if it names a journal (one extension
+ * of 32 bytes, its CRC and version right, a non-zero id). */
+static bool
+q2jl_of (const struct hdr *h, const uint8_t *data, uint64_t *area,
+         uint64_t *size, uint64_t *id)
+{
+  const uint8_t *d = data + h->q2jl;
+
+  if (h->n_q2jl != 1 || h->q2jl == 0 ||
+      be (d + 28, 4) != crc32c (0, d, 28) || be (d + 24, 4) != 1)
+    return false;
+  *area = be (d, 8);
+  *size = be (d + 8, 8);
+  *id = be (d + 16, 8);
+  return *id != 0;
+}
+
+/* Record what data held at open.  NULL if it is no image lib could open
+ * writable (then there is nothing to keep). */
+static struct oracle *
+oracle_new (const uint8_t *data, uint64_t size)
+{
+  struct oracle *o;
+  struct hdr h;
+
+  if (!parse_header (data, size, &h, NULL, NULL))
+    return NULL;
+  o = calloc (1, sizeof *o);
+  if (o == NULL)
+    abort ();
+  o->cs = h.cs;
+  o->nclusters = (size + h.cs - 1) / h.cs;
+  o->kind = calloc (o->nclusters ? o->nclusters : 1, 1);
+  if (o->kind == NULL)
+    abort ();
+  o->backing = h.backing;
+  o->ext_end = h.ext_end;
+  parse_header (data, size, &h, note_q2jl, o);
+  if (!q2jl_of (&h, data, &o->area, &o->area_size, &o->area_id))
+    o->area = o->area_size = o->area_id = 0;
+  walk_metadata (data, size, mark_open_meta, o);
+  return o;
+}
+
+static void
+oracle_free (struct oracle *o)
+{
+  if (o == NULL)
+    return;
+  trace ("oracle: changed metadata bytes allowed by rule a %" PRIu64
+         ", c %" PRIu64 ", d %" PRIu64 "; clusters punched (b) %" PRIu64,
+         o->by_rule[0], o->by_rule[2], o->by_rule[3], o->by_rule[1]);
+  free (o->kind);
+  free (o->q2jl);
+  free (o->flags);
+  free (o->rec);
+  free (o->maxend);
+  free (o);
+}
+
+static void
+add_rec (struct oracle *o, uint64_t start, uint64_t len, uint64_t src)
+{
+  if (o->n_rec == o->cap_rec) {
+    o->cap_rec = o->cap_rec ? 2 * o->cap_rec : 256;
+    o->rec = xrealloc (o->rec, o->cap_rec * sizeof *o->rec);
+  }
+  o->rec[o->n_rec++] = (struct rec) { start, len, src };
+}
+
+static int
+compare_rec (const void *a, const void *b)
+{
+  const struct rec *x = a, *y = b;
+
+  return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* The records of the transaction at t (payload bytes, nr records) that
+ * lies at file offset at, into o->rec.  False if one is malformed
+ * (section 6.6: a reader refuses such a journal). */
+static bool
+decode_records (struct oracle *o, const uint8_t *t, uint64_t at,
+                uint64_t payload, uint64_t nr)
+{
+  uint64_t pos = 64;
+
+  for (uint64_t r = 0; r < nr; r++) {
+    const uint8_t *p = t + pos;
+    uint64_t type, len, n;
+
+    if (payload - pos < 8)
+      return false;
+    type = be (p, 2);
+    len = be (p + 4, 4);
+    if (be (p + 2, 2) != 0 || len < 8 || len % 8 != 0 || len > payload - pos)
+      return false;
+    switch (type) {
+    case 0:                                     /* PAD */
+      break;
+    case 1:                                     /* SET64 */
+    case 3:                                     /* ZERO */
+      if (len == 8 || (len - 8) % 16 != 0)
+        return false;
+      n = (len - 8) / 16;
+      for (uint64_t i = 0; i < n; i++) {
+        uint64_t off = be (p + 8 + 16 * i, 8);
+        uint64_t cnt = type == 1 ? 8 : be (p + 16 + 16 * i, 8);
+
+        if (off + cnt < off || cnt == 0)
+          return false;
+        add_rec (o, off, cnt, type == 1 ? at + pos + 16 + 16 * i : ZERO_SRC);
+      }
+      break;
+    case 2: {                                   /* WRITE */
+      uint64_t off, cnt;
+
+      if (len < 24)
+        return false;
+      off = be (p + 8, 8);
+      cnt = be (p + 16, 4);
+      if (cnt == 0 || len != 24 + (cnt + 7) / 8 * 8 || off + cnt < off)
+        return false;
+      add_rec (o, off, cnt, at + pos + 24);
+      break;
+    }
+    default:
+      return false;
+    }
+    pos += len;
+  }
+  return pos == payload;
+}
+
+/* Is the superblock at sb valid for the journal id of size jsize
+ * (section 4.3)?  Fills its generation, head and head_seq. */
+static bool
+sb_valid (const uint8_t *sb, uint64_t id, uint64_t jsize, uint64_t *gen,
+          uint64_t *head, uint64_t *head_seq)
+{
+  *gen = be (sb + 24, 8);
+  *head = be (sb + 40, 8);
+  *head_seq = be (sb + 48, 8);
+  return memcmp (sb, "qcow2jSB", 8) == 0 && be (sb + 8, 4) == 1 &&
+    be (sb + 12, 4) == 4096 && be (sb + 16, 8) == id && *gen != 0 &&
+    be (sb + 32, 8) == jsize && *head % 4096 == 0 && *head >= 8192 &&
+    *head < jsize && *head_seq >= 1 && be (sb + 56, 4) == 0 &&
+    be (sb + 60, 4) == crc32c (0, sb, 60);
+}
+
+static void __attribute__ ((format (printf, 2, 3)))
+no_journal (struct oracle *o, const char *fs, ...)
+{
+  va_list args;
+
+  va_start (args, fs);
+  vsnprintf (o->why, sizeof o->why, fs, args);
+  va_end (args);
+}
+
+/* Decode the journal the file holds now (sections 3, 4, 5, 6, 11.2):
+ * the records of its chain, from the newest superblock's head. */
+static void
+decode_journal (struct fz_io *m, struct oracle *o)
+{
+  static const uint8_t zero4[4];
+  const uint8_t *data = m->data;
+  struct hdr h;
+  uint64_t area, jsize, id, g[2], hd[2], hs[2], off, seq, walked, max_tx;
+  bool ok[2];
+  int best;
+
+  o->decoded = true;
+  o->n_rec = 0;
+  o->jarea = o->jsize = o->head_seq = o->n_tx = 0;
+  if (!parse_header (data, m->size, &h, NULL, NULL) || h.version != 3) {
+    no_journal (o, "no qcow2 v3 header");
+    return;
+  }
+  if (!q2jl_of (&h, data, &area, &jsize, &id)) {
+    no_journal (o, "no Q2JL extension naming a journal (%u found)",
+                h.n_q2jl);
+    return;
+  }
+  if (!(h.autoclear & AUTOCLEAR_VALID)) {
+    no_journal (o, "autoclear bit 60 (VALID) is clear");
+    return;
+  }
+  /* Section 3.2 also wants the area inside the file; lib replays one
+   * that runs past its end (reading zeroes there, as hostio.h promises
+   * for any read past the end), and so does this decoder: what it checks
+   * is the records.  The bytes past the end are made zeroes here (lib
+   * cannot see them; fz_grow would zero them). */
+  if (area == 0 || area % h.cs != 0 || jsize < (1 << 20) ||
+      jsize > (1 << 30) || jsize % 4096 != 0 || jsize % h.cs != 0 ||
+      area > MAX_FILE || jsize > MAX_FILE - area) {
+    no_journal (o, "the Q2JL area 0x%" PRIx64 "+0x%" PRIx64 " is invalid",
+                area, jsize);
+    return;
+  }
+  if (area + jsize > m->size)
+    memset (m->data + m->size, 0, area + jsize - m->size);
+  o->jarea = area;
+  o->jsize = jsize;
+  for (int i = 0; i < 2; i++)
+    ok[i] = sb_valid (data + area + 4096 * i, id, jsize, &g[i], &hd[i],
+                      &hs[i]);
+  if (!ok[0] && !ok[1]) {
+    no_journal (o, "no valid superblock");
+    return;
+  }
+  if (ok[0] && ok[1] && g[0] == g[1] &&
+      memcmp (data + area, data + area + 4096, 64) != 0) {
+    no_journal (o, "both superblocks have generation %" PRIu64 " but "
+                "differ", g[0]);
+    return;
+  }
+  best = !ok[0] || (ok[1] && g[1] > g[0]);
+  off = hd[best];
+  seq = o->head_seq = hs[best];
+  max_tx = jsize - 8192 < (16 << 20) ? jsize - 8192 : 16 << 20;
+  no_journal (o, "the chain ends before seq %" PRIu64, seq);
+  for (walked = 0; walked < jsize - 8192; ) {
+    const uint8_t *t = data + area + off;
+    uint64_t payload = be (t + 24, 4), total = be (t + 28, 4);
+    uint32_t crc;
+    size_t first = o->n_rec;
+
+    if (memcmp (t, "QJTX", 4) != 0 || be (t + 8, 8) != id ||
+        be (t + 16, 8) != seq || payload % 8 != 0 || payload < 64 ||
+        payload > total || total % 4096 != 0 || total < 4096 ||
+        total > max_tx || total > jsize - off)
+      break;
+    crc = crc32c (0, t, 4);
+    crc = crc32c (crc, zero4, 4);
+    crc = crc32c (crc, t + 8, payload - 8);
+    if (be (t + 4, 4) != crc)
+      break;
+    if (!(be (t + 36, 4) & 1) &&
+        !decode_records (o, t, area + off, payload, be (t + 32, 4))) {
+      o->n_rec = first;
+      no_journal (o, "transaction seq %" PRIu64 " has a malformed record "
+                  "(a reader refuses the journal)", seq);
+      break;
+    }
+    o->n_tx++;
+    walked += total;
+    seq++;
+    no_journal (o, "the chain ends before seq %" PRIu64, seq);
+    off = off + total == jsize ? 8192 : off + total;
+  }
+  qsort (o->rec, o->n_rec, sizeof *o->rec, compare_rec);
+  o->maxend = xrealloc (o->maxend, (o->n_rec ? o->n_rec : 1)
+                        * sizeof *o->maxend);
+  for (size_t i = 0; i < o->n_rec; i++) {
+    uint64_t end = o->rec[i].start + o->rec[i].len;
+
+    o->maxend[i] = i > 0 && o->maxend[i - 1] > end ? o->maxend[i - 1] : end;
+  }
+}
+
+/* Does a record of the journal's chain set the byte at x to v? */
+static bool
+journal_sets (struct fz_io *m, struct oracle *o, uint64_t x, uint8_t v)
+{
+  size_t lo = 0, hi;
+
+  if (!o->decoded)
+    decode_journal (m, o);
+  /* The last record starting at or before x, then back while one may
+   * still reach x. */
+  for (hi = o->n_rec; lo < hi; ) {
+    size_t mid = lo + (hi - lo) / 2;
+
+    if (o->rec[mid].start <= x)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  for (size_t i = lo; i-- > 0 && o->maxend[i] > x; ) {
+    const struct rec *r = &o->rec[i];
+
+    if (x < r->start + r->len &&
+        (r->src == ZERO_SRC ? 0 : m->data[r->src + (x - r->start)]) == v)
+      return true;
+  }
+  return false;
+}
+
+/* Rule (a): may the header byte x change from old to new outside the
+ * journal?  Returns NULL if so, "" if it is a journalled byte (24-71),
+ * else what it is. */
+static const char *
+header_rule (const struct oracle *o, uint64_t x, uint8_t old, uint8_t new)
+{
+  /* The bits each feature word may gain and lose. */
+  static const struct {
+    uint64_t at, may_set, may_clear;
+    const char *name;
+  } words[] = {
+    { 72, INCOMPAT_DIRTY | INCOMPAT_CORRUPT,
+      INCOMPAT_DIRTY | INCOMPAT_QEMU_DIRTY, "incompatible features" },
+    { 88, AUTOCLEAR_VALID, AUTOCLEAR_VALID, "autoclear features" },
+  };
+
+  if (x >= 24 && x < 72)
+    return "";
+  if (x >= 8 && x < 16)
+    return o->backing ? NULL : "backing_file_offset (no backing file)";
+  for (unsigned i = 0; i < 2; i++)
+    if (x >= words[i].at && x < words[i].at + 8) {
+      unsigned shift = 8 * (7 - (x - words[i].at));
+      uint8_t set = (old ^ new) & new, cleared = (old ^ new) & old;
+
+      if ((set & ~(words[i].may_set >> shift)) == 0 &&
+          (cleared & ~(words[i].may_clear >> shift)) == 0)
+        return NULL;
+      return words[i].name;
+    }
+  for (size_t i = 0; i < o->n_q2jl; i++)
+    if (x >= o->q2jl[i] && x < o->q2jl[i] + 32)
+      return NULL;
+  if (x >= o->ext_end)
+    return NULL;
+  return x < 104 ? "a header field" : "a header extension present at open";
+}
+
+/* The byte at x, open-time metadata, changes from old to new by op
+ * [offset, offset+count): allowed by rule (a), (c) or (d), or abort. */
+static void
+check_change (struct fz_io *m, struct oracle *o, const char *op,
+              uint64_t offset, uint64_t count, uint64_t x, uint8_t old,
+              uint8_t new)
+{
+  const uint64_t cluster = x / o->cs * o->cs;
+  const char *what = "";
+
+  if (x < o->cs) {
+    what = header_rule (o, x, old, new);
+    if (what == NULL) {
+      o->by_rule[0]++;
+      return;
+    }
+  }
+  else
+    for (size_t i = 0; i < o->n_flags; i++)
+      if (x == o->flags[i] + 3 && (old ^ new) == 1 && (new & 1)) {
+        o->by_rule[3]++;
+        return;
+      }
+  if (*what == '\0' && journal_sets (m, o, x, new)) {
+    o->by_rule[2]++;
+    return;
+  }
+  fprintf (stderr, "fuzz-image.c: metadata oracle: a %s of 0x%" PRIx64
+           "+0x%" PRIx64 " changes byte 0x%" PRIx64 " of the %s at 0x%"
+           PRIx64 " (metadata at open) from 0x%02x to 0x%02x", op, offset,
+           count, x, mkind_name[o->kind[x / o->cs]], cluster, old, new);
+  if (*what != '\0')
+    fprintf (stderr, ": in %s, where no write outside the journal may make "
+             "that change (rule a)\n", what);
+  else if (o->jsize == 0)
+    fprintf (stderr, ": no journal record can justify it: %s (rule c)\n",
+             o->why);
+  else
+    fprintf (stderr, ": no record of the journal at 0x%" PRIx64 "+0x%"
+             PRIx64 " (%" PRIu64 " valid transactions from seq %" PRIu64
+             ", %zu target ranges; %s) sets it to that value "
+             "(rule c)\n", o->jarea, o->jsize, o->n_tx, o->head_seq,
+             o->n_rec, o->why);
+  abort ();
+}
+
+/* Clusters of the open-time metadata that [offset, offset+count) of the
+ * file, as long as it is now, meets: calls check_change for each byte
+ * whose value changes to buf's (zeroes if buf is NULL). */
+static void
+check_range (struct fz_io *m, const char *op, const uint8_t *buf,
+             uint64_t offset, uint64_t count)
+{
+  struct oracle *o = m->oracle;
+
+  if (count == 0)
+    return;
+  for (uint64_t c = offset / o->cs; c < o->nclusters &&
+         c <= (offset + count - 1) / o->cs; c++) {
+    uint64_t lo = c * o->cs > offset ? c * o->cs : offset;
+    uint64_t hi = (c + 1) * o->cs < offset + count ? (c + 1) * o->cs
+      : offset + count;
+
+    if (o->kind[c] == MK_NONE)
+      continue;
+    for (uint64_t x = lo; x < hi; x++) {
+      uint8_t old = x < m->size ? m->data[x] : 0;
+      uint8_t new = buf ? buf[x - offset] : 0;
+
+      if (old != new)
+        check_change (m, o, op, offset, count, x, old, new);
+    }
+  }
+}
+
+/* Has lib changed the file where the decoded journal lies (or written
+ * anything while none was found)? */
+static void
+invalidate (struct oracle *o, uint64_t offset, uint64_t count)
+{
+  if (o->jsize == 0 || offset < o->cs ||
+      (offset < o->jarea + o->jsize &&
+       (o->jarea <= offset || o->jarea - offset < count)))
+    o->decoded = false;
+}
+
+static void
+oracle_write (struct fz_io *m, const uint8_t *buf, uint64_t count,
+              uint64_t offset)
+{
+  check_range (m, "write", buf, offset, count);
+}
+
+/* After a write to cluster 0: if it placed a journal (a Q2JL with a new
+ * area or id), its area must overlap no open-time metadata still there. */
+static void
+oracle_after_write (struct fz_io *m, uint64_t count, uint64_t offset)
+{
+  struct oracle *o = m->oracle;
+  struct hdr h;
+  uint64_t area, size, id;
+
+  invalidate (o, offset, count);
+  if (offset >= o->cs || !parse_header (m->data, m->size, &h, NULL, NULL) ||
+      !q2jl_of (&h, m->data, &area, &size, &id) ||
+      (area == o->area && size == o->area_size && id == o->area_id))
+    return;
+  o->area = area;
+  o->area_size = size;
+  o->area_id = id;
+  trace ("oracle: journal area 0x%" PRIx64 "+0x%" PRIx64, area, size);
+  for (uint64_t c = area / o->cs; c < o->nclusters && size > 0 &&
+         c <= (area + size - 1) / o->cs; c++)
+    if (o->kind[c] != MK_NONE) {
+      fprintf (stderr, "fuzz-image.c: metadata oracle: the journal area "
+               "0x%" PRIx64 "+0x%" PRIx64 " overlaps the %s at 0x%" PRIx64
+               " (metadata at open, not punched since)\n", area, size,
+               mkind_name[o->kind[c]], c * o->cs);
+      abort ();
+    }
+}
+
+/* A punch: whole clusters (but cluster 0) stop being open-time metadata
+ * (rule b); in part, it zeroes bytes as a write would. */
+static void
+oracle_punch (struct fz_io *m, uint64_t offset, uint64_t count)
+{
+  struct oracle *o = m->oracle;
+  uint64_t end = offset < m->size && count < m->size - offset
+    ? offset + count : m->size;
+
+  for (uint64_t c = offset / o->cs; offset < end && c < o->nclusters &&
+         c <= (end - 1) / o->cs; c++) {
+    uint64_t cend = (c + 1) * o->cs < m->size ? (c + 1) * o->cs : m->size;
+
+    if (c > 0 && o->kind[c] != MK_NONE && offset <= c * o->cs &&
+        end >= cend) {
+      trace ("oracle: %s at 0x%" PRIx64 " punched", mkind_name[o->kind[c]],
+             c * o->cs);
+      o->kind[c] = MK_NONE;
+      o->by_rule[1]++;
+    }
+  }
+  if (offset < end)
+    check_range (m, "punch", NULL, offset, end - offset);
+  invalidate (o, offset, count);
+}
+
+/* A truncation loses what lies past the new end: as if zeroed. */
+static void
+oracle_truncate (struct fz_io *m, uint64_t size)
+{
+  if (size < m->size)
+    check_range (m, "truncation", NULL, size, m->size - size);
+  m->oracle->decoded = false;
+}
+
 /* The passes ------------------------------------------------------------- */
 
 static const struct qcow2_open_options ro_opts = {
@@ -631,10 +1514,14 @@ write_pass (const uint8_t *data, size_t size, uint64_t *rng, bool ops,
             uint8_t **out, uint64_t *out_size)
 {
   struct fz_io *io = fz_new (data, size, false);
-  struct qcow2_image *img = qcow2_open_hostio (&io->io, NULL, &rw_opts);
+  struct qcow2_image *img;
   bool clean = false;
   int r;
 
+  /* What held metadata before lib touches the file: from here to the
+   * close, every change lib makes to it is checked. */
+  io->oracle = oracle_new (data, size);
+  img = qcow2_open_hostio (&io->io, NULL, &rw_opts);
   if (img == NULL) {
     fz_free (io);
     return false;
@@ -674,16 +1561,6 @@ write_pass (const uint8_t *data, size_t size, uint64_t *rng, bool ops,
 
 /* The oracles of pass 3 --------------------------------------------------- */
 
-static uint64_t
-be (const uint8_t *p, unsigned n)
-{
-  uint64_t v = 0;
-
-  for (unsigned i = 0; i < n; i++)
-    v = v << 8 | p[i];
-  return v;
-}
-
 /* No sector of the n clusters at offset (those inside the file) starts
  * with the guest data tag. */
 static void
@@ -703,45 +1580,28 @@ no_tag_in (const uint8_t *data, uint64_t size, uint64_t offset, uint64_t len,
     }
 }
 
-/* Walk the metadata of the image file a clean close left (as written,
- * independently of lib): header cluster, L1 table and the L2 tables it
- * names, refcount table and blocks.  No guest write may have landed
- * there. */
+struct file_view {
+  const uint8_t *data;
+  uint64_t size;
+};
+
+static void
+no_tag_in_meta (void *opaque, enum mkind kind, uint64_t offset, uint64_t len)
+{
+  const struct file_view *f = opaque;
+
+  if (kind != MK_BITMAP_FLAGS)
+    no_tag_in (f->data, f->size, offset, len, mkind_name[kind]);
+}
+
+/* No guest write may have landed in the metadata of the image file a
+ * clean close left, as walk_metadata finds it (independently of lib). */
 static void
 check_metadata (const uint8_t *data, uint64_t size)
 {
-  unsigned bits;
-  uint64_t cs, l1, l1_size, rt, rt_clusters;
+  struct file_view f = { data, size };
 
-  if (size < 72)
-    return;
-  bits = be (data + 20, 4);
-  if (bits < 9 || bits > 21)
-    return;
-  cs = 1ULL << bits;
-  l1_size = be (data + 36, 4);
-  l1 = be (data + 40, 8);
-  rt = be (data + 48, 8);
-  rt_clusters = be (data + 56, 4);
-  no_tag_in (data, size, 0, cs, "header cluster");
-  if (l1 < size && l1_size <= (size - l1) / 8) {
-    no_tag_in (data, size, l1, l1_size * 8, "L1 table");
-    for (uint64_t i = 0; i < l1_size; i++) {
-      uint64_t l2 = be (data + l1 + 8 * i, 8) & 0x00fffffffffffe00ULL;
-
-      if (l2 != 0 && l2 < size)
-        no_tag_in (data, size, l2, cs, "L2 table");
-    }
-  }
-  if (rt < size && rt_clusters <= (size - rt) / cs) {
-    no_tag_in (data, size, rt, rt_clusters * cs, "refcount table");
-    for (uint64_t i = 0; i < rt_clusters * cs / 8; i++) {
-      uint64_t rb = be (data + rt + 8 * i, 8) & ~(uint64_t) 511;
-
-      if (rb != 0 && rb < size)
-        no_tag_in (data, size, rb, cs, "refcount block");
-    }
-  }
+  walk_metadata (data, size, no_tag_in_meta, &f);
 }
 
 /* Every byte pass 2 wrote or zeroed reads so from what its clean close

@@ -125,9 +125,10 @@ rm -f data.raw
 mk cluster_size=4096,data_file=data.raw 1M; keep data-file
 
 # Written by qcow2j: a clean close, and a dirty journal.  Every change
-# below is done in place (no cluster allocated past the 4 MiB journal
-# area), so the file with its trailing zeroes cut stays small; reads past
-# the end of the file return zeroes, so the journal still replays.
+# below is done in place (no cluster allocated), so with its journal
+# area moved down to the end of the data and its trailing zeroes cut the
+# file stays small; reads past the end of the file return zeroes, so the
+# journal still replays.
 if [ -f "$QCOW2J" ] && nbdkit --version >/dev/null 2>&1 &&
    nbdsh --version >/dev/null 2>&1; then
     sock=$tmp/sock
@@ -140,17 +141,50 @@ if [ -f "$QCOW2J" ] && nbdkit --version >/dev/null 2>&1 &&
         for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
         [ -S "$sock" ]
     }
-    # strip: cut trailing zero bytes (to a 512 boundary).
+    # strip BEFORE: move the journal area down to the first aligned
+    # offset at or past BEFORE bytes (the file's length before the
+    # session: the plugin leaves a sparse gap as large as the disk below
+    # the area, and a seed of 68 MiB is past the fuzzer's input limit),
+    # rewriting the Q2JL extension's offset and CRC; then cut trailing
+    # zero bytes (to a 512 boundary).  Transactions and superblocks hold
+    # no host offset of the area, so they stay valid.
     strip ()
     {
-        python3 - img.qcow2 <<'EOF'
-import sys
-p = sys.argv[1]
-d = open(p, 'rb').read()
+        python3 - img.qcow2 "$1" <<'EOF'
+import struct, sys
+p, before = sys.argv[1], int(sys.argv[2])
+d = bytearray(open(p, 'rb').read())
+
+def crc32c(b):
+    crc = 0xFFFFFFFF
+    for x in b:
+        crc ^= x
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+cs = 1 << struct.unpack('>I', d[20:24])[0]
+pos, q2jl = struct.unpack('>I', d[100:104])[0], None
+while pos + 8 <= cs:
+    typ, length = struct.unpack('>II', d[pos:pos + 8])
+    if typ == 0:
+        break
+    if typ == 0x51324A4C and length == 32:
+        q2jl = pos + 8
+    pos += 8 + (length + 7) // 8 * 8
+if q2jl is not None:
+    off, size = struct.unpack('>QQ', d[q2jl:q2jl + 16])
+    align = max(cs, 4096)
+    new = max(before, len(d[:off].rstrip(b'\0')))
+    new = (new + align - 1) // align * align
+    if 0 < new < off:
+        area = d[off:off + size]
+        d = d[:new] + bytes(new - len(d[:new])) + area
+        d[q2jl:q2jl + 8] = struct.pack('>Q', new)
+        d[q2jl + 28:q2jl + 32] = struct.pack('>I', crc32c(d[q2jl:q2jl + 28]))
 end = len(d.rstrip(b'\0'))
 end = (end + 511) // 512 * 512
-with open(p, 'r+b') as f:
-    f.truncate(end)
+open(p, 'wb').write(d[:end])
 EOF
     }
     # journal NAME CS EXTL2 NBDSH-COMMANDS...: serve a prefilled image,
@@ -158,10 +192,11 @@ EOF
     # is dirty.
     journal ()
     {
-        local name=$1 cs=$2 extl2=$3 args=() c
+        local name=$1 cs=$2 extl2=$3 args=() c before
         shift 3
         mk cluster_size=$cs,extended_l2=$extl2 1M
         io "write -P 0x51 0 256k"
+        before=$(stat -c %s img.qcow2)
         serve || { echo "seeds.sh: nbdkit did not start" >&2; return 0; }
         # A flush after each command: one transaction each.
         for c in "$@"; do args+=(-c "$c" -c 'h.flush()'); done
@@ -171,7 +206,7 @@ EOF
         if qemu-img info img.qcow2 >/dev/null 2>&1; then
             echo "seeds.sh: $name: the journal is not dirty" >&2
         fi
-        strip
+        strip "$before"
         keep "$name"
     }
     journal journal-dirty-c4k 4096 off \
