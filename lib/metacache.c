@@ -475,6 +475,25 @@ mcache_forget (struct mcache *c, const void *owner, uint64_t offset,
 }
 
 void
+mcache_forget_owner (struct mcache *c, const void *owner)
+{
+  for (int i = 0; i < NR_SHARDS; i++) {
+    struct shard *s = &c->shards[i];
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&s->lock);
+
+    for (uint32_t k = 0; k < s->used; k++) {
+      struct slot *slot = &s->slots[k];
+
+      if (slot->owner != owner)
+        continue;
+      assert (!pinned (slot));
+      slot->forgotten = true;
+      slot->referenced = false;
+    }
+  }
+}
+
+void
 mcache_stats (struct mcache *c, struct mcache_stats *stats)
 {
   memset (stats, 0, sizeof *stats);

@@ -91,6 +91,10 @@ extern void mcache_forget (struct mcache *c, const void *owner,
                            uint64_t offset, uint64_t len,
                            unsigned slice_size);
 
+/* Every slice of owner: the file changed under the cache (a journal
+ * replayed on it).  None may have a change waiting to be written. */
+extern void mcache_forget_owner (struct mcache *c, const void *owner);
+
 struct mcache_stats {
   uint64_t hits, misses, evictions, slices;
 };

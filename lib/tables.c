@@ -67,6 +67,8 @@ qcow2_reload_metadata (struct qcow2_image *img)
 
   if (size == -1 || qcow2_header_read (img->file, size, &h) == -1)
     return -1;
+  /* Reads before the replay may have cached tables it changed. */
+  mcache_forget_owner (img->cache, img);
   qcow2_header_free (&img->hdr);
   img->hdr = h;
   img->file_size = img->open_end = img->alloc_start = img->gap_end = size;
