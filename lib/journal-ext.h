@@ -19,4 +19,11 @@ extern void qj_ext_encode (uint8_t *d, uint64_t offset, uint64_t size,
  * checks need the image (cluster size, file length) and are its users'. */
 extern void qj_ext_decode (const uint8_t *d, struct qcow2_journal_ext *e);
 
+/* May the journal that header h names be replayed (3.2: the extension is
+ * trusted, its area valid and inside a file of file_size bytes)?  0, or
+ * -1 with errno EINVAL after saying which check failed, with the value. */
+extern int qj_ext_check_replayable (const char *name,
+                                    const struct qcow2_header *h,
+                                    uint64_t file_size);
+
 #endif /* QCOW2J_JOURNAL_EXT_H */

@@ -27,6 +27,7 @@
 #include "cleanup.h"
 #include "format.h"
 #include "image-internal.h"
+#include "journal-ext.h"
 #include "journal-format.h"
 #include "journal.h"
 #include "log.h"
@@ -220,6 +221,12 @@ overlay_block_status (struct hostio *io, uint64_t offset, uint64_t count,
   return inner->ops->block_status (inner, offset, count, is_data, run);
 }
 
+static int64_t
+overlay_allocated (struct hostio *io)
+{
+  return hostio_allocated (((struct overlay *) io)->inner);
+}
+
 static void
 overlay_close (struct hostio *io)
 {
@@ -236,7 +243,7 @@ static const struct hostio_ops overlay_ops = {
   .pread = overlay_pread, .pwrite = overlay_pwrite, .flush = overlay_flush,
   .punch = overlay_punch, .truncate = overlay_truncate,
   .size = overlay_size, .block_status = overlay_block_status,
-  .close = overlay_close,
+  .allocated = overlay_allocated, .close = overlay_close,
 };
 
 int
@@ -253,13 +260,8 @@ qcow2_replay_in_memory (struct qcow2_image *img)
       (qcow2_state (img) != SESSION_READ_ONLY &&
        qcow2_state (img) != SESSION_READY))
     return 0;
-  if (!(h->autoclear_features & QJ_AUTOCLEAR_VALID) || !h->journal.intact) {
-    qerror ("%s: its qcow2j journal is marked dirty but is not valid (was "
-            "the image changed by another program?): it needs a manual "
-            "repair", img->file->name);
-    errno = EINVAL;
+  if (qj_ext_check_replayable (img->file->name, h, img->file_size) == -1)
     return -1;
-  }
   ov = calloc (1, sizeof *ov);
   if (ov == NULL) {
     qerror ("calloc: %m");

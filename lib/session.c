@@ -33,6 +33,7 @@
 #include "discard.h"
 #include "format.h"
 #include "header-write.h"
+#include "journal-ext.h"
 #include "journal-format.h"
 #include "lock.h"
 #include "log.h"
@@ -161,10 +162,8 @@ replay (struct qcow2_image *img)
   struct journal_replay_stats st;
   struct journal *j;
 
-  if (!(h->autoclear_features & QJ_AUTOCLEAR_VALID) || !h->journal.intact)
-    return refuse (img, EINVAL, "its qcow2j journal is marked dirty but "
-                   "is not valid (was the image changed by another "
-                   "program?): it needs a manual repair");
+  if (qj_ext_check_replayable (img->file->name, h, img->file_size) == -1)
+    return -1;
   j = journal_open (img->file, h->journal.offset, h->journal.size,
                     h->journal.id, h->cluster_size);
   if (j == NULL || journal_replay (j, &st) == -1) {

@@ -32,6 +32,25 @@ info=$(qemu-img info img.qcow2 2>&1) && fail "qemu-img opened a dirty image"
 check=$(qemu-img check img.qcow2 2>&1) && fail "qemu-img checked a dirty image"
 [[ $check == *"$name"* ]] || fail "qemu-img check: $check"
 
+# A dirty journal whose area the file no longer holds (cut short by
+# another program): refused, read-only and writable, naming the area and
+# the file's length, and the file left as it was.
+cp img.qcow2 short.qcow2
+jext=$(python3 "$SRCDIR/tests/qcow2-patch.py" short.qcow2 ext-list |
+       awk '$2 == "0x51324a4c" { print $4 + 8 }')   # Q2JL's data bytes
+jend=$(( 0x$(python3 "$SRCDIR/tests/qcow2-patch.py" short.qcow2 peek "$jext" 8) +
+         0x$(python3 "$SRCDIR/tests/qcow2-patch.py" short.qcow2 peek $((jext + 8)) 8) ))
+truncate -s $((jend - 65536)) short.qcow2
+cp short.qcow2 short-before.qcow2
+for mode in -r ""; do
+    rc=0; nbdkit -U - $mode "$QCOW2J" file=short.qcow2 --run true 2>short.log || rc=$?
+    [ $rc != 0 ] || fail "a journal past the end of the file was served ($mode)"
+    grep -q "journal is marked dirty but is not valid: the journal area 0x.* runs past the end of the file ($((jend - 65536)) bytes)" short.log ||
+        fail "journal past the end of the file: $(cat short.log)"
+done
+cmp -s short.qcow2 short-before.qcow2 || fail "the refused image was changed"
+echo "ok: a journal past the end of the file: refused, unchanged"
+
 # Read-only: replayed in memory, said once at startup, file unchanged.
 cp img.qcow2 before.qcow2
 nbdkit -U - -r "$QCOW2J" file=img.qcow2 \
