@@ -24,6 +24,7 @@
 #include "backing.h"
 #include "lock.h"
 #include "log.h"
+#include "minmax.h"
 
 /* name resolved against dir; the caller frees it. */
 static char *
@@ -173,6 +174,29 @@ qcow2_open_backing (struct qcow2_image *img, unsigned depth,
   return 0;
 }
 
+/* Should block status ask the data file for holes under data clusters?
+ * Only if the file is mostly holes, as preallocation=metadata leaves it
+ * (extents.c says why).  QEMU's test is "more clusters have a refcount
+ * than the file has allocated, by a ninth"; this one, "the file's length
+ * is", needs no refcount walk, and differs only on a file whose holes no
+ * cluster uses, where reporting them is as right.  Decided at open,
+ * before a write session adds the journal's sparse gap. */
+static void
+decide_holes (struct qcow2_image *img)
+{
+  const uint64_t cs = img->hdr.cluster_size;
+  int64_t allocated = hostio_allocated (img->data);
+  uint64_t file_clusters = DIV_ROUND_UP (img->data_size, cs), real;
+
+  if (!img->data->sparse || allocated < 0)
+    return;
+  real = (uint64_t) allocated / cs;
+  img->holes_read_zero = file_clusters > MAX (real * 10 / 9, real + 2);
+  qdebug ("%s: %" PRIu64 " of %" PRIu64 " clusters allocated: block status "
+          "%s the file for holes under data", img->data->name, real,
+          file_clusters, img->holes_read_zero ? "asks" : "does not ask");
+}
+
 int
 qcow2_open_data_file (struct qcow2_image *img, bool top,
                       const struct qcow2_open_options *opts)
@@ -184,6 +208,7 @@ qcow2_open_data_file (struct qcow2_image *img, bool top,
   if (img->hdr.data_file == NULL) {
     img->data = img->file;
     img->data_size = img->file_size;
+    decide_holes (img);
     return 0;
   }
   path = resolve (img->dir, img->hdr.data_file);
@@ -209,5 +234,6 @@ qcow2_open_data_file (struct qcow2_image *img, bool top,
     return -1;
   }
   img->data_size = size;
+  decide_holes (img);
   return 0;
 }

@@ -6,6 +6,15 @@
  * data a hole would lose it).  Zero clusters and ranges with nothing below
  * them are holes that read as zeroes.  Extents are clamped to the request
  * (nbdkit 1.32 aborts on one that runs past it, CVE-2025-47711).
+ *
+ * A data cluster whose host range is a hole in the file reads as zeroes:
+ * preallocation=metadata makes whole images of them.  Such ranges are
+ * reported as zero (not as holes: they are allocated), as QEMU does, so
+ * copy tools neither read nor write them.  Like QEMU, only for a data
+ * file that is mostly holes (backing.c decides at open): asking the file costs
+ * two lseeks per run of data, and on an ordinary image the answer would
+ * only split extents at the unwritten tails of clusters QEMU wrote in
+ * part.
  */
 #include <config.h>
 
@@ -36,6 +45,32 @@ emit (struct extent_state *st, uint64_t offset, uint64_t length,
     return -1;
   if (st->one_only || ++st->runs >= MAX_RUNS_PER_CALL)
     st->done = true;
+  return 0;
+}
+
+/* A run of data clusters: data where the host file has data, zero where
+ * it has a hole. */
+static int
+data_extents (struct qcow2_image *img, uint64_t count, uint64_t offset,
+              uint64_t host, struct extent_state *st)
+{
+  uint64_t done = 0;
+
+  if (!img->holes_read_zero)
+    return emit (st, offset, count, 0);
+  while (done < count && !st->done) {
+    bool is_data;
+    uint64_t run;
+
+    if (hostio_block_status (img->data, host + done, count - done,
+                             &is_data, &run) == -1) {
+      qerror ("%s: block status: %m", img->data->name);
+      return -1;
+    }
+    if (emit (st, offset + done, run, is_data ? 0 : QCOW2_EXTENT_ZERO) == -1)
+      return -1;
+    done += run;
+  }
   return 0;
 }
 
@@ -89,6 +124,9 @@ image_extents (struct qcow2_image *img, uint64_t count, uint64_t offset,
       return -1;
     switch (run.type) {
     case RUN_DATA:
+      if (data_extents (img, run.length, offset, run.host_offset, st) == -1)
+        return -1;
+      break;
     case RUN_COMPRESSED:
       if (emit (st, offset, run.length, 0) == -1)
         return -1;

@@ -152,6 +152,17 @@ file_block_status (struct hostio *io, uint64_t offset, uint64_t count,
   return 0;
 }
 
+static int64_t
+file_allocated (struct hostio *io)
+{
+  struct file_io *f = (struct file_io *) io;
+  struct stat st;
+
+  if (fstat (f->fd, &st) == -1)
+    return -1;
+  return (int64_t) st.st_blocks * 512;
+}
+
 static void
 file_close (struct hostio *io)
 {
@@ -171,6 +182,7 @@ static const struct hostio_ops file_ops = {
   .reserve = file_reserve,
   .size = file_size,
   .block_status = file_block_status,
+  .allocated = file_allocated,
   .close = file_close,
 };
 

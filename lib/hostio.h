@@ -43,6 +43,9 @@ struct hostio_ops {
    * Implementations that cannot tell report data. */
   int (*block_status) (struct hostio *io, uint64_t offset, uint64_t count,
                        bool *is_data, uint64_t *run);
+  /* Optional: bytes of host storage the file takes (its length less its
+   * holes), or -1 with errno. */
+  int64_t (*allocated) (struct hostio *io);
   void (*close) (struct hostio *io);
 };
 
@@ -107,6 +110,17 @@ hostio_block_status (struct hostio *io, uint64_t offset, uint64_t count,
                      bool *is_data, uint64_t *run)
 {
   return io->ops->block_status (io, offset, count, is_data, run);
+}
+
+/* -1 with errno ENOTSUP where the hostio cannot tell. */
+static inline int64_t
+hostio_allocated (struct hostio *io)
+{
+  if (io->ops->allocated == NULL) {
+    errno = ENOTSUP;
+    return -1;
+  }
+  return io->ops->allocated (io);
 }
 
 static inline void

@@ -153,6 +153,9 @@ struct qcow2_image {
   uint64_t open_end, alloc_start, gap_end;
   uint64_t journal_start, journal_end;
   uint64_t data_size;           /* atomic: the same for data */
+  bool holes_read_zero;         /* const: block status asks the data
+                                   file for holes under data clusters
+                                   (backing.c, extents.c) */
 
   uint64_t *l1;                 /* atomic entries, changed under meta_lock:
                                    the active L1 table, host byte order */
