@@ -22,7 +22,8 @@
 #     session shows no more corruptions or check errors than of the
 #     crafted image, no leaks unless it had some, and does not fail in a
 #     new way (exit status 1, internal error or cannot open; 2,
-#     corruptions);
+#     corruptions); for two classes the bound is a little looser, for
+#     QEMU's sake (HEADER_AS_L2 below says why);
 #  5. the image reopens in qcow2j with readonly=true, the GOOD ranges
 #     read the same, and the broken cluster reads as the session last
 #     read it (what was flushed stays);
@@ -30,6 +31,9 @@
 #     line naming an offset or entry (0x...) and what is wrong with it
 #     (preventing, corrupt, reserved, not aligned, past the end, ...), in
 #     that request or, once the session stopped writes, before.
+# What a refused request did to the broken cluster is shown ("changed
+# from ...") but not judged: NBD leaves a failed write's range undefined,
+# and step 4 judges the image.
 # "pristine", the unpatched image, is the control: there every request
 # must succeed.  Each class prints one line saying what each request did,
 # so that the log documents the behaviour.
@@ -235,7 +239,10 @@ for off, ln, byte in good:
     if buf != bytes([byte]) * ln:
         errors.append("read of intact range %d+%d returned wrong data (first"
                       " bytes %s, expected 0x%02x)" % (off, ln, buf[:8].hex(), byte))
-last = open(lastf).read()
+try:
+    last = open(lastf).read()
+except OSError:
+    last = ""           # the session's client died: nothing to compare
 try:
     got = h.pread(C, cluster).hex()
 except nbd.Error as e:
@@ -341,8 +348,9 @@ qcheck_worse ()
 # a feature name table naming its feature bits) then add "corruptions"
 # that are no harm to the image.  For these classes the bound of step 4
 # is the check of the crafted image after a session that only rewrote
-# cluster 0 with what it held (QEMU does not refuse these entries: it
-# takes them for unallocated).
+# cluster 0 with what it held.  (QEMU 7.2 reads through these entries
+# as unallocated, and a write through them aborts qemu-io: "Assertion
+# `offset != 0' failed" in qcow2-cache.c.)
 HEADER_AS_L2="l1-at-header-copied l1-at-header-rsvd"
 run_case ()
 {
