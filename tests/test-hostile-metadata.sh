@@ -138,100 +138,19 @@ serve ()
 }
 
 # ---- images ---------------------------------------------------------------
-# plain.qcow2: 1 GiB so that it has two L1 entries.  Under L1[0]: clusters
-# 0-15 = 0x11 except cluster 9 = 0x55, cluster 16 on unallocated; under L1[1]:
-# the cluster at 512M = 0x22.
-qemu-img create -q -f qcow2 -o cluster_size=$C "$tmp/plain.qcow2" 1G
-qemu-io -f qcow2 -c 'write -q -P 0x11 0 1M' \
-        -c 'write -q -P 0x22 512M 64k' -c 'write -q -P 0x55 576k 64k' \
-        "$tmp/plain.qcow2" >/dev/null
-l1off=$($patch "$tmp/plain.qcow2" get l1_table_offset)
-rtoff=$($patch "$tmp/plain.qcow2" get refcount_table_offset)
-[ "$($patch "$tmp/plain.qcow2" get l1_size)" -ge 2 ] || fail "plain.qcow2 has only one L1 entry"
-l1_1=$($patch "$tmp/plain.qcow2" l1 1)
-l2_3=$($patch "$tmp/plain.qcow2" l2 0 3)
-TB=$((1 << 40))
-OFLAG_COPIED=$((1 << 63))
+# tests/hostile-cases.sh crafts them (test-hostile-writes.sh drives writes
+# through the same ones).
+source "$SRCDIR/tests/hostile-cases.sh"
+hostile_cases
 
-P=$tmp/plain.qcow2
-l1case ()   # l1case NAME MODE VALUE: set L1[1], read 512M
-{
-    local name=$1 mode=$2 v=$3
-    cp "$P" "$tmp/$name.qcow2"
-    $patch "$tmp/$name.qcow2" l1 1 "$v"
-    serve "$name" "$tmp/$name.qcow2" "$mode" $((512 * M)):$C -- \
-          0:$C:0x11 $((15 * C)):$C:0x11 $((16 * C)):$C:0 $((9 * C)):$C:0x55
-}
-l2case ()   # l2case NAME MODE VALUE: set L2[0][3], read cluster 3
-{
-    local name=$1 mode=$2 v=$3
-    cp "$P" "$tmp/$name.qcow2"
-    $patch "$tmp/$name.qcow2" l2 0 3 "$v"
-    serve "$name" "$tmp/$name.qcow2" "$mode" $((3 * C)):$C $((3 * C + 512)):512 -- \
-          0:$C:0x11 $((2 * C)):$C:0x11 $((4 * C)):$C:0x11 $((16 * C)):$C:0 \
-          $((512 * M)):$C:0x22
-}
-
-# Sanity: the pristine image reads back as expected.
-serve pristine "$P" strict -- 0:$C:0x11 $((9 * C)):$C:0x55 $((512 * M)):$C:0x22 \
-      $((16 * C)):$C:0
-[ ${#failures[@]} -eq 0 ] || fail "the unpatched image does not read back correctly"
-
-l1case l1-reserved-bits     strict $((l1_1 | (1 << 56)))
-l1case l1-reserved-low-bit  strict $((l1_1 | 1))
-l1case l1-unaligned         strict $((l1_1 + 512))
-l1case l1-past-eof          strict $((OFLAG_COPIED | TB))
-l2case l2-reserved-bits     strict $((l2_3 | (1 << 56)))
-l2case l2-reserved-low-bits strict $((l2_3 | 2))
-l2case l2-unaligned         strict $((l2_3 + 512))
-l2case l2-past-eof          strict $((OFLAG_COPIED | TB))
-# Metadata pointing at other metadata: anything goes except a crash or hang.
-l1case l1-at-header-copied  lenient $OFLAG_COPIED
-l1case l1-at-header-rsvd    lenient $((OFLAG_COPIED | 0x1ff))
-l1case l1-at-l1-table       lenient $((OFLAG_COPIED | l1off))
-l1case l1-at-refcount-table lenient $((OFLAG_COPIED | rtoff))
-l2case l2-at-header         lenient $OFLAG_COPIED
-l2case l2-at-l1-table       lenient $((OFLAG_COPIED | l1off))
-
-# ---- compressed clusters --------------------------------------------------
-# cluster 0 and 1 compressed (0x66, 0x77), cluster 2 plain (0x11).
-for ct in zlib zstd; do
-    img=$tmp/comp-$ct.qcow2
-    if ! qemu-img create -q -f qcow2 -o cluster_size=$C,compression_type=$ct "$img" 64M \
-         2>/dev/null; then
-        echo "skipping compression_type=$ct: qemu-img cannot create it"
-        continue
+for name in "${HC_NAMES[@]}"; do
+    serve "$name" "${HC_IMG[$name]}" "${HC_MODE[$name]}" ${HC_BAD[$name]} -- \
+          ${HC_GOOD[$name]}
+    # Sanity: the pristine image reads back as expected.
+    if [ "$name" = pristine ] && [ ${#failures[@]} -ne 0 ]; then
+        fail "the unpatched image does not read back correctly"
     fi
-    qemu-io -f qcow2 -c 'write -q -c -P 0x66 0 64k' -c 'write -q -c -P 0x77 64k 64k' \
-            -c 'write -q -P 0x11 128k 64k' "$img" >/dev/null
-    e=$($patch "$img" l2 0 1)
-    [ $(( (e >> 62) & 1 )) -eq 1 ] || fail "comp-$ct.qcow2: cluster 1 is not compressed"
-    # 64 KiB clusters: host offset is bits 0..53, sector count bits 54..61.
-    omask=$(( (1 << 54) - 1 ))
-    hoff=$((e & omask))
-
-    cp "$img" "$tmp/comp-$ct-past-eof.qcow2"
-    $patch "$tmp/comp-$ct-past-eof.qcow2" l2 0 1 $(( (e & ~omask) | TB ))
-    serve comp-$ct-past-eof "$tmp/comp-$ct-past-eof.qcow2" strict $C:$C -- \
-          0:$C:0x66 $((2 * C)):$C:0x11 $((3 * C)):$C:0
-
-    cp "$img" "$tmp/comp-$ct-garbage.qcow2"
-    $patch "$tmp/comp-$ct-garbage.qcow2" poke $hoff ffffffffffffffffffffffffffffffff
-    serve comp-$ct-garbage "$tmp/comp-$ct-garbage.qcow2" strict $C:$C -- \
-          0:$C:0x66 $((2 * C)):$C:0x11 $((3 * C)):$C:0
 done
-
-# ---- extended L2 ----------------------------------------------------------
-# clusters 0 and 1 = 0x66 (all 32 subclusters allocated); set the zero bit
-# of subcluster 0 of cluster 1 as well: that subcluster is invalid.
-img=$tmp/extl2.qcow2
-qemu-img create -q -f qcow2 -o cluster_size=$C,extended_l2=on "$img" 64M
-qemu-io -f qcow2 -c 'write -q -P 0x66 0 128k' "$img" >/dev/null
-bm=$($patch "$img" l2bitmap 0 1)
-[ $((bm & 1)) -eq 1 ] || fail "extl2.qcow2: subcluster 0 of cluster 1 not allocated"
-$patch "$img" l2bitmap 0 1 $((bm | (1 << 32)))
-serve extl2-alloc-and-zero "$img" strict $C:2048 $C:$C -- \
-      0:$C:0x66 $((2 * C)):$C:0
 
 echo "$ncases cases, ${#failures[@]} failed${failures:+: ${failures[*]}}"
 
