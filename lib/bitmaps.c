@@ -5,12 +5,7 @@
  * the 8-byte entry alignment, and a hostile entry may claim more name or
  * extra data than the directory holds.
  *
- * qcow2j does not update bitmaps.  Before its first write it marks every
- * persistent bitmap "in use", exactly as QEMU leaves them after an
- * unclean stop: QEMU then knows their contents are not to be trusted
- * (and qemu-img check still passes), so no bitmap ever claims clean what
- * qcow2j wrote.  The flag is set in place in the bitmap directory and
- * flushed before anything else is written.
+ * Which bitmaps a write session keeps up to date, and how: bitmaps-live.c.
  */
 #include <config.h>
 
@@ -33,6 +28,8 @@
 #define BME_OFF_TABLE        0
 #define BME_OFF_TABLE_SIZE   8
 #define BME_OFF_FLAGS       12
+#define BME_OFF_TYPE        16
+#define BME_OFF_GRANULARITY 17
 #define BME_OFF_NAME_SIZE   18
 #define BME_OFF_EXTRA_SIZE  20
 /* A bitmap table larger than this is refused (QEMU's limit). */
@@ -94,6 +91,8 @@ qcow2_bitmaps_read (struct qcow2_image *img, uint8_t **dirp,
     b->table_offset = get_be64 (dir + pos + BME_OFF_TABLE);
     b->table_size = get_be32 (dir + pos + BME_OFF_TABLE_SIZE);
     b->flags = get_be32 (dir + pos + BME_OFF_FLAGS);
+    b->type = dir[pos + BME_OFF_TYPE];
+    b->granularity_bits = dir[pos + BME_OFF_GRANULARITY];
     if ((uint64_t) b->table_size * 8 > BME_MAX_TABLE_BYTES)
       return malformed (img, i, "its bitmap table is larger than 64 MiB");
     pos += ROUND_UP (len, 8);
@@ -105,31 +104,8 @@ qcow2_bitmaps_read (struct qcow2_image *img, uint8_t **dirp,
   return h->nb_bitmaps;
 }
 
-int
-qcow2_bitmaps_mark_in_use (struct qcow2_image *img)
+void
+qcow2_bitmaps_set_flags (uint8_t *dir, uint64_t entry_pos, uint32_t flags)
 {
-  const struct qcow2_header *h = &img->hdr;
-  CLEANUP_FREE uint8_t *dir = NULL;
-  CLEANUP_FREE struct qcow2_bitmap *bitmaps = NULL;
-  bool changed = false;
-  int n = qcow2_bitmaps_read (img, &dir, &bitmaps);
-
-  if (n <= 0)
-    return n;
-  for (int i = 0; i < n; i++)
-    if (!(bitmaps[i].flags & QCOW2_BITMAP_IN_USE)) {
-      put_be32 (dir + bitmaps[i].entry_pos + BME_OFF_FLAGS,
-                bitmaps[i].flags | QCOW2_BITMAP_IN_USE);
-      changed = true;
-    }
-  if (!changed)
-    return 0;
-  if (hostio_pwrite (img->file, dir, h->bitmap_directory_size,
-                     h->bitmap_directory_offset) == -1 ||
-      hostio_flush (img->file) == -1) {
-    qerror ("%s: mark bitmaps in use: %m", img->file->name);
-    return -1;
-  }
-  qdebug ("%s: %d persistent bitmaps marked in use", img->file->name, n);
-  return 0;
+  put_be32 (dir + entry_pos + BME_OFF_FLAGS, flags);
 }

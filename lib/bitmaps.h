@@ -12,9 +12,17 @@ struct qcow2_bitmap {
   uint64_t table_offset;        /* its bitmap table */
   uint32_t table_size;          /* entries in that table */
   uint32_t flags;
+  uint8_t type;                 /* 1: dirty tracking, the only one */
+  uint8_t granularity_bits;     /* each bit covers 2^this guest bytes */
 };
 
 #define QCOW2_BITMAP_IN_USE 1u  /* flags: contents not to be trusted */
+#define QCOW2_BITMAP_AUTO   2u  /* flags: enabled, tracks every write */
+#define QCOW2_BITMAP_EXTRA_DATA_COMPATIBLE 4u
+#define QCOW2_BITMAP_TYPE_DIRTY 1
+/* A bitmap table entry with no data cluster whose bit 0 is set: every bit
+ * of that part of the bitmap is set. */
+#define QCOW2_BITMAP_TABLE_ALL_ONES 1u
 /* A bitmap table entry: the offset of a cluster of bitmap data (0: all
  * zeroes or all ones, per bit 0). */
 #define QCOW2_BITMAP_TABLE_OFFSET_MASK 0x00fffffffffffe00ULL
@@ -27,7 +35,9 @@ struct qcow2_bitmap {
 extern int qcow2_bitmaps_read (struct qcow2_image *img, uint8_t **dir,
                                struct qcow2_bitmap **bitmaps);
 
-/* Mark every persistent bitmap in use (before a first write). */
-extern int qcow2_bitmaps_mark_in_use (struct qcow2_image *img);
+/* Set the flags of the bitmap whose entry is at entry_pos in the
+ * directory bytes dir (as qcow2_bitmaps_read returned them). */
+extern void qcow2_bitmaps_set_flags (uint8_t *dir, uint64_t entry_pos,
+                                     uint32_t flags);
 
 #endif /* QCOW2J_BITMAPS_H */

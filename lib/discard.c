@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "bitmaps-live.h"
 #include "cleanup.h"
 #include "commit.h"
 #include "discard.h"
@@ -138,6 +139,19 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
   return r;
 }
 
+/* The dirty bitmaps' bits of a piece of a zero or trim request, all of
+ * it, as QEMU marks them, even where nothing changes.  What changes
+ * does so in a later transaction (entries), or through the write path
+ * (which commits the bits first where it writes in place), so no commit
+ * is needed here (bitmaps-live.c). */
+static int
+mark_bitmaps (struct qcow2_image *img, uint64_t offset, uint64_t count)
+{
+  bool newly;
+
+  return qcow2_bitmaps_mark (img, offset, count, &newly);
+}
+
 /* Does [offset, offset+count) already read as zeroes from metadata? */
 static int
 reads_zero (struct qcow2_image *img, uint64_t offset, uint64_t count)
@@ -237,6 +251,8 @@ qcow2_zero_range (struct qcow2_image *img, uint64_t count, uint64_t offset,
     uint64_t n = MIN (count, h->cluster_size - (offset & (h->cluster_size - 1)));
     uint64_t ms, ml;
 
+    if (mark_bitmaps (img, offset, n) == -1)
+      return -1;
     metadata_part (img, offset, n, &ms, &ml);
     if (v2 && (backing_under (img, ROUND_DOWN (offset, h->cluster_size)) ||
                !may_trim))
@@ -282,6 +298,8 @@ qcow2_trim_range (struct qcow2_image *img, uint64_t count, uint64_t offset)
     uint64_t n = MIN (count, h->cluster_size - (offset & (h->cluster_size - 1)));
     uint64_t ms, ml;
 
+    if (mark_bitmaps (img, offset, n) == -1)
+      return -1;
     metadata_part (img, offset, n, &ms, &ml);
     /* Over a backing file a v2 image cannot hide it: leave it. */
     if (ml > 0 && !(h->version < 3 &&

@@ -11,7 +11,8 @@
  *                  (the background thread)
  *   changes        write.c, discard.c, rebuild.c
  *   tables         l2.c (L1 and L2 entries), refcount.c, alloc.c (new
- *                  clusters), inflight.c (one allocation per guest cluster)
+ *                  clusters), inflight.c (one allocation per guest cluster),
+ *                  bitmaps-live.c (dirty bitmaps kept)
  *   commit         commit.c (changes bracketed, commits, journal hooks),
  *                  checkpoint.c, dirty.c (the "journal dirty" bit),
  *                  overlap.c (refusing I/O onto metadata)
@@ -121,6 +122,14 @@ enum meta_kind {
                                    checkpointed */
 };
 
+/* A persistent dirty bitmap this session keeps up to date
+ * (bitmaps-live.c). */
+struct qcow2_live_bitmap {
+  uint64_t table_offset;
+  uint32_t table_size;
+  unsigned granularity_bits;
+};
+
 /* A snapshot table entry, as far as qcow2j needs it (snapshot.c). */
 struct qcow2_snapshot {
   uint64_t l1_offset;
@@ -161,6 +170,9 @@ struct qcow2_image {
                                    the active L1 table, host byte order */
   struct qcow2_snapshot *snapshots; /* const: hdr.nb_snapshots of them */
   uint64_t snapshot_table_bytes;    /* const: the table's length */
+  struct qcow2_live_bitmap *live_bitmaps; /* const once journalled: set
+                                             by the set-up */
+  unsigned nr_live_bitmaps;               /* const once journalled */
 
   struct mcache *cache;         /* const: shared along the chain */
   bool owns_cache;              /* const: true in the top image only */

@@ -180,6 +180,7 @@ qcow2_close (struct qcow2_image *img)
   journal_free (img->journal);
   free (img->reftable);
   free (img->snapshots);
+  free (img->live_bitmaps);
   free (img->inflight);
   if (img->backing.image)
     qcow2_close (img->backing.image);

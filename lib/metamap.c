@@ -133,6 +133,7 @@ qcow2_metamap_is_table (struct qcow2_image *img, uint64_t start, uint64_t len)
     switch (img->map.v[i].kind) {
     case META_HEADER: case META_L1: case META_L2: case META_SNAPSHOT_L2:
     case META_REFTABLE: case META_REFBLOCK: case META_FREEING:
+    case META_BITMAP_TABLE: case META_BITMAP_DATA:
       ok = true;
       break;
     default:

@@ -34,8 +34,9 @@ extern bool qcow2_metamap_next_gap (struct qcow2_image *img, uint64_t start,
                                     uint64_t *to);
 
 /* True if [start, start + len) lies inside metadata that the checkpoint
- * may write back: the header, an L1, L2 or refcount table or block, or a
- * table whose free is not yet checkpointed. */
+ * may write back: the header, an L1, L2 or refcount table or block, a
+ * bitmap table or bitmap data, or a table whose free is not yet
+ * checkpointed. */
 extern bool qcow2_metamap_is_table (struct qcow2_image *img, uint64_t start,
                                     uint64_t len);
 

@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <sys/random.h>
 
-#include "bitmaps.h"
+#include "bitmaps-live.h"
 #include "checkpoint.h"
 #include "cleanup.h"
 #include "clock.h"
@@ -367,7 +367,7 @@ set_up (struct qcow2_image *img)
   old_end = img->file_size;
   if (qcow2_metamap_build (img) == -1 ||
       (stale_refcounts && (counts = qcow2_recount (img, old_end)) == NULL) ||
-      qcow2_bitmaps_mark_in_use (img) == -1)
+      qcow2_bitmaps_start (img) == -1)
     return -1;
 
   /* Free space, unless the refcounts cannot be trusted yet: then only

@@ -11,6 +11,9 @@
  *
  * Allocating writes to one guest cluster are serialized by marking the
  * cluster in flight; the metadata lock is not held over the data I/O.
+ *
+ * With persistent dirty bitmaps to keep, each piece first sets its bits
+ * (bitmaps-live.c), and commits them before writing if any was clear.
  */
 #include <config.h>
 
@@ -20,6 +23,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "bitmaps-live.h"
 #include "cleanup.h"
 #include "commit.h"
 #include "entry.h"
@@ -159,9 +163,14 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   const bool extl2 = h->l2_entry_size == 16;
   uint64_t entry_offset, entry, bitmap, host, new_entry, new_bitmap;
   uint64_t write_from, write_to, target;
-  bool new_cluster, fill_all, ordered, fresh;
+  bool new_cluster, fill_all, ordered, fresh, newly, covered;
   int r;
 
+  /* Bits of the dirty bitmaps first, durable before data may change in
+   * place (bitmaps-live.c says why). */
+  if (qcow2_bitmaps_mark (img, offset, count, &newly) == -1 ||
+      (newly && qcow2_commit (img, &covered) == -1))
+    return -1;
   r = write_in_place (img, buf, count, offset);
   if (r != 0)
     return r;

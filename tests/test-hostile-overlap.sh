@@ -47,8 +47,8 @@ prepare ()
     case "$2" in
         snaptable|snapl1) qemu-img snapshot -c s1 "$1" ;;
         bitmapdir|bitmaptable)
-            # The first session marks the bitmap in use (its directory
-            # changes then, not later).
+            # A first session sets a bit, so that the bitmap has a data
+            # cluster (it changes then, not later).
             qemu-img bitmap --add "$1" b0
             nbdkit -U - "$QCOW2J" file="$1" \
                 --run 'nbdsh -u "$uri" -c "h.pwrite(b\"\x11\" * 4096, 0)"' ;;
@@ -126,6 +126,7 @@ for kind in l1 l2 reftable refblock snaptable snapl1 bitmapdir bitmaptable \
         size=$(stat -c %s "$img")
         [ "$len" = 0 ] || [ $((t + len)) -le "$size" ] || len=$((size - t))
         [ "$len" = 0 ] || $patch "$img" peek "$t" "$len" > before.hex
+        cp "$img" qemu-only.qcow2
 
         serve_start "$img"
         # Honest I/O on cluster 0 works, and sets the journal up (past
@@ -165,7 +166,18 @@ for kind in l1 l2 reftable refblock snaptable snapl1 bitmapdir bitmaptable \
             qemu-img info "$img" | grep -q 'corrupt: true' ||
                 fail "$kind $op: not marked corrupt"
             qemu-img check -q -r all "$img" >/dev/null 2>&1 || :
-            qemu-img check -q "$img" || fail "$kind $op: qemu-img check -r all did not repair it"
+            # As well as QEMU repairs the crafted image by itself: it
+            # cannot when a data entry shares a cluster with a bitmap
+            # directory it trusts (its repair says "No errors", and the
+            # next check finds the same one again).
+            qemu-img check -q -r all qemu-only.qcow2 >/dev/null 2>&1 || :
+            if qemu-img check -q qemu-only.qcow2 >/dev/null 2>&1; then
+                qemu-img check -q "$img" || fail "$kind $op: qemu-img check -r all did not repair it"
+            else
+                diff <(qemu-img check "$img" 2>&1 | grep -E '^(ERROR|Leaked)') \
+                     <(qemu-img check qemu-only.qcow2 2>&1 | grep -E '^(ERROR|Leaked)') ||
+                    fail "$kind $op: after repair, worse than QEMU's own repair of the crafted image"
+            fi
         fi
         nbdkit -U - -r "$QCOW2J" file="$img" \
             --run 'nbdsh -u "$uri" -c "assert h.pread(4096, 0) == b\"\\x33\" * 4096"' ||
