@@ -6,7 +6,7 @@
  * transitions; any layer may trip the latch, which is why it lives here,
  * below all of them: once a change failed half way, or a host flush or a
  * checkpoint failed, nothing may be committed any more in this session
- * (docs/journal-format.md 8.6), and the journal keeps what was committed
+ * (docs/journal-format.md 8.7), and the journal keeps what was committed
  * for the next open to replay.
  */
 #include <config.h>
