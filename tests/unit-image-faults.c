@@ -34,7 +34,7 @@
  *   -1 if the clean close failed and the image keeps its journal): the
  *   journal is not dirty, and "qemu-img check" exits 0 on the file as is.
  *
- * docs/journal-format.md section 8.6: after a failed write or flush of a
+ * docs/journal-format.md section 8.7: after a failed write or flush of a
  * commit the writer fails the waiting requests and commits nothing more;
  * the image stays dirty and the next open replays.
  *
