@@ -47,6 +47,7 @@ requires python3 -c 'import nbd'
 C=65536
 failures=()
 
+source "$SRCDIR/tests/write-helpers.sh"
 source "$SRCDIR/tests/hostile-cases.sh"
 
 # ---- the client -----------------------------------------------------------
@@ -257,53 +258,14 @@ sys.exit(1 if errors else 0)
 EOF2
 
 # ---- helpers --------------------------------------------------------------
-# start_server IMG [PARAM...]: nbdkit in the foreground (-f), in the
-# background, logging to $server_log; sets $uri and $server_pid.  (Not
-# --run: nbdkit 1.32 then does not wait for its server to exit, and
-# qemu-img check could see the image still open.)
-nserver=0
-server_pid=
-start_server ()
-{
-    local img=$1 sock i
-    shift
-    nserver=$((nserver + 1))
-    sock=$tmp/srv$nserver.sock
-    server_log=$tmp/srv$nserver.log
-    "${NBDKIT_CMD[@]}" -f -U "$sock" "$QCOW2J" file="$img" "$@" 2>"$server_log" &
-    server_pid=$!
-    for i in $(seq 300); do
-        [ -S "$sock" ] && break
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.05
-    done
-    uri="nbd+unix:///?socket=$sock"
-    [ -S "$sock" ]
-}
-# stop_server: SIGTERM, wait at most 30 s (then SIGKILL); sets $server_rc
-# (a number, or "hung").
-stop_server ()
-{
-    local i
-    server_rc=
-    kill -TERM "$server_pid" 2>/dev/null || :
-    {
-        for i in $(seq 600); do
-            kill -0 "$server_pid" 2>/dev/null || break
-            sleep 0.05
-        done
-        if kill -0 "$server_pid" 2>/dev/null; then
-            kill -KILL "$server_pid"
-            wait "$server_pid" || :
-            server_rc=hung
-        else
-            server_rc=0
-            wait "$server_pid" || server_rc=$?
-        fi
-    } 2>/dev/null
-    server_pid=
-}
-cleanup_fn '[ -z "$server_pid" ] || { kill -9 $server_pid; wait $server_pid; } 2>/dev/null'
+# The servers: serve_start and serve_stop (tests/write-helpers.sh), which
+# run nbdkit in the foreground (-f) in the background (not --run: nbdkit
+# 1.32 then does not wait for its server to exit, and qemu-img check could
+# see the image still open).  A server that does not start, or exits
+# with an error, is a finding of its class, not the end of the test.
+export SERVE_MAY_FAIL=1 SERVE_STOP_MAY_FAIL=1
+start_server () { serve_start "$@"; }
+stop_server () { serve_stop TERM; }
 
 # qcheck IMG: "RC CORRUPTIONS LEAKS CHECK-ERRORS", with "-" for the counts
 # when qemu-img check printed no report (it could not open the image).
