@@ -21,6 +21,7 @@
 # runs of zeroes QEMU wrote into holes, which QEMU then reports as zero.
 source "$SRCDIR/tests/functions.sh"
 source "$SRCDIR/tests/read-helpers.sh"
+source "$SRCDIR/tests/write-helpers.sh"
 requires qemu-nbd --version
 requires python3 -c 'import nbd; nbd.NBD().set_strict_mode'
 cd "$tmp"
@@ -218,6 +219,26 @@ qemu-img snapshot -c x2 xl2.qcow2
 qio xl2.qcow2 "write -P 0x77 0 8M"
 check_all xl2.qcow2 1 x1
 check_all xl2.qcow2 2 x2
+
+# --- a dirty journal: replayed in memory, then the snapshot served ---------
+# qcow2j writes the active layer (copying the clusters the snapshot
+# shares) and is killed with its journal dirty.
+qemu-img create -q -f qcow2 dirty.qcow2 8M
+qio dirty.qcow2 "write -P 0x91 0 4M" "write -c -P 0x92 5M 64k"
+qemu-img snapshot -c d1 dirty.qcow2
+reference dirty.qcow2 1 d1
+serve_start dirty.qcow2
+nbdsh -u "$uri" -c '
+h.pwrite(b"\x93" * (1 << 20), 512 * 1024)
+h.zero(1 << 20, 2 << 20)
+h.trim(65536, 5 << 20)
+h.pwrite(b"\x94" * 4096, 7 << 20)
+h.flush()'
+serve_stop KILL
+qemu-img info dirty.qcow2 >/dev/null 2>&1 && fail "dirty.qcow2: the journal is not dirty"
+check "dirty.qcow2 d1 (dirty journal)" dirty.qcow2 snapshot=d1
+grep -q 'replayed the journal .* in memory' out.err ||
+    fail "dirty.qcow2: the journal was not replayed in memory"
 
 # --- unknown snapshots: refused at startup, naming what the image has -------
 refused ()
