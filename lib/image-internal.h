@@ -172,7 +172,8 @@ struct qcow2_image {
                                    the active L1 table (or the served
                                    snapshot's), host byte order */
   struct qcow2_snapshot *snapshots; /* const: hdr.nb_snapshots of them */
-  uint32_t snapshots_filled;    /* const: entries of it to free */
+  uint32_t snapshots_filled;    /* const: entries of it filled in (whose
+                                   strings are to be freed) */
   const struct qcow2_snapshot *served_snapshot; /* const: the snapshot
                                    served read-only instead of the active
                                    layer, or NULL */

@@ -188,7 +188,9 @@ qcow2_load_snapshot (struct qcow2_image *img,
     errno = EINVAL;
     return -1;
   }
-  /* Its L1 table was validated with the snapshot table (snapshot.c). */
+  /* Its L1 table was validated with the snapshot table (snapshot.c).
+   * One too short for the disk size leaves the rest unallocated, as QEMU
+   * reads it. */
   free (img->l1);
   img->l1 = NULL;
   img->hdr.size = sn->disk_size;

@@ -44,7 +44,7 @@ extern bool qcow2j_params_snapshot (void);
   "locking=false         Do not take QEMU-compatible image locks.\n" \
   "snapshot=ID_OR_NAME   Serve an internal snapshot, read-only (an id,\n" \
   "                      else a name, as qemu-nbd -l).\n" \
-  "snapshot-id=ID [snapshot-name=NAME]\n" \
+  "snapshot-id=ID, snapshot-name=NAME\n" \
   "                      The same by id, by name, or by both.\n" \
   "create=true [size=SIZE] [cluster-size=SIZE] [backing-file=FILE\n" \
   "  backing-format=qcow2|raw] [refcount-bits=N] [extended-l2=true]\n" \

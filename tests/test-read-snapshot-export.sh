@@ -268,6 +268,18 @@ refused "no snapshots" none.qcow2 \
 refused "snapshot= with snapshot-id=" main.qcow2 "snapshot=s1: goes alone" \
         snapshot=s1 snapshot-id=1
 
+# A disk size no NBD export can have (bytes 8-15 of the first entry's
+# extra data): refused when that snapshot is asked for, not otherwise.
+cp main.qcow2 huge.qcow2
+python3 "$SRCDIR/tests/qcow2-patch.py" huge.qcow2 poke \
+        $(( $(python3 "$SRCDIR/tests/qcow2-patch.py" huge.qcow2 get snapshots_offset) + 48 )) \
+        8000000000000000
+refused "disk size too large" huge.qcow2 \
+        "snapshot 1: disk size 9223372036854775808 is too large" snapshot=s1
+nbdkit -U - "$QCOW2J" file=huge.qcow2 snapshot=s2 --run 'nbdinfo --size "$uri"' \
+       > huge.size 2>/dev/null || fail "huge.qcow2: snapshot s2 not served"
+[ "$(cat huge.size)" = $((12 * M)) ] || fail "huge.qcow2: s2 size $(cat huge.size)"
+
 # --- a version 2 image whose snapshot entries carry no disk size ------------
 # The table is rewritten with 8 bytes of extra data (no disk size, which
 # version 2 allows): the disk size is then the image's, for QEMU too.
