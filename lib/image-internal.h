@@ -134,6 +134,8 @@ struct qcow2_live_bitmap {
 struct qcow2_snapshot {
   uint64_t l1_offset;
   uint32_t l1_size;
+  uint64_t disk_size;           /* its virtual disk size */
+  char *id, *name;              /* its id and name strings */
 };
 
 struct qcow2_image {
@@ -167,8 +169,14 @@ struct qcow2_image {
                                    (backing.c, extents.c) */
 
   uint64_t *l1;                 /* atomic entries, changed under meta_lock:
-                                   the active L1 table, host byte order */
+                                   the active L1 table (or the served
+                                   snapshot's), host byte order */
   struct qcow2_snapshot *snapshots; /* const: hdr.nb_snapshots of them */
+  uint32_t snapshots_filled;    /* const: entries of it filled in (whose
+                                   strings are to be freed) */
+  const struct qcow2_snapshot *served_snapshot; /* const: the snapshot
+                                   served read-only instead of the active
+                                   layer, or NULL */
   uint64_t snapshot_table_bytes;    /* const: the table's length */
   struct qcow2_live_bitmap *live_bitmaps; /* const once journalled: set
                                              by the set-up */

@@ -4,10 +4,15 @@
  * snapshot table of each image of the backing chain, and opens any
  * external data file; L2 tables are only read when a request needs them.
  * Nothing is written: the file is opened read-only unless asked, and
- * even then nothing changes until the first write (session.c).
+ * even then nothing changes until the first write (session.c).  An image
+ * opened read-only may serve an internal snapshot instead of its active
+ * layer (qcow2_load_snapshot): the snapshot's L1 table and disk size take
+ * the active ones' place in memory, so that reads and block status, which
+ * go through them, need nothing else.
  */
 #include <config.h>
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -165,6 +170,37 @@ qcow2_open (const char *path, const struct qcow2_open_options *opts)
 }
 
 int
+qcow2_load_snapshot (struct qcow2_image *img,
+                     const struct qcow2_snapshot_choice *which)
+{
+  const struct qcow2_snapshot *sn;
+
+  /* The header in memory becomes the snapshot's: nothing may write it. */
+  assert (!img->file_rw);
+  assert (!qcow2_journal_dirty (img));
+  assert (img->served_snapshot == NULL);
+  sn = qcow2_snapshot_find (img, which);
+  if (sn == NULL)
+    return -1;
+  if (sn->disk_size > INT64_MAX) {
+    qerror ("%s: snapshot %s: disk size %" PRIu64 " is too large",
+            img->file->name, sn->id, sn->disk_size);
+    errno = EINVAL;
+    return -1;
+  }
+  /* Its L1 table was validated with the snapshot table (snapshot.c).
+   * One too short for the disk size leaves the rest unallocated, as QEMU
+   * reads it. */
+  free (img->l1);
+  img->l1 = NULL;
+  img->hdr.size = sn->disk_size;
+  img->hdr.l1_size = sn->l1_size;
+  img->hdr.l1_table_offset = sn->l1_offset;
+  img->served_snapshot = sn;
+  return qcow2_read_l1 (img);
+}
+
+int
 qcow2_close (struct qcow2_image *img)
 {
   int saved_errno = errno;
@@ -179,7 +215,7 @@ qcow2_close (struct qcow2_image *img)
   }
   journal_free (img->journal);
   free (img->reftable);
-  free (img->snapshots);
+  qcow2_snapshots_free (img);
   free (img->live_bitmaps);
   free (img->inflight);
   if (img->backing.image)
@@ -264,6 +300,9 @@ qcow2_describe (const struct qcow2_image *img, char *buf, size_t len)
   if (h->nb_snapshots)
     ADD (", %" PRIu32 " snapshot%s", h->nb_snapshots,
          h->nb_snapshots == 1 ? "" : "s");
+  if (img->served_snapshot)
+    ADD (", serving snapshot %.32s '%.64s'", img->served_snapshot->id,
+         img->served_snapshot->name);
   if (h->incompatible_features & QCOW2_INCOMPAT_CORRUPT)
     ADD (", marked corrupt");
   for (const struct qcow2_image *i = img; i->backing.kind != BACKING_NONE;

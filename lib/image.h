@@ -39,6 +39,25 @@ extern struct qcow2_image *qcow2_open_hostio (struct hostio *io,
                                               const char *dir,
                                               const struct qcow2_open_options *opts);
 
+/* Which internal snapshot to serve (qemu-nbd -l): by id, by name, by
+ * both (one entry must match both), or by id_or_name alone (an id, else
+ * a name, as QEMU looks it up).  The first matching entry is taken. */
+struct qcow2_snapshot_choice {
+  const char *id;
+  const char *name;
+  const char *id_or_name;
+};
+
+/* Serve that snapshot instead of the active layer: reads, extents and
+ * the size become the snapshot's (its L1 table, its disk size); the
+ * backing chain and the data file are the image's.  The image must have
+ * been opened read-only and any dirty journal replayed in memory
+ * (qcow2_replay_in_memory); call it once, before the first read.
+ * Reports and returns -1 with errno set: ENOENT when no snapshot matches
+ * (the message lists those the image has), EINVAL for a bad snapshot. */
+extern int qcow2_load_snapshot (struct qcow2_image *img,
+                                const struct qcow2_snapshot_choice *which);
+
 /* Close, after a clean checkpoint if the image was written: the file is
  * then plain qcow2.  Returns -1 if that failed (the image then keeps its
  * journal, replayed at the next writable open). */

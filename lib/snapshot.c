@@ -2,20 +2,24 @@
  *
  * The table is walked once, at open (and again after a replay changed the
  * header): every entry is validated and what qcow2j needs of it (where
- * its L1 table is) is kept in img->snapshots, so that no other code walks
- * the table.  qcow2j serves the active layer and leaves snapshot metadata
- * untouched.  The walk is bounded by QEMU's limits (65536 entries, 1 KiB
- * of extra data each, 64 MiB in all) so a hostile count cannot make the
- * open slow or large.
+ * its L1 table is, its disk size, its id and name) is kept in
+ * img->snapshots, so that no other code walks the table.  qcow2j serves
+ * the active layer, or one snapshot read-only (qcow2_load_snapshot, which
+ * looks it up here), and never changes snapshot metadata.  The walk is
+ * bounded by QEMU's limits (65536 entries, 1 KiB of extra data each,
+ * 64 MiB in all) so a hostile count cannot make the open slow or large.
  */
 #include <config.h>
 
+#include <assert.h>
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "byteorder.h"
 #include "format.h"
 #include "image-internal.h"
 #include "log.h"
@@ -23,6 +27,9 @@
 #include "snapshot.h"
 
 #define SNAPSHOT_HEADER_SIZE 40
+/* The extra data holds the snapshot's disk size in bytes 8-15; without
+ * them the disk size is the image's (as QEMU reads it). */
+#define SNAPSHOT_EXTRA_DISK_SIZE 8
 
 /* Which table that qcow2j changes in place (the active L1 table, the
  * refcount table) does [offset, offset+len) overlap, if any?  Snapshot
@@ -44,6 +51,50 @@ overlapped_table (const struct qcow2_header *h, uint64_t offset,
   return NULL;
 }
 
+void
+qcow2_snapshots_free (struct qcow2_image *img)
+{
+  for (uint32_t i = 0; i < img->snapshots_filled; i++) {
+    free (img->snapshots[i].id);
+    free (img->snapshots[i].name);
+  }
+  free (img->snapshots);
+  img->snapshots = NULL;
+  img->snapshots_filled = 0;
+}
+
+/* Fill sn's disk size, id and name from the rest of the entry at pos:
+ * extra bytes of extra data, then the id and the name strings. */
+static int
+entry_tail (struct qcow2_image *img, uint32_t i, uint64_t pos,
+            uint32_t extra, uint16_t id_len, uint16_t name_len,
+            struct qcow2_snapshot *sn)
+{
+  const size_t len = (size_t) extra + id_len + name_len;
+  uint8_t *tail = malloc (len ? len : 1);
+
+  if (tail == NULL) {
+    qerror ("malloc: %m");
+    return -1;
+  }
+  if (hostio_pread (img->file, tail, len, pos + SNAPSHOT_HEADER_SIZE) == -1) {
+    qerror ("%s: read snapshot %" PRIu32 ": %m", img->file->name, i);
+    free (tail);
+    return -1;
+  }
+  sn->disk_size = extra >= SNAPSHOT_EXTRA_DISK_SIZE + 8 ?
+    get_be64 (tail + SNAPSHOT_EXTRA_DISK_SIZE) : img->hdr.size;
+  /* As QEMU: the strings end at the first NUL, if any. */
+  sn->id = strndup ((char *) tail + extra, id_len);
+  sn->name = strndup ((char *) tail + extra + id_len, name_len);
+  free (tail);
+  if (sn->id == NULL || sn->name == NULL) {
+    qerror ("strndup: %m");
+    return -1;
+  }
+  return 0;
+}
+
 int
 qcow2_snapshots_load (struct qcow2_image *img)
 {
@@ -51,8 +102,7 @@ qcow2_snapshots_load (struct qcow2_image *img)
   uint64_t pos = h->snapshots_offset;
   const char *what;
 
-  free (img->snapshots);
-  img->snapshots = NULL;
+  qcow2_snapshots_free (img);
   img->snapshot_table_bytes = 0;
   if (h->nb_snapshots == 0)
     return 0;
@@ -128,6 +178,10 @@ qcow2_snapshots_load (struct qcow2_image *img)
     }
     img->snapshots[i].l1_offset = l1_offset;
     img->snapshots[i].l1_size = l1_size;
+    img->snapshots_filled = i + 1;
+    if (entry_tail (img, i, pos, extra, id_len, name_len,
+                    &img->snapshots[i]) == -1)
+      return -1;
     pos += ROUND_UP (entry_len, 8);
   }
   if ((what = overlapped_table (h, h->snapshots_offset,
@@ -140,4 +194,94 @@ qcow2_snapshots_load (struct qcow2_image *img)
   }
   img->snapshot_table_bytes = pos - h->snapshots_offset;
   return 0;
+}
+
+static bool
+matches (const struct qcow2_snapshot *sn, const char *id, const char *name)
+{
+  return (id == NULL || strcmp (sn->id, id) == 0) &&
+    (name == NULL || strcmp (sn->name, name) == 0);
+}
+
+static const struct qcow2_snapshot *
+find (const struct qcow2_image *img, const char *id, const char *name)
+{
+  for (uint32_t i = 0; i < img->hdr.nb_snapshots; i++)
+    if (matches (&img->snapshots[i], id, name))
+      return &img->snapshots[i];
+  return NULL;
+}
+
+/* Append s to the message buf (len bytes, used so far), at most max bytes
+ * of it: it comes from the file, so control characters become '?'. */
+static void
+append (char *buf, size_t len, size_t *used, const char *s, size_t max)
+{
+  size_t n = strnlen (s, max);
+
+  for (size_t k = 0; k < n && *used + 1 < len; k++)
+    buf[(*used)++] = (unsigned char) s[k] < 0x20 || s[k] == 0x7f ? '?' : s[k];
+  if (s[n] != '\0')
+    append (buf, len, used, "...", 3);
+  buf[*used] = '\0';
+}
+
+/* "it has id 1 's1', id 2 's2'": the snapshots the image has, for a
+ * message. */
+static void
+list_snapshots (const struct qcow2_image *img, char *buf, size_t len)
+{
+  const size_t room = len - 32;      /* for the "... (N in all)" */
+  size_t used = 0;
+  uint32_t i;
+
+  if (img->hdr.nb_snapshots == 0) {
+    snprintf (buf, len, "it has no snapshots");
+    return;
+  }
+  for (i = 0; i < img->hdr.nb_snapshots && used + 1 < room; i++) {
+    append (buf, room, &used, i ? ", id " : "it has id ", 10);
+    append (buf, room, &used, img->snapshots[i].id, 32);
+    append (buf, room, &used, " '", 2);
+    append (buf, room, &used, img->snapshots[i].name, 64);
+    append (buf, room, &used, "'", 1);
+  }
+  if (i < img->hdr.nb_snapshots)
+    snprintf (buf + used, len - used, "... (%" PRIu32 " in all)",
+              img->hdr.nb_snapshots);
+}
+
+const struct qcow2_snapshot *
+qcow2_snapshot_find (const struct qcow2_image *img,
+                     const struct qcow2_snapshot_choice *which)
+{
+  const struct qcow2_snapshot *sn;
+  char asked[256], has[1024];
+
+  if (which->id_or_name) {
+    sn = find (img, which->id_or_name, NULL);
+    if (sn == NULL)
+      sn = find (img, NULL, which->id_or_name);
+    if (sn)
+      return sn;
+    snprintf (asked, sizeof asked, "id or name '%s'", which->id_or_name);
+  }
+  else {
+    assert (which->id || which->name);
+    sn = find (img, which->id, which->name);
+    if (sn)
+      return sn;
+    if (which->id && which->name)
+      snprintf (asked, sizeof asked, "id '%s' and name '%s'", which->id,
+                which->name);
+    else if (which->id)
+      snprintf (asked, sizeof asked, "id '%s'", which->id);
+    else
+      snprintf (asked, sizeof asked, "name '%s'", which->name);
+  }
+  list_snapshots (img, has, sizeof has);
+  qerror ("%s: snapshot %s: no such internal snapshot: %s",
+          img->file->name, asked, has);
+  errno = ENOENT;
+  return NULL;
 }

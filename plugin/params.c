@@ -40,6 +40,14 @@ qcow2j_params_free (void)
   qcow2j_params.filename = NULL;
 }
 
+bool
+qcow2j_params_snapshot (void)
+{
+  const struct qcow2_snapshot_choice *s = &qcow2j_params.snapshot;
+
+  return s->id_or_name || s->id || s->name;
+}
+
 static int
 parse_bool (const char *key, const char *value, bool *b)
 {
@@ -175,6 +183,12 @@ qcow2j_config (const char *key, const char *value)
     return parse_bool (key, value, &qcow2j_params.create);
   else if (strcmp (key, "locking") == 0)
     return parse_bool (key, value, &qcow2j_params.locking);
+  else if (strcmp (key, "snapshot") == 0)
+    qcow2j_params.snapshot.id_or_name = value;
+  else if (strcmp (key, "snapshot-id") == 0)
+    qcow2j_params.snapshot.id = value;
+  else if (strcmp (key, "snapshot-name") == 0)
+    qcow2j_params.snapshot.name = value;
   else if (is_create_key (key))
     return config_create (key, value);
   else {
@@ -193,6 +207,11 @@ qcow2j_config_complete (void)
 
   if (file_arg == NULL) {
     nbdkit_error ("you must supply the file=<FILENAME> parameter");
+    return -1;
+  }
+  if (p->snapshot.id_or_name && (p->snapshot.id || p->snapshot.name)) {
+    nbdkit_error ("snapshot=%s: goes alone (snapshot-id= and snapshot-name= "
+                  "name a snapshot together)", p->snapshot.id_or_name);
     return -1;
   }
   if (create_key && !p->create) {

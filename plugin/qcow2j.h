@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "create.h"
+#include "image.h"
 
 /* params.c: the plugin's parameters. */
 enum qcow2j_readonly {
@@ -23,6 +24,8 @@ struct qcow2j_params {
   bool locking;                 /* locking= */
   bool create;                  /* create= */
   bool created;                 /* create=true made the file */
+  struct qcow2_snapshot_choice snapshot; /* snapshot=, snapshot-id=,
+                                   snapshot-name= (all NULL: none) */
   struct qcow2_create_options create_opts;
 };
 
@@ -30,6 +33,7 @@ extern struct qcow2j_params qcow2j_params;
 extern int qcow2j_config (const char *key, const char *value);
 extern int qcow2j_config_complete (void);
 extern void qcow2j_params_free (void);
+extern bool qcow2j_params_snapshot (void);
 
 #define qcow2j_config_help \
   "[file=]<FILENAME>     (required) The qcow2 image to serve.\n" \
@@ -38,6 +42,10 @@ extern void qcow2j_params_free (void);
   "                      cannot be written (default false: refuse).\n" \
   "l2-cache-size=SIZE    Bound of the L2 metadata cache (default 32M).\n" \
   "locking=false         Do not take QEMU-compatible image locks.\n" \
+  "snapshot=ID_OR_NAME   Serve an internal snapshot, read-only (an id,\n" \
+  "                      else a name, as qemu-nbd -l).\n" \
+  "snapshot-id=ID, snapshot-name=NAME\n" \
+  "                      The same by id, by name, or by both.\n" \
   "create=true [size=SIZE] [cluster-size=SIZE] [backing-file=FILE\n" \
   "  backing-format=qcow2|raw] [refcount-bits=N] [extended-l2=true]\n" \
   "  [compression-type=zlib|zstd] [lazy-refcounts=true]\n" \

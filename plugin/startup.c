@@ -16,9 +16,13 @@
  * which nbdkit's fork into the background shares with the child that
  * serves; the parent exits, and the child holds them.
  *
+ * An internal snapshot (snapshot=) is always served read-only, as
+ * qemu-nbd -l serves it; that is said once unless the user asked for
+ * read-only.
+ *
  * A dirty journal (a server killed) is replayed here too: in place when
  * the image is served writable, in memory otherwise (the file is then
- * unchanged).  The journal itself is set up at the first write, so an
+ * unchanged), before a snapshot is looked up.  The journal itself is set up at the first write, so an
  * image served writable but only read is never modified.
  */
 #include <config.h>
@@ -97,8 +101,10 @@ struct qcow2_image *
 qcow2j_open_image (bool *writable)
 {
   const struct qcow2j_params *p = &qcow2j_params;
-  const bool want_write =
-    p->readonly != READONLY_TRUE && !qcow2j_cmdline_readonly ();
+  const bool readonly =
+    p->readonly == READONLY_TRUE || qcow2j_cmdline_readonly ();
+  const bool snapshot = qcow2j_params_snapshot ();
+  const bool want_write = !readonly && !snapshot;
   const struct qcow2_open_options opts = {
     .l2_cache_bytes = p->l2_cache_bytes,
     .lock = p->locking,
@@ -128,6 +134,13 @@ qcow2j_open_image (bool *writable)
     qcow2j_notice ("%s: replayed the journal of a server that did not stop "
                    "cleanly in memory, read-only: the file is unchanged "
                    "(serve it writable once to repair it)", p->filename);
+  }
+  if (snapshot) {
+    if (qcow2_load_snapshot (img, &p->snapshot) == -1)
+      goto fail;
+    if (!readonly)
+      qcow2j_notice ("%s: serving an internal snapshot read-only, as "
+                     "qemu-nbd -l does", p->filename);
   }
   return img;
 
