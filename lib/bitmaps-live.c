@@ -11,7 +11,7 @@
  * as they are.
  *
  * Every write, zero and trim sets the bits covering its range in every
- * bitmap the session keeps (bitmaps.c chose them at the set-up), so that
+ * bitmap the session keeps (chosen at the set-up, above), so that
  * an incremental backup that trusts the bitmap copies every range that
  * changed.  The bits are metadata like any other: set through the
  * journal (SET64 records on the bitmap data, a ZERO record and a table
@@ -24,8 +24,10 @@
  * later transaction, a zero or trim changes its entries in a later one,
  * and replay applies transactions in order, so whatever a crash keeps of
  * the change, it keeps the bits too.  A write in place changes data with
- * no transaction at all, so its caller commits first when a bit was
- * clear (write.c): once per granule until a backup clears the bitmap.
+ * no transaction at all, so its caller commits first while any bit set
+ * in memory is not yet durable (qcow2_bitmaps_pending, write.c): whoever
+ * set it, this request or another, and for whichever range.  That costs
+ * a commit per granule first written after a backup cleared the bitmap.
  *
  * Layout (QEMU's docs/interop/qcow2.txt): bit i of a bitmap covers guest
  * bytes [i << granularity_bits, (i + 1) << granularity_bits), and lives in
@@ -130,12 +132,13 @@ mark_bits (struct qcow2_image *img, const struct qcow2_live_bitmap *b,
 
 int
 qcow2_bitmaps_mark (struct qcow2_image *img, uint64_t offset,
-                    uint64_t count, bool *newly)
+                    uint64_t count)
 {
   const uint64_t size = img->hdr.size;
+  uint64_t sealed, durable;
+  bool newly = false;
   int r = 0;
 
-  *newly = false;
   if (img->nr_live_bitmaps == 0 || count == 0 || offset >= size)
     return 0;
   count = MIN (count, size - offset);
@@ -150,17 +153,35 @@ qcow2_bitmaps_mark (struct qcow2_image *img, uint64_t offset,
     const struct qcow2_live_bitmap *b = &img->live_bitmaps[i];
 
     r = mark_bits (img, b, offset >> b->granularity_bits,
-                   (offset + count - 1) >> b->granularity_bits, newly);
+                   (offset + count - 1) >> b->granularity_bits, &newly);
+  }
+  /* The bits are in the open transaction: durable once a transaction
+   * sealed after now is. */
+  if (r == 0 && newly) {
+    journal_generations (img->journal, &sealed, &durable);
+    if (img->bits_durable_at < sealed + 1)
+      __atomic_store_n (&img->bits_durable_at, sealed + 1, __ATOMIC_RELEASE);
   }
   r = qcow2_change_end (img, r);
   qcow2_meta_unlock (img);
   return r;
 }
 
+bool
+qcow2_bitmaps_pending (struct qcow2_image *img)
+{
+  uint64_t sealed, durable;
+
+  if (img->nr_live_bitmaps == 0)
+    return false;
+  journal_generations (img->journal, &sealed, &durable);
+  return durable < __atomic_load_n (&img->bits_durable_at, __ATOMIC_ACQUIRE);
+}
+
 /* Can this enabled bitmap be kept up to date?  NULL if so, else why not:
- * its table must have the size the disk and granularity give, and each
- * entry must name a data cluster the metadata map holds as bitmap data,
- * or none. */
+ * its table must have the size the disk and granularity give and lie
+ * where the metadata map holds it, and each entry must name a data
+ * cluster the map holds as bitmap data, or none. */
 static const char *
 unmaintainable (struct qcow2_image *img, const struct qcow2_bitmap *b)
 {
@@ -168,9 +189,15 @@ unmaintainable (struct qcow2_image *img, const struct qcow2_bitmap *b)
   const uint64_t bits = DIV_ROUND_UP (img->hdr.size,
                                       1ULL << b->granularity_bits);
   CLEANUP_FREE uint8_t *t = NULL;
+  uint64_t at;
 
   if (b->table_size != DIV_ROUND_UP (bits, cs * 8))
     return "its table's size does not match the disk's";
+  /* The walk (walk.c) put a well-placed table in the map; one it skipped
+   * (misaligned, past the end of the file) is not there. */
+  if (qcow2_metamap_find (img, b->table_offset, 1, &at) != META_BITMAP_TABLE ||
+      at != b->table_offset)
+    return "its table is misaligned or outside the file";
   t = malloc (b->table_size ? (uint64_t) b->table_size * 8 : 1);
   if (t == NULL)
     return "out of memory";

@@ -19,11 +19,14 @@ extern int qcow2_bitmaps_start (struct qcow2_image *img);
 /* Set the bits that cover guest [offset, offset + count) in every bitmap
  * of img->live_bitmaps, in a change of its own (before the change that
  * alters the range, so a crash can never keep the alteration without
- * the bits: transactions replay in order).  *newly says whether any bit
- * was clear: a write that changes data in place, with no transaction of
- * its own, must commit before it writes.  Not under meta_lock.  0, or -1
- * with errno. */
+ * the bits: transactions replay in order).  Not under meta_lock.  0, or
+ * -1 with errno. */
 extern int qcow2_bitmaps_mark (struct qcow2_image *img, uint64_t offset,
-                               uint64_t count, bool *newly);
+                               uint64_t count);
+
+/* Is some bit set by qcow2_bitmaps_mark (by any request) not durable
+ * yet?  A write that changes data in place, with no transaction of its
+ * own, must commit first then. */
+extern bool qcow2_bitmaps_pending (struct qcow2_image *img);
 
 #endif /* QCOW2J_BITMAPS_LIVE_H */

@@ -147,9 +147,7 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
 static int
 mark_bitmaps (struct qcow2_image *img, uint64_t offset, uint64_t count)
 {
-  bool newly;
-
-  return qcow2_bitmaps_mark (img, offset, count, &newly);
+  return qcow2_bitmaps_mark (img, offset, count);
 }
 
 /* Does [offset, offset+count) already read as zeroes from metadata? */
@@ -291,9 +289,6 @@ qcow2_trim_range (struct qcow2_image *img, uint64_t count, uint64_t offset)
 
   ASSERT_META_UNLOCKED (img);
   ASSERT_JOURNAL_SET_UP (img);
-  /* A raw external data file must keep reading as the disk does. */
-  if (h->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW)
-    return 0;
   while (count > 0) {
     uint64_t n = MIN (count, h->cluster_size - (offset & (h->cluster_size - 1)));
     uint64_t ms, ml;
@@ -301,6 +296,10 @@ qcow2_trim_range (struct qcow2_image *img, uint64_t count, uint64_t offset)
     if (mark_bitmaps (img, offset, n) == -1)
       return -1;
     metadata_part (img, offset, n, &ms, &ml);
+    /* A raw external data file must keep reading as the disk does: the
+     * trim changes nothing there (but is marked, as QEMU marks it). */
+    if (h->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW)
+      ml = 0;
     /* Over a backing file a v2 image cannot hide it: leave it. */
     if (ml > 0 && !(h->version < 3 &&
                     backing_under (img, ROUND_DOWN (offset, h->cluster_size))) &&

@@ -181,6 +181,10 @@ struct qcow2_image {
   struct qcow2_live_bitmap *live_bitmaps; /* const once journalled: set
                                              by the set-up */
   unsigned nr_live_bitmaps;               /* const once journalled */
+  uint64_t bits_durable_at;     /* atomic, raised under meta_lock: the
+                                   journal's durable generation at which
+                                   every bit set so far is durable
+                                   (bitmaps-live.c) */
 
   struct mcache *cache;         /* const: shared along the chain */
   bool owns_cache;              /* const: true in the top image only */

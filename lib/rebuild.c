@@ -93,8 +93,9 @@ count_l2 (struct qcow2_image *img, struct counts *c, uint64_t l2)
   if (read_table (img, l2, h->cluster_size, &t) == -1)
     return -1;
   for (uint64_t i = 0; i < h->cluster_size; i += h->l2_entry_size) {
-    uint64_t e = get_be64 (t + i), first, n;
+    uint64_t e = get_be64 (t + i), first, n, where;
     bool compressed = qcow2_entry_type (img, e) == ENTRY_COMPRESSED;
+    enum meta_kind kind;
     char what[80];
 
     qcow2_entry_clusters (img, e, &first, &n);
@@ -105,6 +106,17 @@ count_l2 (struct qcow2_image *img, struct counts *c, uint64_t l2)
               compressed ? "compressed data" : "data cluster");
     if (!compressed && !IS_ALIGNED (first, h->cluster_size))
       return bad (img, what, first);
+    /* Data in a cluster of the image's own metadata (the map is built
+     * first): counting it would make the corruption look consistent. */
+    kind = qcow2_metamap_find (img, first, n * h->cluster_size, &where);
+    if (kind != META_NONE) {
+      qerror ("%s: corrupt image: rebuilding refcounts: %s 0x%" PRIx64
+              " overlaps the %s at 0x%" PRIx64 ": repair it with qemu-img "
+              "check -r all", img->file->name, what, first,
+              qcow2_meta_kind_name (kind), where);
+      errno = EIO;
+      return -1;
+    }
     if (add (img, c, first, n * h->cluster_size, what) == -1)
       return -1;
   }

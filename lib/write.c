@@ -163,13 +163,13 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   const bool extl2 = h->l2_entry_size == 16;
   uint64_t entry_offset, entry, bitmap, host, new_entry, new_bitmap;
   uint64_t write_from, write_to, target;
-  bool new_cluster, fill_all, ordered, fresh, newly, covered;
+  bool new_cluster, fill_all, ordered, fresh, covered;
   int r;
 
   /* Bits of the dirty bitmaps first, durable before data may change in
    * place (bitmaps-live.c says why). */
-  if (qcow2_bitmaps_mark (img, offset, count, &newly) == -1 ||
-      (newly && qcow2_commit (img, &covered) == -1))
+  if (qcow2_bitmaps_mark (img, offset, count) == -1 ||
+      (qcow2_bitmaps_pending (img) && qcow2_commit (img, &covered) == -1))
     return -1;
   r = write_in_place (img, buf, count, offset);
   if (r != 0)

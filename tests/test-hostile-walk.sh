@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Tables that name places outside the file, on an image whose refcounts
+# Tables that name places outside the file (or data in the image's own
+# metadata), on an image whose refcounts
 # QEMU left stale (lazy refcounts, its dirty bit set): qcow2j must count
 # every reference before its first write (lib/walk.c walks every table,
 # strict), so each such reference is refused at the writable open, naming
@@ -63,6 +64,11 @@ corrupt ()
             l2=$($patch "$f" l2-offset 0)
             $patch "$f" l2 0 5 $((COPIED | PAST)) >/dev/null
             echo "L2 table 0x$(printf %x "$l2"): entry 5: data cluster 0x$(printf %x $PAST)" ;;
+        l2-names-reftable)
+            l2=$($patch "$f" l2-offset 0)
+            rt=$($patch "$f" get refcount_table_offset)
+            $patch "$f" l2 0 5 $((COPIED | rt)) >/dev/null
+            echo "L2 table 0x$(printf %x "$l2"): entry 5: data cluster 0x$(printf %x "$rt") overlaps the refcount table" ;;
         snapl1-past-eof)
             l2=$(snap_l1 "$f")
             $patch "$f" poke $((l2 + 16)) "$(printf %016x $PAST)" >/dev/null
@@ -92,8 +98,8 @@ qemu-img check good.qcow2 > check.log 2>&1 || { cat check.log; fail "honest imag
 echo "ok: a QEMU-dirty image with a snapshot and a bitmap: rebuilt, written, clean"
 
 # --- hostile references with stale refcounts: refused, image unchanged --
-for kind in l1-past-eof l1-misaligned l2-past-eof snapl1-past-eof \
-            bitmap-data-past-eof; do
+for kind in l1-past-eof l1-misaligned l2-past-eof l2-names-reftable \
+            snapl1-past-eof bitmap-data-past-eof; do
     f=$kind.qcow2
     cp lazy-base.qcow2 "$f"
     want=$(corrupt "$f" "$kind")

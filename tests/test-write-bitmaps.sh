@@ -178,3 +178,57 @@ while True:
 PY
     echo "ok: kill -9 and replay: $1 has every flushed request and every changed granule"
 done
+
+# --- data changed in place right after bits set by another request --------
+# (a zero, or a trim, sets the bits of its whole range; the write that
+# follows in place must still commit them before it writes: a kill at once
+# after must leave the granule dirty).
+for case in zero trim; do
+    f=inplace-$case.qcow2
+    qemu-img create -q -f qcow2 $f $size
+    qemu-io -f qcow2 -c 'write -P 0x55 0 1M' $f >/dev/null
+    qemu-img bitmap --add $f b0
+    sock=$tmp/$case.sock
+    "${NBDKIT_CMD[@]}" -f -U "$sock" "$QCOW2J" file=$f &
+    pid=$!
+    cleanup_fn "kill -9 $pid 2>/dev/null"
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+    case $case in
+        zero) req='h.zero(8192, 4096)' ;;                 # rewrites in place
+        trim) req='h.trim(4096, 65536 + 512); h.pwrite(b"\xaa" * 4096, 65536 + 8192)' ;;
+    esac
+    nbdsh -u "nbd+unix:///?socket=$sock" -c 'h.pwrite(b"\1" * 512, 32 << 20); h.flush()' -c "$req"
+    kill -9 $pid; wait $pid 2>/dev/null || :
+    nbdkit -U - "$QCOW2J" file=$f --run true 2>/dev/null
+    qemu-img check -q $f || fail "in place after $case: qemu-img check"
+    want=$([ $case = zero ] && echo 0 || echo 65536)
+    dirty $f b0 | grep -q "^$want " ||
+        fail "in place after $case: granule $want changed but is not dirty: $(dirty $f b0 | tr '\n' ' ')"
+    echo "ok: kill -9 right after an in-place write following a $case: its granule is dirty"
+done
+
+# --- a bitmap table that is not where a table may be: marked in use, never
+# written through (a table misaligned into an L2 table's unused tail, or
+# past the end of the file) ----------------------------------------------------
+for case in misaligned past-eof; do
+    f=table-$case.qcow2
+    qemu-img create -q -f qcow2 $f $size
+    qemu-io -f qcow2 -c 'write -P 0x11 0 1M' $f >/dev/null
+    qemu-img bitmap --add $f b0
+    dir=$(( 0x$(python3 "$SRCDIR/tests/qcow2-patch.py" $f peek $(( $(python3 "$SRCDIR/tests/qcow2-patch.py" $f ext-list | awk '$2 == "0x23852875" { print $4 + 8 }') + 16 )) 8) ))
+    case $case in
+        misaligned) to=$(( $(python3 "$SRCDIR/tests/qcow2-patch.py" $f l2-offset 0) + 8 * 100 )) ;;
+        past-eof) to=$((64 << 20)) ;;
+    esac
+    python3 "$SRCDIR/tests/qcow2-patch.py" $f poke $dir "$(printf %016x $to)" >/dev/null
+    nbdkit -U - "$QCOW2J" file=$f --run 'nbdsh -u "$uri" -c "h.pwrite(b\"\\x22\" * 512, 0); h.pwrite(b\"\\x22\" * 512, 7 << 20); h.flush()"' 2>$case.log ||
+        fail "table $case: the writes failed: $(cat $case.log)"
+    grep -q "its table is misaligned or outside the file: it cannot be kept up to date, so it is marked in use" $case.log ||
+        fail "table $case: not marked in use with a reason: $(cat $case.log)"
+    qemu-io -f qcow2 -r -U -c 'read -P 0 6400k 64k' -c 'read -P 0x22 7M 512' $f >/dev/null 2>&1 ||
+        [ $case = misaligned ] ||   # QEMU will not open a misplaced table
+        fail "table $case: guest data damaged"
+    nbdkit -U - -r "$QCOW2J" file=$f --run 'nbdsh -u "$uri" -c "assert h.pread(65536, 6400 << 10) == bytes(65536); assert h.pread(512, 7 << 20) == b\"\\x22\" * 512"' ||
+        fail "table $case: guest data damaged"
+    echo "ok: a bitmap table $case: marked in use, guest data intact"
+done
