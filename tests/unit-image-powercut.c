@@ -1959,8 +1959,9 @@ UNIT_CASE (trials)
  * writes (in place or allocating), zeroes, trims, flushes and checkpoints
  * (the bits are checkpointed in place like any metadata), the first
  * ending with a close, the second with a close, a flush or nothing.  The
- * power is cut at every moment of both (every 'stride'th one, and
- * several subsets of each window pending at a flush), and each recovered
+ * power is cut at every moment of both (QCOW2J_QUICK=1: every 8th, and
+ * one flush in 4; several subsets of the windows pending at the flushes
+ * of set-up, checkpoints and close), and each recovered
  * image (replayed by lib, closed) is checked as in the "trials" case and
  * then its bitmaps, parsed here from the file by QEMU's rules
  * (docs/interop/qcow2.txt), not lib's:
@@ -1981,7 +1982,8 @@ UNIT_CASE (trials)
  * counts the writes in place into granules whose b1 bit was clear (the
  * case where lib commits the bits before the data): without them the
  * case would prove little.  "unit-image-powercut bitmaps" runs it alone;
- * QCOW2J_SEED=N repeats one of its trials.
+ * QCOW2J_SLOW=1 runs ten times as many trials, QCOW2J_SEED=N repeats one
+ * of them, QCOW2J_EVENTS=1 lists its host I/O.
  */
 
 #define NR_BM 3
@@ -2296,7 +2298,7 @@ bitmap_calls (struct trial *t, unsigned nops, uint8_t *dirty)
 }
 
 static void
-run_bitmap_trial (uint64_t seed, unsigned stride)
+run_bitmap_trial (uint64_t seed, unsigned flush_every, unsigned stride)
 {
   struct trial *t = calloc (1, sizeof *t);
   const struct bm_config *bc = &bm_configs[seed % NR_BM_CONFIGS];
@@ -2377,7 +2379,7 @@ run_bitmap_trial (uint64_t seed, unsigned stride)
                call >= 0 ? op_name (t->ops[call].type) : "");
     }
 
-  check_moments (t, 0, s2_end, 0, 1, stride);
+  check_moments (t, 0, s2_end, 0, flush_every, stride);
   check_moment (t, s2_end, true, RANDOM);
   qemu_check_wait_all ();
 
@@ -2419,7 +2421,7 @@ UNIT_CASE (bitmaps)
     return;
   }
   if (seed_env) {
-    run_bitmap_trial (strtoull (seed_env, NULL, 0), 1);
+    run_bitmap_trial (strtoull (seed_env, NULL, 0), 1, 1);
     trials = 1;
   }
   else {
@@ -2427,8 +2429,8 @@ UNIT_CASE (bitmaps)
      * most of the case's time, for checks of the same few clusters. */
     qemu_every = unit_quick () ? 200 : 50;
     for (unsigned i = 0; i < trials; i++)
-      run_bitmap_trial (7000 + i, slow && *slow == '1' ? 1
-                        : unit_quick () ? 8 : 1);
+      run_bitmap_trial (7000 + i, unit_quick () ? 4 : 1,
+                        unit_quick () ? 8 : 1);
   }
   qemu_check_wait_all ();
   qemu_every = qemu_every0;
