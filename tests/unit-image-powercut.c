@@ -55,6 +55,12 @@
  * unless QCOW2J_SLOW=1: every one).  "unit-image-powercut reuse" runs it
  * alone; QCOW2J_SEED=N repeats one of its trials, QCOW2J_EVENTS=1 lists
  * the host I/O of its second session.
+ *
+ * The "bitmaps" case (see "Power cuts and persistent dirty bitmaps"
+ * below) runs two sessions on images with persistent bitmaps made by
+ * QEMU, cuts the power at every moment, and checks that the recovered
+ * bitmaps mark every granule that changed, and only granules calls
+ * touched.
  */
 #include <config.h>
 
@@ -1953,9 +1959,9 @@ UNIT_CASE (trials)
  * about half of the disk, so that writes overwrite allocated clusters in
  * place) with three persistent bitmaps: b2, given bits by a qemu-io write
  * while enabled and then disabled; b0 (64 KiB granules) and b1 (4 KiB,
- * 512 bytes on the 512-byte-cluster image so that its data spans several
- * clusters, one of them allocated by lib), both enabled, with a few bits
- * set by a last qemu-io write.  Two write sessions run on it: random
+ * 512 bytes on the 512-byte-cluster image so that its data spans two
+ * clusters: QEMU allocates only those holding set bits, lib the others),
+ * both enabled, with a few bits set by a last qemu-io write.  Two write sessions run on it: random
  * writes (in place or allocating), zeroes, trims, flushes and checkpoints
  * (the bits are checkpointed in place like any metadata), the first
  * ending with a close, the second with a close, a flush or nothing.  The
@@ -1977,8 +1983,9 @@ UNIT_CASE (trials)
  *   trim started before the cut touched: no bit for a range no call
  *   asked for.
  *
- * A sample of the states goes to qemu-img check, as in the other cases,
- * which also checks the bitmaps' clusters are referenced.  The trial
+ * A sample of the states goes to qemu-img check, as in the other cases
+ * (one in 50, QCOW2J_QUICK=1: 200, as every moment is cut), which also
+ * checks that the bitmaps' clusters are referenced.  The trial
  * counts the writes in place into granules whose b1 bit was clear (the
  * case where lib commits the bits before the data): without them the
  * case would prove little.  "unit-image-powercut bitmaps" runs it alone;
