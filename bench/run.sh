@@ -30,7 +30,7 @@ export PATH=/usr/bin:/bin:/usr/sbin:/sbin:$PATH   # Debian's python3 and tools f
 
 here=$(cd "$(dirname "$0")" && pwd)
 plugin=$here/../.libs/nbdkit-qcow2j-plugin.so
-runtime=25 size_gib=4 scale_runtime=10
+runtime=20 size_gib=4 scale_runtime=10
 rows_re=. servers=qcow2j,qemu-wb,qemu-uring,raw flush_delay_us=2000
 dir=/var/tmp out=$here/last
 
