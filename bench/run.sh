@@ -49,7 +49,10 @@ usage() {
   --servers=LIST comma-separated, from: $servers
   --slow-flush=US  each host flush costs US µs more in the @slow rows
                  (default $flush_delay_us; 0 skips those rows)
+  --runtime=S    seconds per row (default $runtime)      --size=GIB  image size (default $size_gib)
+  --dir=DIR      where the temporary images go (default $dir)
   --out=BASE     write BASE.md (the table) and BASE.csv (default bench/last)
+  --plugin=SO    the qcow2j plugin (default .libs/nbdkit-qcow2j-plugin.so)
   --deps         install the Debian packages bench needs, then exit
 EOF
 }
