@@ -1431,21 +1431,16 @@ trial_free (struct trial *t)
   free (t);
 }
 
-static void
-run_trial (uint64_t seed, unsigned samples)
+/* A trial of this seed and image, its model and history allocated. */
+static struct trial *
+trial_new (uint64_t seed, struct config cfg)
 {
   struct trial *t = calloc (1, sizeof *t);
-  uint64_t moments;
-  unsigned before = unit_failed ();
-  uint64_t dense_m = 0, file_size;
-  unsigned nops, flush_every;
-  struct timespec t0, t1, t2;
 
   REQUIRE (t != NULL);
   t->seed = seed;
   t->rng = seed;
-  t->cfg = configs[seed % NR_CONFIGS];
-  t->close_at_end = t->cfg.close;
+  t->cfg = cfg;
   t->nsect = t->cfg.size / SECTOR;
   t->model = calloc (1, t->cfg.size);
   t->init = calloc (1, t->cfg.size);
@@ -1456,6 +1451,20 @@ run_trial (uint64_t seed, unsigned samples)
   REQUIRE (t->model && t->init && t->init_hash && t->disk && t->first_hash &&
            t->hist);
   pthread_mutex_init (&t->lock, NULL);
+  return t;
+}
+
+static void
+run_trial (uint64_t seed, unsigned samples)
+{
+  unsigned before = unit_failed ();
+  struct trial *t = trial_new (seed, configs[seed % NR_CONFIGS]);
+  uint64_t moments;
+  uint64_t dense_m = 0, file_size;
+  unsigned nops, flush_every;
+  struct timespec t0, t1, t2;
+
+  t->close_at_end = t->cfg.close;
 
   nops = t->cfg.long_run ? 5000 : 150 + pc_rand (&t->rng) % 150;
   clock_gettime (CLOCK_MONOTONIC, &t0);
@@ -1718,8 +1727,10 @@ reset_model (struct trial *t)
 static void
 run_reuse_trial (uint64_t seed, unsigned stride)
 {
-  struct trial *t = calloc (1, sizeof *t);
   const struct reuse_config *rc = &reuse_configs[seed % NR_REUSE_CONFIGS];
+  struct trial *t = trial_new (seed, (struct config) {
+      rc->cs, rc->size, rc->extl2, false, rc->base, false, 1,
+      rc->refcount_bits });
   unsigned before = unit_failed ();
   uint64_t states0 = states, clean = 0, stale = 0;
   uint64_t q, fill, s1_end, s2_start, s2_end, s3_end, cut, size1, size2;
@@ -1731,21 +1742,6 @@ run_reuse_trial (uint64_t seed, unsigned stride)
   char what[200];
   unsigned end2, end3;
 
-  REQUIRE (t != NULL);
-  t->seed = seed;
-  t->rng = seed;
-  t->cfg = (struct config) { rc->cs, rc->size, rc->extl2, false, rc->base,
-                             false, 1, rc->refcount_bits };
-  t->nsect = t->cfg.size / SECTOR;
-  t->model = calloc (1, t->cfg.size);
-  t->init = calloc (1, t->cfg.size);
-  t->init_hash = malloc (t->nsect * sizeof *t->init_hash);
-  t->disk = malloc (t->cfg.size);
-  t->first_hash = malloc (t->nsect * sizeof *t->first_hash);
-  t->hist = calloc (t->nsect, sizeof *t->hist);
-  REQUIRE (t->model && t->init && t->init_hash && t->disk && t->first_hash &&
-           t->hist);
-  pthread_mutex_init (&t->lock, NULL);
   q = t->cfg.size / 4 / t->cfg.cs * t->cfg.cs;
   fill = umin (q, 48 * t->cfg.cs);
   load_base (t);
@@ -2307,8 +2303,9 @@ bitmap_calls (struct trial *t, unsigned nops, uint8_t *dirty)
 static void
 run_bitmap_trial (uint64_t seed, unsigned flush_every, unsigned stride)
 {
-  struct trial *t = calloc (1, sizeof *t);
   const struct bm_config *bc = &bm_configs[seed % NR_BM_CONFIGS];
+  struct trial *t = trial_new (seed, (struct config) {
+      bc->cs, bc->size, bc->extl2, false, BASE_BITMAPS, false, 1, 0 });
   struct bm init[NR_BM];
   unsigned before = unit_failed (), end2, inplace = 0, ncalls;
   uint64_t states0 = states, checks0 = qemu_check_started ();
@@ -2317,21 +2314,6 @@ run_bitmap_trial (uint64_t seed, unsigned flush_every, unsigned stride)
   uint8_t *dirty;
   const char *why;
 
-  REQUIRE (t != NULL);
-  t->seed = seed;
-  t->rng = seed;
-  t->cfg = (struct config) { bc->cs, bc->size, bc->extl2, false,
-                             BASE_BITMAPS, false, 1, 0 };
-  t->nsect = t->cfg.size / SECTOR;
-  t->model = calloc (1, t->cfg.size);
-  t->init = calloc (1, t->cfg.size);
-  t->init_hash = malloc (t->nsect * sizeof *t->init_hash);
-  t->disk = malloc (t->cfg.size);
-  t->first_hash = malloc (t->nsect * sizeof *t->first_hash);
-  t->hist = calloc (t->nsect, sizeof *t->hist);
-  REQUIRE (t->model && t->init && t->init_hash && t->disk && t->first_hash &&
-           t->hist);
-  pthread_mutex_init (&t->lock, NULL);
   load_base (t);
   base = powercut_data (t->pc, &size);
   why = read_bitmaps (base, size, t->cfg.size, init);
