@@ -88,37 +88,21 @@ freed_add (struct freed *f, uint64_t start, uint64_t len, unsigned kind)
   return 0;
 }
 
-/* The clusters whose free the head has passed, as runs of adjacent
- * clusters: punched on the host (where they cannot be read or written
- * by anything in flight any more), then, after a flush that makes the
- * punches durable, clean free space (docs/journal-format.md M5); stale
- * where the host could not punch.  On ENOMEM the rest are left out:
- * refcount 0 on disk, found again by the next session. */
+/* Clusters no table names any more, durably (v[0..n), in any order,
+ * each at most once after sorting): punched on the host (where they
+ * cannot be read or written by anything in flight any more), then,
+ * after a flush that makes the punches durable, clean free space
+ * (docs/journal-format.md M5); stale where the host could not punch.
+ * Added to out as runs of adjacent clusters; on ENOMEM the rest are left
+ * out: refcount 0 on disk, found again by the next session. */
 static int
-release_freed (struct qcow2_image *img, struct freed *out)
+punch_released (struct qcow2_image *img, uint64_t *v, size_t n,
+                struct freed *out)
 {
   const uint64_t cs = img->hdr.cluster_size;
-  CLEANUP_FREE uint64_t *v = NULL;
-  size_t n = 0, cap = 0, k;
   bool punched = false;
+  size_t k;
 
-  for (;;) {
-    if (n == cap) {
-      uint64_t *nv;
-
-      cap = cap ? cap * 2 : 1024;
-      nv = realloc (v, cap * sizeof *v);
-      if (nv == NULL)
-        break;
-      v = nv;
-    }
-    k = journal_take_released (img->journal, v + n, cap - n);
-    if (k == 0)
-      break;
-    for (size_t i = n, end = n + k; i < end; i++)
-      if (released (img, v[i]))
-        v[n++] = v[i];
-  }
   if (n == 0)
     return 0;
   /* Sorted, each cluster once. */
@@ -151,6 +135,90 @@ release_freed (struct qcow2_image *img, struct freed *out)
   return 0;
 }
 
+/* The clusters whose free the head has passed (rules R2, R3). */
+static int
+release_freed (struct qcow2_image *img, struct freed *out)
+{
+  CLEANUP_FREE uint64_t *v = NULL;
+  size_t n = 0, cap = 0, k;
+
+  for (;;) {
+    if (n == cap) {
+      uint64_t *nv;
+
+      cap = cap ? cap * 2 : 1024;
+      nv = realloc (v, cap * sizeof *v);
+      if (nv == NULL)
+        break;
+      v = nv;
+    }
+    k = journal_take_released (img->journal, v + n, cap - n);
+    if (k == 0)
+      break;
+    for (size_t i = n, end = n + k; i < end; i++)
+      if (released (img, v[i]))
+        v[n++] = v[i];
+  }
+  return punch_released (img, v, n, out);
+}
+
+/* Hand released runs to the allocator (meta_lock: never with
+ * checkpoint_lock held). */
+static void
+give_freed (struct qcow2_image *img, struct freed *freed)
+{
+  if (freed->n > 0) {
+    qcow2_meta_lock (img);
+    for (size_t i = 0; i < freed->n; i++)
+      qcow2_space_give (img, freed->v[i].start,
+                        freed->v[i].end - freed->v[i].start,
+                        freed->v[i].kind);
+    qcow2_meta_unlock (img);
+  }
+  free (freed->v);
+}
+
+int
+qcow2_release_clusters (struct qcow2_image *img, uint64_t *v, size_t n)
+{
+  struct freed freed = { 0 };
+  size_t k = 0;
+  int r;
+
+  ASSERT_META_UNLOCKED (img);
+  for (size_t i = 0; i < n; i++)
+    if (released (img, v[i]))
+      v[k++] = v[i];
+  r = punch_released (img, v, k, &freed);
+  give_freed (img, &freed);
+  return r;
+}
+
+int
+qcow2_write_home (struct qcow2_image *img, const struct mcache_dirty *d)
+{
+  uint64_t where = d->offset;
+  int r;
+
+  /* Committed changes go only to tables: a write-back elsewhere would
+   * mean the map and the tables disagree (overlap.c). */
+  if (!qcow2_metamap_is_table (img, d->offset, d->size))
+    return qcow2_overlap_refuse (img, "a checkpoint write-back", d->offset,
+                                 qcow2_metamap_find (img, d->offset, d->size,
+                                                     &where),
+                                 where);
+  if (d->offset == 0)           /* the header: its journalled words */
+    r = hostio_pwrite (img->file, d->data + QJ_HEADER_WORDS_START,
+                       QJ_HEADER_WORDS_END - QJ_HEADER_WORDS_START,
+                       QJ_HEADER_WORDS_START);
+  else
+    r = hostio_pwrite (img->file, d->data, d->size, d->offset);
+  if (r == -1)
+    qerror ("%s: checkpoint: write at 0x%" PRIx64 ": %m", img->file->name,
+            d->offset);
+  return r;
+}
+
 /* A failed checkpoint leaves the journal holding everything (in-place
  * state is a mix of committed states, which replay repairs), but writes
  * stop: the ring could only fill up, and the host is failing. */
@@ -179,32 +247,9 @@ checkpoint (struct qcow2_image *img, struct freed *freed)
     qerror ("%s: checkpoint: %m", img->file->name);
     return failed (img);
   }
-  for (ssize_t i = 0; i < n; i++) {
-    int r;
-
-    /* Committed changes go only to tables: a write-back elsewhere would
-     * mean the map and the tables disagree (overlap.c). */
-    if (!qcow2_metamap_is_table (img, d[i].offset, d[i].size)) {
-      uint64_t where = d[i].offset;
-
-      return qcow2_overlap_refuse (img, "a checkpoint write-back",
-                                   d[i].offset,
-                                   qcow2_metamap_find (img, d[i].offset,
-                                                       d[i].size, &where),
-                                   where);
-    }
-    if (d[i].offset == 0)       /* the header: its journalled words */
-      r = hostio_pwrite (img->file, d[i].data + QJ_HEADER_WORDS_START,
-                         QJ_HEADER_WORDS_END - QJ_HEADER_WORDS_START,
-                         QJ_HEADER_WORDS_START);
-    else
-      r = hostio_pwrite (img->file, d[i].data, d[i].size, d[i].offset);
-    if (r == -1) {
-      qerror ("%s: checkpoint: write at 0x%" PRIx64 ": %m",
-              img->file->name, d[i].offset);
+  for (ssize_t i = 0; i < n; i++)
+    if (qcow2_write_home (img, &d[i]) == -1)
       return failed (img);
-    }
-  }
   if (n > 0 && hostio_flush (img->file) == -1) {
     qerror ("%s: checkpoint: flush: %m", img->file->name);
     return failed (img);
@@ -223,17 +268,15 @@ int
 qcow2_checkpoint (struct qcow2_image *img)
 {
   struct freed freed = { 0 };
-  int r = checkpoint (img, &freed);
+  int r;
 
+  /* Without a journal a commit writes everything home (writeback.c);
+   * one more makes the refcount decrements of the last one durable. */
+  if (qcow2_no_journal (img))
+    return journal_commit (img->journal, NULL);
+  r = checkpoint (img, &freed);
   /* meta_lock only now: it never nests with checkpoint_lock. */
-  if (freed.n > 0) {
-    qcow2_meta_lock (img);
-    for (size_t i = 0; i < freed.n; i++)
-      qcow2_space_give (img, freed.v[i].start,
-                        freed.v[i].end - freed.v[i].start, freed.v[i].kind);
-    qcow2_meta_unlock (img);
-  }
-  free (freed.v);
+  give_freed (img, &freed);
   return r;
 }
 

@@ -127,10 +127,12 @@ durable (void *opaque)
 }
 
 void
-qcow2_commit_hooks_install (struct qcow2_image *img)
+qcow2_commit_hooks_install (struct qcow2_image *img,
+                            int (*write_back) (void *, uint64_t))
 {
   const struct journal_hooks hooks = {
     .pre_commit = pre_commit, .sealed = sealed, .durable = durable,
+    .write_back = write_back,
   };
 
   journal_set_hooks (img->journal, &hooks, img);

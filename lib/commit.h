@@ -3,6 +3,7 @@
 #define QCOW2J_COMMIT_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "image-internal.h"
 
@@ -32,7 +33,10 @@ extern int qcow2_after_piece (struct qcow2_image *img);
 extern int qcow2_release_freed_early (struct qcow2_image *img);
 
 /* Give the journal the image's hooks (journal.h): DIRTY before the first
- * transaction, the cache's sealed and committed states. */
-extern void qcow2_commit_hooks_install (struct qcow2_image *img);
+ * transaction, the cache's sealed and committed states, and for a journal
+ * with no area (ordered mode) the write-back (else NULL). */
+extern void qcow2_commit_hooks_install (struct qcow2_image *img,
+                                        int (*write_back) (void *,
+                                                           uint64_t));
 
 #endif /* QCOW2J_COMMIT_H */

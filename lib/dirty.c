@@ -119,6 +119,10 @@ qcow2_dirty_mark_corrupt (struct qcow2_image *img)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->dirty_lock);
 
+  /* A version 2 header has no such word (bytes 72 on are its
+   * extensions): writes stop, and that is all. */
+  if (img->hdr.version < 3)
+    return 0;
   img->hdr.incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
   return write_word (img, true);
 }

@@ -205,6 +205,10 @@ parse_extensions (struct hostio *io, struct qcow2_header *h,
       break;
 
     case QJ_EXT_MAGIC:
+      /* Never ours in a version 2 image, which carries no journal
+       * (docs/journal-format.md 13): ignored. */
+      if (h->version < 3)
+        break;
       h->journal.present = true;
       h->journal.intact = false;
       /* Its data bytes can be rewritten in place only if it has 32. */

@@ -12,7 +12,8 @@
  *   changes        write.c, discard.c, rebuild.c
  *   tables         l2.c (L1 and L2 entries), refcount.c, alloc.c (new
  *                  clusters), inflight.c (one allocation per guest cluster),
- *                  bitmaps-live.c (dirty bitmaps kept)
+ *                  bitmaps-live.c (dirty bitmaps kept), writeback.c
+ *                  (tables written home in order: version 2)
  *   commit         commit.c (changes bracketed, commits, journal hooks),
  *                  checkpoint.c, dirty.c (the "journal dirty" bit),
  *                  overlap.c (refusing I/O onto metadata)
@@ -95,7 +96,9 @@ enum session_state {
   SESSION_READ_ONLY,            /* writes refused (EROFS) */
   SESSION_READY,                /* checked and locked for writing; the
                                    journal is set up by the first write */
-  SESSION_JOURNALLED,           /* writes go through the journal */
+  SESSION_JOURNALLED,           /* writes go through the journal (for a
+                                   version 2 image, one with no area:
+                                   writeback.c) */
   SESSION_FAILED,               /* a change failed half way: writes and
                                    commits refused with failed_errno */
   SESSION_REPLAYED_IN_MEMORY,   /* the file reads through overlay.c */
@@ -157,8 +160,9 @@ struct qcow2_image {
    * the gap it left below the journal (first fit: gap_end is the end of
    * the highest), and past the journal, [journal_end, file_size), when
    * the journal lies past alloc_start.  Never into the live journal,
-   * [journal_start, journal_end) (0, 0 when there is none).  Set at open
-   * and by the set-up (under setup_lock, before JOURNALLED), or by
+   * [journal_start, journal_end) (0, 0 before the set-up; an empty
+   * range past every offset, UINT64_MAX twice, for an image with no
+   * journal).  Set at open and by the set-up (under setup_lock, before JOURNALLED), or by
    * overlay.c before any reader runs; gap_end raised by alloc.c under
    * meta_lock; read atomically. */
   uint64_t open_end, alloc_start, gap_end;
@@ -303,6 +307,15 @@ qcow2_meta_locked (struct qcow2_image *img)
 
 #define ASSERT_META_LOCKED(img) assert (qcow2_meta_locked (img))
 #define ASSERT_META_UNLOCKED(img) assert (!qcow2_meta_locked (img))
+
+/* A version 2 image carries no journal (docs/journal-format.md 13): its
+ * session's journal object has no area (journal_create_ordered), and its
+ * tables are written home in order at each commit (writeback.c). */
+static inline bool
+qcow2_no_journal (const struct qcow2_image *img)
+{
+  return img->hdr.version < 3;
+}
 
 /* Journalled changes need the journal: set up (session.c), and kept until
  * the image is freed, even after a failure. */

@@ -31,6 +31,7 @@ struct journal {
   uint64_t size;                /* bytes in the area */
   uint64_t id;
   uint64_t cluster_size;        /* records stay out of cluster 0 */
+  bool ordered;                 /* no area: journal_create_ordered */
 
   pthread_mutex_t lock;         /* everything below; never held over I/O */
   pthread_cond_t cond;          /* a commit finished */

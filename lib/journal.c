@@ -162,22 +162,11 @@ read_superblock (struct journal *j, unsigned copy, uint64_t *generation,
 /* Life cycle --------------------------------------------------------------- */
 
 static struct journal *
-journal_new (struct hostio *io, uint64_t area, uint64_t size, uint64_t id,
-             uint64_t cluster_size)
+journal_alloc (struct hostio *io, uint64_t area, uint64_t size, uint64_t id,
+               uint64_t cluster_size)
 {
-  struct journal *j;
+  struct journal *j = calloc (1, sizeof *j);
 
-  if (size < QJ_MIN_AREA || size > QJ_MAX_AREA || size % QJ_BLOCK != 0 ||
-      area % QJ_BLOCK != 0 || area < cluster_size ||
-      area > QJ_MAX_TARGET - size) {
-    qerror ("%s: journal area at 0x%" PRIx64 " of %" PRIu64 " bytes is "
-            "invalid (a multiple of %d from %llu to %llu bytes, past the "
-            "header cluster)", io->name, area, size, QJ_BLOCK, QJ_MIN_AREA,
-            QJ_MAX_AREA);
-    errno = EINVAL;
-    return NULL;
-  }
-  j = calloc (1, sizeof *j);
   if (j == NULL) {
     qerror ("journal: calloc: %m");
     return NULL;
@@ -191,6 +180,23 @@ journal_new (struct hostio *io, uint64_t area, uint64_t size, uint64_t id,
   pthread_mutex_init (&j->sb_lock, NULL);
   pthread_cond_init (&j->cond, NULL);
   return j;
+}
+
+static struct journal *
+journal_new (struct hostio *io, uint64_t area, uint64_t size, uint64_t id,
+             uint64_t cluster_size)
+{
+  if (size < QJ_MIN_AREA || size > QJ_MAX_AREA || size % QJ_BLOCK != 0 ||
+      area % QJ_BLOCK != 0 || area < cluster_size ||
+      area > QJ_MAX_TARGET - size) {
+    qerror ("%s: journal area at 0x%" PRIx64 " of %" PRIu64 " bytes is "
+            "invalid (a multiple of %d from %llu to %llu bytes, past the "
+            "header cluster)", io->name, area, size, QJ_BLOCK, QJ_MIN_AREA,
+            QJ_MAX_AREA);
+    errno = EINVAL;
+    return NULL;
+  }
+  return journal_alloc (io, area, size, id, cluster_size);
 }
 
 /* Point the writer at an empty ring whose head is (head, head_seq). */
@@ -267,6 +273,25 @@ journal_open (struct hostio *io, uint64_t area, uint64_t size, uint64_t id,
   j->sb_generation = gen[best];
   j->sb_next = best ^ 1;
   journal_reset_ring (j, head[best], seq[best]);
+  return j;
+}
+
+/* The ring an ordered-mode journal pretends to have: it bounds a batch
+ * (journal_open_is_large, journal_add_* refusing with EFBIG) as the
+ * default journal would. */
+#define QJ_ORDERED_BATCH_AREA (4ULL << 20)
+
+struct journal *
+journal_create_ordered (struct hostio *io, uint64_t cluster_size)
+{
+  /* Batches are bounded as a default-sized ring would bound them. */
+  struct journal *j = journal_alloc (io, 0, QJ_ORDERED_BATCH_AREA, 0,
+                                     cluster_size);
+
+  if (j == NULL)
+    return NULL;
+  j->ordered = true;
+  journal_reset_ring (j, QJ_RING_START, 1);
   return j;
 }
 
@@ -591,6 +616,43 @@ add_pending (struct journal *j, uint64_t seq, uint64_t end, uint64_t sectors,
           j->live_records <= QJ_MAX_LIVE_RECORDS);
 }
 
+/* Under lock: the open transaction is done with; its deferred frees
+ * belong to seq from now on (reserved by the caller). */
+static void
+close_open (struct journal *j, uint64_t seq)
+{
+  struct open_tx *t = &j->open;
+
+  for (size_t i = 0; i < t->nr_frees; i++) {
+    j->deferred[j->ndeferred].seq = seq;
+    j->deferred[j->ndeferred].value = t->frees[i];
+    j->ndeferred++;
+  }
+  t->len = 0;
+  t->nr_records = 0;
+  t->sectors = 0;
+  t->nr_frees = 0;
+  t->has_last_set64 = false;
+  t->min_file_size = 0;
+  t->ordered = false;
+  t->touched = false;
+  j->sealed_gen++;
+}
+
+/* Under lock, in ordered mode: nothing is written, so there is no ring
+ * to claim; the records have served their purpose (the changes are in
+ * the metadata cache, which the write-back writes home). */
+static int
+seal_ordered (struct journal *j, struct sealed *s)
+{
+  if (grow ((void **) &j->deferred, &j->cap_deferred,
+            j->ndeferred + j->open.nr_frees, sizeof *j->deferred) == -1)
+    return -1;
+  s->seq = j->next_seq++;
+  close_open (j, s->seq);
+  return 0;
+}
+
 /* Under lock: turn the open transaction into bytes to write and claim its
  * ring space and sequence number(s). */
 static int
@@ -603,6 +665,8 @@ seal (struct journal *j, struct sealed *s)
   uint8_t *h;
 
   memset (s, 0, sizeof *s);
+  if (j->ordered)
+    return seal_ordered (j, s);
   if (total > j->size - QJ_RING_START) {
     qerror ("%s: journal: a %" PRIu64 "-byte transaction cannot fit in "
             "the ring", j->io->name, total);
@@ -661,23 +725,7 @@ seal (struct journal *j, struct sealed *s)
   add_pending (j, s->seq, j->tail + total, t->sectors, t->nr_records);
   j->next_seq++;
   j->tail = journal_ring_next (j, j->tail + total);
-
-  /* Deferred frees now belong to this sequence number. */
-  for (size_t i = 0; i < t->nr_frees; i++) {
-    j->deferred[j->ndeferred].seq = s->seq;
-    j->deferred[j->ndeferred].value = t->frees[i];
-    j->ndeferred++;
-  }
-
-  t->len = 0;
-  t->nr_records = 0;
-  t->sectors = 0;
-  t->nr_frees = 0;
-  t->has_last_set64 = false;
-  t->min_file_size = 0;
-  t->ordered = false;
-  t->touched = false;
-  j->sealed_gen++;
+  close_open (j, s->seq);
   return 0;
 }
 
@@ -760,9 +808,15 @@ journal_commit (struct journal *j, uint64_t *seq_out)
     pthread_cond_broadcast (&j->cond);
     if (j->hooks.sealed)
       j->hooks.sealed (opaque);
+    /* Ordered mode: what was sealed is what the write-back writes. */
+    if (j->ordered && j->hooks.durable)
+      j->hooks.durable (opaque);
 
     pthread_mutex_unlock (&j->lock);
-    r = write_sealed (j, &s, pre_commit, opaque);
+    if (j->ordered)
+      r = j->hooks.write_back (opaque, s.seq);
+    else
+      r = write_sealed (j, &s, pre_commit, opaque);
     err = errno;
     free (s.buf);
     pthread_mutex_lock (&j->lock);
@@ -782,7 +836,7 @@ journal_commit (struct journal *j, uint64_t *seq_out)
       }
       j->durable_gen = j->sealed_gen;
       j->durable_seq = s.seq;
-      if (j->hooks.durable)
+      if (j->hooks.durable && !j->ordered)
         j->hooks.durable (opaque);
     }
     pthread_cond_broadcast (&j->cond);
@@ -852,7 +906,7 @@ journal_ring_used (struct journal *j)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
 
-  if (j->head_seq == j->next_seq)
+  if (j->ordered || j->head_seq == j->next_seq)
     return 0;
   if (j->tail > j->head)
     return j->tail - j->head;
@@ -882,17 +936,22 @@ journal_checkpointed (struct journal *j, uint64_t seq)
   {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);
 
-    assert (seq <= j->durable_seq);
     if (seq < j->head_seq)
       return 0;                 /* nothing new */
-    for (k = 0; k < j->npending && j->pending[k].seq != seq; k++)
-      ;
-    assert (k < j->npending);
-    new_head = journal_ring_next (j, j->pending[k].end);
     new_head_seq = seq + 1;
+    if (j->ordered)             /* written home by the caller: no ring */
+      new_head = j->head;
+    else {
+      assert (seq <= j->durable_seq);
+      for (k = 0; k < j->npending && j->pending[k].seq != seq; k++)
+        ;
+      assert (k < j->npending);
+      new_head = journal_ring_next (j, j->pending[k].end);
+    }
   }
 
-  if (journal_write_superblock (j, new_head, new_head_seq) == -1)
+  if (!j->ordered &&
+      journal_write_superblock (j, new_head, new_head_seq) == -1)
     return -1;
 
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&j->lock);

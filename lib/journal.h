@@ -34,11 +34,20 @@ struct journal;
  * change is half made (see journal_begin): the image snapshots what it
  * changed.  Called with the journal's lock held: it must not call back.
  *
- * durable: that transaction is durable (same locking). */
+ * durable: that transaction is durable (same locking).  In ordered mode:
+ * it is what write_back is about to write.
+ *
+ * write_back: ordered mode only, called by the committing thread with no
+ * lock held in place of writing transaction seq (and instead of
+ * pre_commit): the image writes the state sealed so far to its home
+ * locations, durably, and calls journal_checkpointed (seq).  0, or -1
+ * with errno (the journal then fails for good, as after a failed
+ * commit). */
 struct journal_hooks {
   int (*pre_commit) (void *opaque);
   void (*sealed) (void *opaque);
   void (*durable) (void *opaque);
+  int (*write_back) (void *opaque, uint64_t seq);
 };
 
 /* Format a new, empty journal in the area [area_offset, +area_size) of io
@@ -55,6 +64,15 @@ extern struct journal *journal_create (struct hostio *io, uint64_t area_offset,
 extern struct journal *journal_open (struct hostio *io, uint64_t area_offset,
                                      uint64_t area_size, uint64_t id,
                                      uint64_t cluster_size);
+
+/* A journal with no area, for images that cannot carry one (version 2,
+ * docs/journal-format.md 13): changes are bracketed, batched, sealed and
+ * committed as with any journal, and deferred frees wait for
+ * journal_checkpointed, but nothing is written: a commit calls the
+ * write_back hook instead, and the ring never fills (journal_ring_used
+ * is 0). */
+extern struct journal *journal_create_ordered (struct hostio *io,
+                                               uint64_t cluster_size);
 
 extern void journal_free (struct journal *j);
 
@@ -128,7 +146,9 @@ extern size_t journal_frees_pending (struct journal *j);
 /* The caller has written in place, and flushed, the effects of every
  * transaction up to and including seq (at most journal_durable_seq).
  * Writes a superblock moving the head past it and flushes; ring space and
- * deferred frees of those transactions are released after that flush. */
+ * deferred frees of those transactions are released after that flush.
+ * In ordered mode (from the write_back hook, seq being the one it
+ * writes) there is no superblock: the deferred frees are released. */
 extern int journal_checkpointed (struct journal *j, uint64_t seq);
 /* Deferred frees whose transaction the head has durably passed: copies up
  * to max of them to values and returns how many. */

@@ -279,40 +279,80 @@ qcow2_refcount_zero_runs (struct qcow2_image *img, uint64_t end,
   return 0;
 }
 
-int
-qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset)
+/* Drop one reference to a cluster whose refcount is rc (not 0): a table
+ * whose last reference goes is metadata until its free is checkpointed
+ * (its committed changes may still be written back), then its bytes are
+ * discarded on the host (checkpoint.c).  *last: that was the last. */
+static int
+drop_reference (struct qcow2_image *img, uint64_t offset, uint64_t rc,
+                enum meta_kind kind, bool *last)
 {
-  enum meta_kind kind;
-  uint64_t rc, where;
-
-  ASSERT_META_LOCKED (img);
-  offset = ROUND_DOWN (offset, img->hdr.cluster_size);
-  /* Only data clusters and L2 tables are freed one cluster at a time (a
-   * table being freed whole is marked so first). */
-  kind = qcow2_metamap_find (img, offset, 1, &where);
-  if (kind != META_NONE && kind != META_L2 && kind != META_SNAPSHOT_L2 &&
-      kind != META_FREEING)
-    return qcow2_overlap_refuse (img, "a free", offset, kind, where);
-  if (qcow2_refcount_get (img, offset, &rc) == -1)
+  if (qcow2_refcount_set (img, offset, rc - 1) == -1)
     return -1;
-  if (rc == 0) {
+  *last = rc == 1;
+  if (*last && kind != META_NONE &&
+      qcow2_metamap_set (img, offset, img->hdr.cluster_size,
+                         META_FREEING) == -1)
+    return -1;
+  return 0;
+}
+
+/* The cluster at offset, about to lose a reference: what the map says it
+ * is, and its refcount.  Only data clusters and L2 tables are freed one
+ * cluster at a time (a table being freed whole is marked so first). */
+static int
+unref_check (struct qcow2_image *img, uint64_t offset, enum meta_kind *kind,
+             uint64_t *rc)
+{
+  uint64_t where;
+
+  *kind = qcow2_metamap_find (img, offset, 1, &where);
+  if (*kind != META_NONE && *kind != META_L2 && *kind != META_SNAPSHOT_L2 &&
+      *kind != META_FREEING)
+    return qcow2_overlap_refuse (img, "a free", offset, *kind, where);
+  if (qcow2_refcount_get (img, offset, rc) == -1)
+    return -1;
+  if (*rc == 0) {
     qerror ("%s: refcount of cluster 0x%" PRIx64 " is already 0",
             img->file->name, offset);
     errno = EIO;
     return -1;
   }
-  if (qcow2_refcount_set (img, offset, rc - 1) == -1)
+  return 0;
+}
+
+int
+qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset)
+{
+  enum meta_kind kind;
+  uint64_t rc;
+  bool last;
+
+  ASSERT_META_LOCKED (img);
+  offset = ROUND_DOWN (offset, img->hdr.cluster_size);
+  if (unref_check (img, offset, &kind, &rc) == -1)
     return -1;
-  if (rc > 1)
-    return 0;
-  /* A table stays metadata until its free is checkpointed (its committed
-   * changes may still be written back), then its bytes are discarded on
-   * the host (checkpoint.c). */
-  if (kind != META_NONE &&
-      qcow2_metamap_set (img, offset, img->hdr.cluster_size,
-                         META_FREEING) == -1)
+  /* Without a journal the decrement itself waits until the tables that
+   * held the reference are home (docs/journal-format.md 13.1). */
+  if (qcow2_no_journal (img))
+    return journal_defer_free (img->journal, offset);
+  if (drop_reference (img, offset, rc, kind, &last) == -1)
     return -1;
-  return journal_defer_free (img->journal, offset);
+  return last ? journal_defer_free (img->journal, offset) : 0;
+}
+
+int
+qcow2_cluster_unref_deferred (struct qcow2_image *img, uint64_t offset,
+                              bool *last)
+{
+  enum meta_kind kind;
+  uint64_t rc;
+
+  ASSERT_META_LOCKED (img);
+  assert (qcow2_no_journal (img));
+  if (unref_check (img, offset, &kind, &rc) == -1)
+    return -1;
+  return drop_reference (img, offset, rc, kind, last);
 }
 
 int

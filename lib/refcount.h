@@ -2,6 +2,7 @@
 #ifndef QCOW2J_REFCOUNT_H
 #define QCOW2J_REFCOUNT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "image-internal.h"
@@ -18,8 +19,16 @@ extern int qcow2_refcount_set (struct qcow2_image *img, uint64_t offset,
 /* Drop one reference to the cluster at offset; frees it (host space
  * discarded after the checkpoint) when none is left.  A cluster of the
  * image's own metadata is refused (EIO): an entry naming it is
- * corruption.  Needs meta_lock, inside a change. */
+ * corruption.  Without a journal only the checks are made now: the
+ * decrement waits (qcow2_cluster_unref_deferred).  Needs meta_lock,
+ * inside a change. */
 extern int qcow2_cluster_unref (struct qcow2_image *img, uint64_t offset);
+
+/* Without a journal (docs/journal-format.md 13.1, V6): drop the
+ * reference qcow2_cluster_unref deferred; *last says that was the last
+ * (the cluster is to be released).  Needs meta_lock, inside a change. */
+extern int qcow2_cluster_unref_deferred (struct qcow2_image *img,
+                                         uint64_t offset, bool *last);
 
 /* Call fn for each maximal run of clusters in [0, end) whose refcount is
  * 0, in order, stopping at the first fn that returns -1; *used_end is

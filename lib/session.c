@@ -46,6 +46,7 @@
 #include "state.h"
 #include "tables.h"
 #include "write.h"
+#include "writeback.h"
 
 #define JOURNAL_SIZE (4ULL << 20)       /* default area size */
 /* The gap left below the journal of a file: the disk's size, its tables
@@ -107,13 +108,6 @@ prepare (struct qcow2_image *img)
     return refuse (img, EROFS, "it is open read-only");
   if (img->data != img->file && !img->data_rw)
     return refuse (img, EROFS, "its external data file is read-only");
-  if (img->hdr.version < 3) {
-    qerror ("%s: cannot write to this image: it is a version 2 image; stop "
-            "the server, then upgrade it with: qemu-img amend -f qcow2 "
-            "-o compat=1.1 %s", img->file->name, img->file->name);
-    errno = ENOTSUP;
-    return -1;
-  }
   if (img->hdr.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
     /* Marked corrupt by a session that then stopped with its journal
      * dirty: QEMU's tools could not open it to repair it.  Replay the
@@ -129,10 +123,12 @@ prepare (struct qcow2_image *img)
     errno = EROFS;
     return -1;
   }
-  if (img->hdr.journal.present && img->hdr.journal.pos == 0)
+  /* Version 2: no journal, so no extension (13). */
+  if (!qcow2_no_journal (img) && img->hdr.journal.present &&
+      img->hdr.journal.pos == 0)
     return refuse (img, EINVAL, "its qcow2j journal extension (Q2JL) has "
                    "a length other than 32");
-  if (!qcow2_header_has_room (&img->hdr))
+  if (!qcow2_no_journal (img) && !qcow2_header_has_room (&img->hdr))
     return refuse (img, ENOSPC, "no room in the header cluster for the "
                    "journal extension (a shorter backing file name, set "
                    "with qemu-img rebase -u, makes room)");
@@ -346,6 +342,30 @@ rebuild_stale_refcounts (struct qcow2_image *img, const uint16_t *counts,
   return qcow2_dirty_clear_qemu (img);
 }
 
+/* The rest of the set-up of a version 2 image, which carries no journal
+ * (13): a journal object with no area, whose commits write the tables
+ * home in order (writeback.c).  Entries may name anything this session
+ * allocates past alloc_start: the journal, being nowhere, is fenced off
+ * as an empty range past every offset. */
+static int
+set_up_ordered (struct qcow2_image *img, uint64_t alloc_start)
+{
+  __atomic_store_n (&img->journal_start, UINT64_MAX, __ATOMIC_RELEASE);
+  __atomic_store_n (&img->journal_end, UINT64_MAX, __ATOMIC_RELEASE);
+  __atomic_store_n (&img->gap_end, alloc_start, __ATOMIC_RELEASE);
+  __atomic_store_n (&img->alloc_start, alloc_start, __ATOMIC_RELEASE);
+  __atomic_store_n (&img->file_size, img->next_free, __ATOMIC_RELEASE);
+  if (img->data == img->file)
+    __atomic_store_n (&img->data_size, img->next_free, __ATOMIC_RELEASE);
+  img->journal = journal_create_ordered (img->file, img->hdr.cluster_size);
+  if (img->journal == NULL)
+    return -1;
+  qcow2_commit_hooks_install (img, qcow2_write_back);
+  img->ring_high_water = journal_ring_size (img->journal) / 2;
+  __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
+  return 0;
+}
+
 /* Under setup_lock, in SESSION_READY. */
 static int
 set_up (struct qcow2_image *img)
@@ -377,6 +397,8 @@ set_up (struct qcow2_image *img)
     return -1;
   /* Entries may name what this session allocates from here on. */
   alloc_start = img->next_free;
+  if (qcow2_no_journal (img))
+    return set_up_ordered (img, alloc_start);
   if (place_journal (img, &jarea, &jsize) == -1)
     return -1;
   /* Entries may name what the file held before the journal came, or
@@ -422,7 +444,7 @@ set_up (struct qcow2_image *img)
   img->hdr.journal.size = jsize;
   img->hdr.journal.id = jid;
 
-  qcow2_commit_hooks_install (img);
+  qcow2_commit_hooks_install (img, NULL);
   img->ring_high_water = journal_ring_size (img->journal) / 2;
   __atomic_store_n (&img->last_change, qcow2_now (), __ATOMIC_RELAXED);
   if (stale_refcounts &&
@@ -586,7 +608,7 @@ qcow2_flush (struct qcow2_image *img)
  * they are free space now.  Free space at the end of the file is cut off
  * (the journal's area with it, or else it is discarded and kept as a hint
  * for the next session), so that the file is no longer than its last
- * cluster in use.  A crash anywhere here leaves a valid image: what is
+ * cluster in use.  Without a journal (jsize 0), only the free space.  A crash anywhere here leaves a valid image: what is
  * cut off has refcount 0 and nothing points at it. */
 static void
 give_back_space (struct qcow2_image *img, uint64_t jarea, uint64_t jsize)
@@ -596,15 +618,18 @@ give_back_space (struct qcow2_image *img, uint64_t jarea, uint64_t jsize)
   uint64_t end;
 
   qcow2_meta_lock (img);
-  qcow2_space_give (img, jarea, jsize, SPACE_STALE);
+  if (jsize > 0)
+    qcow2_space_give (img, jarea, jsize, SPACE_STALE);
   end = MAX (qcow2_space_free_tail (img, img->next_free), cs);
   qcow2_meta_unlock (img);
   if (img->file->fixed_size || size == -1 || end >= (uint64_t) size)
     end = UINT64_MAX;           /* nothing to cut off */
-  if (qcow2_header_release_journal_ext (img, jarea + jsize <= end) == -1 ||
+  if ((jsize > 0 &&
+       qcow2_header_release_journal_ext (img, jarea + jsize <= end) == -1) ||
       (end != UINT64_MAX && hostio_truncate (img->file, end) == -1))
     qdebug ("%s: cut the free space at the end away: %m", img->file->name);
-  if (jarea + jsize <= end && hostio_punch (img->file, jarea, jsize) == -1)
+  if (jsize > 0 && jarea + jsize <= end &&
+      hostio_punch (img->file, jarea, jsize) == -1)
     qdebug ("%s: discard the journal: %m", img->file->name);
   /* Space reserved past the end of the file (qcow2_reserve_space): a
    * truncation to the same length frees it (a punch past the end may
@@ -614,6 +639,28 @@ give_back_space (struct qcow2_image *img, uint64_t jarea, uint64_t jsize)
       img->space_reserved > (uint64_t) size &&
       hostio_truncate (img->file, size) == -1)
     qdebug ("%s: give back reserved space: %m", img->file->name);
+}
+
+/* Without a journal (13.1): everything written home, then once more for
+ * the refcount decrements that made (writeback.c), and the free space at
+ * the end cut off. */
+static int
+close_ordered (struct qcow2_image *img)
+{
+  bool covered;
+
+  if (qcow2_commit (img, &covered) == -1 || qcow2_checkpoint (img) == -1)
+    return -1;
+  if (!journal_is_idle (img->journal) ||
+      journal_frees_pending (img->journal) != 0) {
+    qerror ("%s: close: changes are left after the write-back",
+            img->file->name);
+    errno = EIO;
+    return qcow2_stop_writes (img, "close failed");
+  }
+  give_back_space (img, 0, 0);
+  qcow2_state_move (img, SESSION_JOURNALLED, SESSION_CLOSED);
+  return 0;
 }
 
 int
@@ -628,6 +675,8 @@ qcow2_session_close (struct qcow2_image *img)
    * next writable open. */
   if (r <= 0)
     return r;
+  if (qcow2_no_journal (img))
+    return close_ordered (img);
   /* C1 is the caller's (no request in flight).  C2, C3. */
   if (qcow2_commit (img, &covered) == -1 || qcow2_checkpoint (img) == -1)
     return -1;

@@ -5,7 +5,7 @@
  * only ever open it read-only, or where messages go (--log).  Yet
  * writability must be decided at startup, where errors reach the user's
  * terminal: an image served with -r must never take QEMU's write locks,
- * nor be refused for being version 2 or marked corrupt.  So the plugin
+ * nor be refused for being marked corrupt.  So the plugin
  * reads nbdkit's arguments from /proc/self/cmdline, the way nbdkit's own
  * getopt_long sees them: options may come anywhere (they are permuted),
  * "--" ends them, long options may be abbreviated, and an option's

@@ -3,8 +3,7 @@
  *
  * Like qemu-nbd, the server refuses to start when the image cannot be
  * served as asked: another process holds QEMU's locks on it, the file or
- * its file system is read-only, or the image is version 2 or marked
- * corrupt.
+ * its file system is read-only, or the image is marked corrupt.
  * This runs in .get_ready, the last point where errors reach the user's
  * terminal (later, in the default forking mode, they go to syslog).  A
  * read-only fallback happens only with readonly=auto, and is said once.

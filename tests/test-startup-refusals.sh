@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Whether an image is served writable is decided at startup, as qemu-nbd
 # does: an image that cannot be written as asked (another server holds
-# QEMU's locks, a version 2 or corrupt image, a read-only mount or file)
+# QEMU's locks, a corrupt image, a read-only mount or file)
 # stops the server before it accepts connections, with a message on the
 # terminal.  readonly=auto falls back to read-only and says so once, at
 # startup; -r (however it is spelt on nbdkit's command line), readonly=true
@@ -78,24 +78,30 @@ nbdkit -U - "$QCOW2J" file=a.qcow2 \
     --run '! qemu-io -r -f qcow2 -c "read 0 512" a.qcow2 >/dev/null 2>&1' ||
     fail "no write lock at startup"
 
-# 3. A version 2 image: refused, with the way out; served with -r,
-# readonly=true, readonly=auto (said once, at startup) and the cow filter.
+# 3. A version 2 image is served writable (without a journal:
+# docs/journal-format.md 13.1), with the write locks, and stays version 2;
+# -r, readonly=true, readonly=auto and the cow filter work as for any.
 qemu-img create -q -f qcow2 -o compat=0.10 v2.qcow2 16M
-must_refuse v2.log file=v2.qcow2
-grep -q "$tmp/v2.qcow2: .*version 2 image; stop the server, then upgrade it with: qemu-img amend -f qcow2 -o compat=1.1 $tmp/v2.qcow2" v2.log ||
-    fail "v2 message: $(cat v2.log)"
-grep -q 'readonly=auto' v2.log || fail "v2: no read-only hint: $(cat v2.log)"
+writable "$QCOW2J" file=v2.qcow2 2>v2.log
+[ ! -s v2.log ] || fail "a v2 image served writable said: $(cat v2.log)"
+nbdkit -U - "$QCOW2J" file=v2.qcow2 \
+    --run '! qemu-io -r -f qcow2 -c "read 0 512" v2.qcow2 >/dev/null 2>&1' ||
+    fail "v2: no write lock at startup"
+qemu-img check -q v2.qcow2
+qemu-img info v2.qcow2 | grep -q 'compat: 0.10' || fail "v2: the version changed"
+qemu-io -f qcow2 -c 'read -P 0x77 0 512' v2.qcow2 >/dev/null ||
+    fail "v2: the write is not there"
 read_only -r "$QCOW2J" file=v2.qcow2 2>v2-r.log
 [ ! -s v2-r.log ] || fail "-r on a v2 image said: $(cat v2-r.log)"
 read_only "$QCOW2J" file=v2.qcow2 readonly=true
-read_only "$QCOW2J" file=v2.qcow2 readonly=auto 2>v2-auto.log
-[ "$(grep -c 'readonly=auto: serving it read-only' v2-auto.log)" = 1 ] ||
-    fail "readonly=auto: $(cat v2-auto.log)"
-grep -q 'version 2' v2-auto.log || fail "readonly=auto: no reason: $(cat v2-auto.log)"
-grep -q 'error' v2-auto.log && fail "readonly=auto: an error: $(cat v2-auto.log)"
+writable "$QCOW2J" file=v2.qcow2 readonly=auto 2>v2-auto.log
+[ ! -s v2-auto.log ] || fail "readonly=auto on a v2 image said: $(cat v2-auto.log)"
 nbdkit -U - --filter=cow "$QCOW2J" file=v2.qcow2 \
     --run 'nbdsh -u "$uri" -c "h.pwrite(b\"c\" * 512, 0)"' ||
     fail "cow filter over a v2 image"
+qemu-io -f qcow2 -c 'read -P 0x77 0 512' v2.qcow2 >/dev/null ||
+    fail "v2: the cow filter wrote to the image"
+echo "ok: a version 2 image"
 
 # 4. An image marked corrupt.
 qemu-img create -q -f qcow2 corrupt.qcow2 16M
@@ -105,6 +111,16 @@ must_refuse corrupt.log file=corrupt.qcow2
 grep -q "corrupt.qcow2: .*marked corrupt; stop the server, then repair it with: qemu-img check -r all" corrupt.log ||
     fail "corrupt message: $(cat corrupt.log)"
 read_only -r "$QCOW2J" file=corrupt.qcow2
+read_only "$QCOW2J" file=corrupt.qcow2 readonly=true
+read_only "$QCOW2J" file=corrupt.qcow2 readonly=auto 2>corrupt-auto.log
+[ "$(grep -c 'readonly=auto: serving it read-only' corrupt-auto.log)" = 1 ] ||
+    fail "readonly=auto: $(cat corrupt-auto.log)"
+grep -q 'marked corrupt' corrupt-auto.log ||
+    fail "readonly=auto: no reason: $(cat corrupt-auto.log)"
+grep -q 'error' corrupt-auto.log && fail "readonly=auto: an error: $(cat corrupt-auto.log)"
+nbdkit -U - --filter=cow "$QCOW2J" file=corrupt.qcow2 \
+    --run 'nbdsh -u "$uri" -c "h.pwrite(b\"c\" * 512, 0)"' ||
+    fail "cow filter over a corrupt image"
 
 # 5. A file the user may not write (as an unprivileged user) and a
 # read-only file system (needs root).
