@@ -33,6 +33,13 @@
  *    long (a ZERO of a 2 MiB table) could fill the ring with more work
  *    than any reader can afford, and a reader must refuse such a journal.
  *
+ * Ordered mode (journal_create_ordered, for images that cannot carry a
+ * journal) keeps everything above but the ring: a sealed transaction is
+ * not written, the write_back hook writes the image's tables home
+ * instead, and journal_checkpointed, called from that hook, only releases
+ * the deferred frees.  Invariants 1, 3, 4 and 5 are about the ring and do
+ * not apply; 2 holds with "written home" for "durable in the ring".
+ *
  * Locking: 'lock' guards all in-memory state and is never held across I/O.
  * 'sb_lock' serializes superblock writes (generation and copy alternate),
  * and is held across that write and its flush: only the checkpoint and
@@ -284,7 +291,6 @@ journal_open (struct hostio *io, uint64_t area, uint64_t size, uint64_t id,
 struct journal *
 journal_create_ordered (struct hostio *io, uint64_t cluster_size)
 {
-  /* Batches are bounded as a default-sized ring would bound them. */
   struct journal *j = journal_alloc (io, 0, QJ_ORDERED_BATCH_AREA, 0,
                                      cluster_size);
 
