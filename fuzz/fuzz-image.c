@@ -895,7 +895,13 @@ walk_metadata (const uint8_t *data, uint64_t size, meta_fn *fn,
  * (d) bit 0 ("in use") of a bitmap directory entry's flags, set: lib
  *     marks every persistent bitmap in use in place, outside the journal,
  *     before its first write (lib/bitmaps.c), as QEMU leaves them after
- *     an unclean stop.
+ *     an unclean stop;
+ * (e) in a version 2 image, which carries no journal (lib/writeback.c:
+ *     tables written home in place, in order), a byte of a cluster that
+ *     the file's current state still names as its L1 table, an L2 table
+ *     of it, its refcount table or a refcount block of it, or a header
+ *     byte of 24-71 (the words a write-back writes).  Rules (a) and (c)
+ *     do not apply there: no other header byte may change.
  *
  * And the journal area lib places (a Q2JL lib writes, with a non-zero
  * id) overlaps no open-time metadata cluster that is still one.  A
@@ -932,7 +938,12 @@ struct oracle {
   uint64_t *maxend;             /* of rec[0..i] */
   size_t n_rec, cap_rec;
   char why[200];                /* why there is no (longer a) chain */
-  uint64_t by_rule[4];          /* changed bytes each rule allowed (the
+  bool v2;                      /* a version 2 image: rule (e) */
+  uint8_t *now_kind;            /* v2: enum mkind of each cluster in the
+                                   file's current state (now_valid) */
+  uint64_t now_clusters;
+  bool now_valid;
+  uint64_t by_rule[5];          /* changed bytes each rule allowed (the
                                    verbose trace says how many) */
 };
 
@@ -1009,6 +1020,7 @@ oracle_new (const uint8_t *data, uint64_t size)
     abort ();
   o->backing = h.backing;
   o->ext_end = h.ext_end;
+  o->v2 = h.version == 2;
   parse_header (data, size, &h, note_q2jl, o);
   if (!q2jl_of (&h, data, &o->area, &o->area_size, &o->area_id))
     o->area = o->area_size = o->area_id = 0;
@@ -1022,9 +1034,11 @@ oracle_free (struct oracle *o)
   if (o == NULL)
     return;
   trace ("oracle: changed metadata bytes allowed by rule a %" PRIu64
-         ", c %" PRIu64 ", d %" PRIu64 "; clusters punched (b) %" PRIu64,
-         o->by_rule[0], o->by_rule[2], o->by_rule[3], o->by_rule[1]);
+         ", c %" PRIu64 ", d %" PRIu64 ", e %" PRIu64 "; clusters punched "
+         "(b) %" PRIu64, o->by_rule[0], o->by_rule[2], o->by_rule[3],
+         o->by_rule[4], o->by_rule[1]);
   free (o->kind);
+  free (o->now_kind);
   free (o->q2jl);
   free (o->flags);
   free (o->rec);
@@ -1299,8 +1313,41 @@ header_rule (const struct oracle *o, uint64_t x, uint8_t old, uint8_t new)
   return x < 104 ? "a header field" : "a header extension present at open";
 }
 
+/* Rule (e) walks the file as it is now. */
+static void
+mark_now_meta (void *opaque, enum mkind kind, uint64_t offset, uint64_t len)
+{
+  struct oracle *o = opaque;
+
+  for (uint64_t c = offset / o->cs; c <= (offset + len - 1) / o->cs &&
+         c < o->now_clusters; c++)
+    o->now_kind[c] = kind;
+}
+
+/* Rule (e): is the byte at x one a version 2 write-back may write? */
+static bool
+v2_home (struct fz_io *m, struct oracle *o, uint64_t x)
+{
+  enum mkind k;
+
+  if (x < o->cs)
+    return x >= 24 && x < 72;
+  if (!o->now_valid) {
+    o->now_clusters = (m->size + o->cs - 1) / o->cs;
+    free (o->now_kind);
+    o->now_kind = calloc (o->now_clusters ? o->now_clusters : 1, 1);
+    if (o->now_kind == NULL)
+      abort ();
+    walk_metadata (m->data, m->size, mark_now_meta, o);
+    o->now_valid = true;
+  }
+  k = x / o->cs < o->now_clusters ? o->now_kind[x / o->cs] : MK_NONE;
+  return k == MK_L1 || k == MK_L2 || k == MK_REFTABLE || k == MK_REFBLOCK;
+}
+
 /* The byte at x, open-time metadata, changes from old to new by op
- * [offset, offset+count): allowed by rule (a), (c) or (d), or abort. */
+ * [offset, offset+count): allowed by rule (a), (c), (d) or (e), or
+ * abort. */
 static void
 check_change (struct fz_io *m, struct oracle *o, const char *op,
               uint64_t offset, uint64_t count, uint64_t x, uint8_t old,
@@ -1309,6 +1356,19 @@ check_change (struct fz_io *m, struct oracle *o, const char *op,
   const uint64_t cluster = x / o->cs * o->cs;
   const char *what = "";
 
+  if (o->v2) {
+    if (v2_home (m, o, x)) {
+      o->by_rule[4]++;
+      return;
+    }
+    fprintf (stderr, "fuzz-image.c: metadata oracle: a %s of 0x%" PRIx64
+             "+0x%" PRIx64 " changes byte 0x%" PRIx64 " of the %s at 0x%"
+             PRIx64 " (metadata at open) from 0x%02x to 0x%02x: in a "
+             "version 2 image, where only the tables the file names now "
+             "and header bytes 24-71 are written (rule e)\n", op, offset,
+             count, x, mkind_name[o->kind[x / o->cs]], cluster, old, new);
+    abort ();
+  }
   if (x < o->cs) {
     what = header_rule (o, x, old, new);
     if (what == NULL) {
@@ -1379,6 +1439,7 @@ check_range (struct fz_io *m, const char *op, const uint8_t *buf,
 static void
 invalidate (struct oracle *o, uint64_t offset, uint64_t count)
 {
+  o->now_valid = false;
   if (o->jsize == 0 || offset < o->cs ||
       (offset < o->jarea + o->jsize &&
        (o->jarea <= offset || o->jarea - offset < count)))
@@ -1454,6 +1515,7 @@ oracle_truncate (struct fz_io *m, uint64_t size)
   if (size < m->size)
     check_range (m, "truncation", NULL, size, m->size - size);
   m->oracle->decoded = false;
+  m->oracle->now_valid = false;
 }
 
 /* The passes ------------------------------------------------------------- */

@@ -967,8 +967,11 @@ journal_checkpointed (struct journal *j, uint64_t seq)
     j->live_sectors -= j->pending[k].sectors;
     j->live_records -= j->pending[k].records;
   }
-  memmove (j->pending, j->pending + k, (j->npending - k) * sizeof *j->pending);
-  j->npending -= k;
+  if (k > 0) {                  /* (none in ordered mode) */
+    memmove (j->pending, j->pending + k,
+             (j->npending - k) * sizeof *j->pending);
+    j->npending -= k;
+  }
 
   /* Rule R3: deferred frees of transactions now behind the head. */
   for (k = n = 0; k < j->ndeferred; k++) {

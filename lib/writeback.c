@@ -30,7 +30,7 @@
  *       V2  refcount blocks (rises, and decrements of earlier rounds);
  *       V3  refcount table pages, then the header's words if the table
  *           moved (one sector);
- *       V4  L2 tables (and tables being freed);
+ *       V4  L2 tables;
  *       V5  the L1 table;
  *       V6  the decrements deferred by the changes just written are made
  *           in the cache (the next write-back's V2 writes them), and the
@@ -73,9 +73,10 @@
 #include "state.h"
 #include "writeback.h"
 
-/* The steps that write tables, in their order. */
+/* The steps that write tables, in their order; and tables not written
+ * at all. */
 enum step { STEP_REFBLOCKS, STEP_REFTABLE, STEP_HEADER, STEP_L2, STEP_L1,
-            NR_STEPS };
+            NR_STEPS, STEP_NONE = NR_STEPS };
 
 static enum step
 step_of (struct qcow2_image *img, const struct mcache_dirty *d)
@@ -91,9 +92,15 @@ step_of (struct qcow2_image *img, const struct mcache_dirty *d)
     return STEP_REFTABLE;
   case META_L1:
     return STEP_L1;
+  case META_FREEING:
+    /* A refcount table replaced by a larger one (refcount.c), whose
+     * last changes are in the new one: the header at home names the
+     * old one until V3 names the new one, and a cut before that leaves
+     * the new clusters the old one does not count unnamed too.  (Other
+     * tables are marked freeing only when V6 releases them.) */
+    return STEP_NONE;
   default:
-    /* L2 tables, tables being freed (no longer named in the state
-     * written), and anything else, which qcow2_write_home refuses. */
+    /* L2 tables, and anything else, which qcow2_write_home refuses. */
     return STEP_L2;
   }
 }
