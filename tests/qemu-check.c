@@ -22,6 +22,7 @@ extern char **environ;
 struct qjob {
   pid_t pid;
   char path[300], log[300], what[200];
+  struct qemu_check_tally *tally;       /* NULL: only exit 0 passes */
 };
 static struct qjob jobs[MAX_JOBS];
 static unsigned njobs;
@@ -39,7 +40,7 @@ all_zero (const uint8_t *p, uint64_t n)
 static void
 reap_one (void)
 {
-  int status;
+  int status, code;
   pid_t pid;
   unsigned i;
 
@@ -50,7 +51,20 @@ reap_one (void)
   for (i = 0; i < njobs && jobs[i].pid != pid; i++)
     ;
   REQUIRE (i < njobs);
-  if (!WIFEXITED (status) || WEXITSTATUS (status) != 0) {
+  code = WIFEXITED (status) ? WEXITSTATUS (status) : -1;
+  if (jobs[i].tally) {
+    struct qemu_check_tally *ty = jobs[i].tally;
+
+    if (code == 0)
+      ty->clean++;
+    else if (code == 3)
+      ty->leaks++;
+    else if (code == 2)
+      ty->corrupt++;
+    else
+      ty->other++;
+  }
+  if (code != 0 && (code != 3 || jobs[i].tally == NULL)) {
     char line[512];
     FILE *fp = fopen (jobs[i].log, "r");
 
@@ -70,9 +84,9 @@ reap_one (void)
   jobs[i] = jobs[--njobs];
 }
 
-void
-qemu_check_start (const char *dir, const uint8_t *data, uint64_t size,
-                  const char *what)
+static void
+start (const char *dir, const uint8_t *data, uint64_t size, const char *what,
+       struct qemu_check_tally *tally)
 {
   const uint64_t chunk = 64 * 1024;
   char *argv[] = { "qemu-img", "check", "-f", "qcow2", NULL, NULL };
@@ -87,6 +101,7 @@ qemu_check_start (const char *dir, const uint8_t *data, uint64_t size,
             started);
   snprintf (j->log, sizeof j->log, "%s/check-%" PRIu64 ".log", dir, started);
   snprintf (j->what, sizeof j->what, "%s", what);
+  j->tally = tally;
   fd = open (j->path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
   REQUIRE (fd >= 0);
   for (uint64_t pos = 0; pos < size; pos += chunk) {
@@ -107,6 +122,20 @@ qemu_check_start (const char *dir, const uint8_t *data, uint64_t size,
   posix_spawn_file_actions_destroy (&fa);
   njobs++;
   started++;
+}
+
+void
+qemu_check_start (const char *dir, const uint8_t *data, uint64_t size,
+                  const char *what)
+{
+  start (dir, data, size, what, NULL);
+}
+
+void
+qemu_check_start_leaks (const char *dir, const uint8_t *data, uint64_t size,
+                        const char *what, struct qemu_check_tally *tally)
+{
+  start (dir, data, size, what, tally);
 }
 
 void

@@ -10,6 +10,20 @@
  * qemu-img check on it; 'what' names it in a failure report. */
 extern void qemu_check_start (const char *dir, const uint8_t *data,
                               uint64_t size, const char *what);
+/* Outcomes of the checks started with qemu_check_start_leaks. */
+struct qemu_check_tally {
+  uint64_t clean;               /* exit 0 */
+  uint64_t leaks;               /* exit 3: leaked clusters only */
+  uint64_t corrupt;             /* exit 2: corruption */
+  uint64_t other;               /* any other status */
+};
+
+/* Like qemu_check_start, for images a power cut may leave with leaked
+ * clusters: exit 3 passes too.  The outcome is counted in *tally (which
+ * must live until the check is waited for). */
+extern void qemu_check_start_leaks (const char *dir, const uint8_t *data,
+                                    uint64_t size, const char *what,
+                                    struct qemu_check_tally *tally);
 /* Wait for every check started; each that fails is a failed check of the
  * test (tests/unit.h), reported with qemu-img's output (QCOW2J_KEEP=1
  * keeps the image). */
