@@ -8,7 +8,8 @@
  *    it: extents over the whole disk, reads of a few chunks spread across
  *    it and at input-derived places (each chunk's zero extents must read
  *    as zeroes), the description; a write must fail, and the file must
- *    never be written;
+ *    never be written; then the same of one of its internal snapshots,
+ *    served as qemu-nbd -l serves one;
  * 2. opens a copy writable, runs qcow2_make_writable (replaying a dirty
  *    journal, rebuilding stale refcounts), then a few writes, zeroes,
  *    trims, reads and flushes derived from the input's last bytes, and
@@ -1527,6 +1528,44 @@ static const struct qcow2_open_options rw_opts = {
   .l2_cache_bytes = L2_CACHE_BYTES, .lock = false, .writable = true,
 };
 
+/* Open data read-only again and serve one of its internal snapshots
+ * (like qemu-nbd -l; by id or name, the first of "1" to "4", as QEMU
+ * numbers them, from a place the input chooses), then read it: a snapshot's L1 table, L2 tables
+ * and disk size, as hostile as the rest of the input. */
+static void
+snapshot_pass (const uint8_t *data, size_t size, uint64_t *rng)
+{
+  static const char *const ids[] = { "1", "2", "3", "4" };
+  struct fz_io *io = fz_new (data, size, true);
+  struct qcow2_image *img = qcow2_open_hostio (&io->io, NULL, &ro_opts);
+  struct qcow2_snapshot_choice which = { 0 };
+  unsigned first = next (rng) % 4;
+  int r = -1;
+
+  if (img == NULL) {
+    fz_free (io);
+    return;
+  }
+  /* The first of the ids that names one (a failure for want of a match
+   * changes nothing: the next may be tried). */
+  if (qcow2_replay_in_memory (img) == 0)
+    for (unsigned i = 0; i < 4 && r == -1; i++) {
+      which.id_or_name = ids[(first + i) % 4];
+      r = qcow2_load_snapshot (img, &which);
+      if (r == -1 && errno != ENOENT)
+        break;
+    }
+  if (r == 0) {
+    trace ("snapshot %s served", which.id_or_name);
+    exercise_reads (img, rng);
+    FUZZ_ASSERT (qcow2_pwrite (img, wbuf, 512 < qcow2_size (img) ? 512
+                               : qcow2_size (img), 0) == -1 ||
+                 qcow2_size (img) == 0);
+  }
+  FUZZ_ASSERT (qcow2_close (img) == 0);
+  fz_free (io);
+}
+
 /* Open data read-only and read it.  Returns true if it opened. */
 static bool
 read_only_pass (const uint8_t *data, size_t size, uint64_t *rng,
@@ -1749,8 +1788,9 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     return 0;
   rng = seed_of (data, size);
 
-  /* 1: read-only. */
-  read_only_pass (data, size, &rng, false);
+  /* 1: read-only, the active layer and a snapshot. */
+  if (read_only_pass (data, size, &rng, false))
+    snapshot_pass (data, size, &rng);
 
   /* 2: writable, with requests. */
   if (write_pass (data, size, &rng, true, &crash_copy, &crash_size,

@@ -579,6 +579,20 @@ qcow2_trim (struct qcow2_image *img, uint64_t count, uint64_t offset)
   return 0;
 }
 
+/* Make the data written in place durable.  A failed host flush may have
+ * lost dirty pages that a later flush would not report again: no flush
+ * may succeed after it. */
+static int
+flush_files (struct qcow2_image *img)
+{
+  if (hostio_flush (img->file) == -1 ||
+      (img->data != img->file && hostio_flush (img->data) == -1)) {
+    qerror ("%s: flush: %m", img->file->name);
+    return qcow2_stop_writes (img, "a host flush failed");
+  }
+  return 0;
+}
+
 int
 qcow2_flush (struct qcow2_image *img)
 {
@@ -589,16 +603,9 @@ qcow2_flush (struct qcow2_image *img)
     return r;
   if (qcow2_commit (img, &covered) == -1)
     return -1;
-  if (!covered) {
-    /* Nothing to commit: only in-place data to make durable.  A failed
-     * host flush may have lost dirty pages that a later flush would not
-     * report again: no flush may succeed after it. */
-    if (hostio_flush (img->file) == -1 ||
-        (img->data != img->file && hostio_flush (img->data) == -1)) {
-      qerror ("%s: flush: %m", img->file->name);
-      return qcow2_stop_writes (img, "a host flush failed");
-    }
-  }
+  /* Nothing to commit: only in-place data to make durable. */
+  if (!covered && flush_files (img) == -1)
+    return -1;
   return 0;
 }
 
@@ -643,13 +650,16 @@ give_back_space (struct qcow2_image *img, uint64_t jarea, uint64_t jsize)
 
 /* Without a journal (13.1): everything written home, then once more for
  * the refcount decrements that made (writeback.c), and the free space at
- * the end cut off. */
+ * the end cut off.  Data written in place since the last write-back is
+ * made durable too: a commit with nothing to write flushes nothing. */
 static int
 close_ordered (struct qcow2_image *img)
 {
   bool covered;
 
   if (qcow2_commit (img, &covered) == -1 || qcow2_checkpoint (img) == -1)
+    return -1;
+  if (flush_files (img) == -1)
     return -1;
   if (!journal_is_idle (img->journal) ||
       journal_frees_pending (img->journal) != 0) {
