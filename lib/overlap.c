@@ -28,15 +28,18 @@ int
 qcow2_overlap_refuse (struct qcow2_image *img, const char *what,
                       uint64_t host, enum meta_kind kind, uint64_t where)
 {
+  /* A version 2 header has no corrupt bit (dirty.c): nothing marks it. */
+  const char *marked = img->hdr.version >= 3 ? " (marked so)" : "";
+
   if (kind == META_NONE)
     qerror ("%s: preventing %s at host offset 0x%" PRIx64 ", which holds "
-            "no table; the image is corrupt (marked so): repair it with "
-            "qemu-img check -r all", img->file->name, what, host);
+            "no table; the image is corrupt%s: repair it with "
+            "qemu-img check -r all", img->file->name, what, host, marked);
   else
     qerror ("%s: preventing %s at host offset 0x%" PRIx64 ": it overlaps "
-            "the %s at 0x%" PRIx64 "; the image is corrupt (marked so): "
+            "the %s at 0x%" PRIx64 "; the image is corrupt%s: "
             "repair it with qemu-img check -r all", img->file->name, what,
-            host, qcow2_meta_kind_name (kind), where);
+            host, qcow2_meta_kind_name (kind), where, marked);
   if (qcow2_dirty_mark_corrupt (img) == -1)
     qerror ("%s: mark the image corrupt: %m", img->file->name);
   errno = EIO;

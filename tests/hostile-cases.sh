@@ -4,7 +4,10 @@
 # whose header is valid (so the open succeeds) but one entry, or the
 # compressed data it names, is broken.
 #
-#   hostile_cases   craft every image in $tmp and fill
+#   hostile_cases [v2]
+#                   craft every image in $tmp (version 2 images with
+#                   "v2": without the classes version 2 cannot have,
+#                   zstd compression and extended L2) and fill
 #     HC_NAMES          the classes, in order; the first, "pristine", is
 #                       the unpatched image (a control)
 #     HC_IMG[NAME]      the crafted image (do not write it: copy it)
@@ -48,11 +51,16 @@ hostile_cases ()
     local C=65536 M=$((1024 * 1024))
     local TB=$((1 << 40)) OFLAG_COPIED=$((1 << 63))
     local P=$tmp/plain.qcow2 l1off rtoff l1_1 l2_3 ct img e omask hoff bm
+    local v2=${1:-} compat= cts="zlib zstd"
+
+    if [ "$v2" = v2 ]; then compat=,compat=0.10 cts=zlib; fi
+    HC_NAMES=()
+    HC_IMG=() HC_MODE=() HC_BAD=() HC_GOOD=() HC_CLUSTER=()
 
     # plain.qcow2: 1 GiB so that it has two L1 entries.  Under L1[0]:
     # clusters 0-15 = 0x11 except cluster 9 = 0x55, cluster 16 on
     # unallocated; under L1[1]: the cluster at 512M = 0x22.
-    qemu-img create -q -f qcow2 -o cluster_size=$C "$P" 1G
+    qemu-img create -q -f qcow2 -o cluster_size=$C$compat "$P" 1G
     qemu-io -f qcow2 -c 'write -q -P 0x11 0 1M' \
             -c 'write -q -P 0x22 512M 64k' -c 'write -q -P 0x55 576k 64k' \
             "$P" >/dev/null
@@ -102,9 +110,11 @@ hostile_cases ()
 
     # Compressed clusters: cluster 0 and 1 compressed (0x66, 0x77),
     # cluster 2 plain (0x11); cluster 1's entry or data broken.
-    for ct in zlib zstd; do
+    for ct in $cts; do
         img=$tmp/comp-$ct.qcow2
-        if ! qemu-img create -q -f qcow2 -o cluster_size=$C,compression_type=$ct "$img" 64M \
+        if [ "$v2" = v2 ]; then
+            qemu-img create -q -f qcow2 -o cluster_size=$C$compat "$img" 64M
+        elif ! qemu-img create -q -f qcow2 -o cluster_size=$C,compression_type=$ct "$img" 64M \
              2>/dev/null; then
             echo "skipping compression_type=$ct: qemu-img cannot create it"
             continue
@@ -131,6 +141,10 @@ hostile_cases ()
     # Extended L2: clusters 0 and 1 = 0x66 (all 32 subclusters
     # allocated); set the zero bit of subcluster 0 of cluster 1 as well:
     # that subcluster is invalid.
+    if [ "$v2" = v2 ]; then
+        unset -f _l1case _l2case
+        return 0
+    fi
     img=$tmp/extl2.qcow2
     qemu-img create -q -f qcow2 -o cluster_size=$C,extended_l2=on "$img" 64M
     qemu-io -f qcow2 -c 'write -q -P 0x66 0 128k' "$img" >/dev/null
