@@ -294,6 +294,9 @@ struct qcow2_image {
                                    under way */
   unsigned owed_max, owed_words;  /* const */
   uint64_t owed_age;            /* owed_lock: creation counter */
+  /* owed_lock, observational only (for the tests): clusters whose copy
+   * was delayed, and those a fill completed (at a seal, or early). */
+  uint64_t stat_owed_delayed, stat_owed_filled;
   uint64_t ring_high_water;     /* const once JOURNALLED: ring bytes that
                                    call for a checkpoint */
 };

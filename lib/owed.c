@@ -64,6 +64,7 @@
 struct owed_cluster {
   bool used;
   bool busy;                    /* claimed */
+  bool filling;                 /* claimed by qcow2_owed_claim_next */
   uint64_t guest, host, source;
   uint64_t age;                 /* order of creation */
   uint64_t owed;                /* sectors owed */
@@ -189,6 +190,7 @@ qcow2_owed_add (struct qcow2_image *img, uint64_t guest, uint64_t host,
       bits[s / 64] |= 1ULL << (s % 64);
   /* A write of the whole cluster owes nothing: the caller does not ask. */
   assert (c->owed > 0);
+  img->stat_owed_delayed++;
   __atomic_add_fetch (&img->nr_owed, 1, __ATOMIC_RELEASE);
 }
 
@@ -244,7 +246,7 @@ qcow2_owed_claim_next (struct qcow2_image *img, bool all,
         pick = c;
     }
     if (pick != NULL) {
-      pick->busy = true;
+      pick->busy = pick->filling = true;
       view (img, pick, v);
       return true;
     }
@@ -272,7 +274,9 @@ qcow2_owed_done (struct qcow2_image *img, const struct owed_view *v,
       bits[s / 64] &= ~(1ULL << (s % 64));
       c->owed--;
     }
-  c->busy = false;
+  if (c->filling && from < to)
+    img->stat_owed_filled++;
+  c->busy = c->filling = false;
   if (c->owed == 0)
     release_slot (img, c);
   pthread_cond_broadcast (&img->owed_idle);
