@@ -27,6 +27,7 @@
 #include "log.h"
 #include "metamap.h"
 #include "overlap.h"
+#include "owed.h"
 #include "space.h"
 #include "state.h"
 
@@ -216,6 +217,12 @@ checkpoint (struct qcow2_image *img, struct freed *freed)
     mcache_cleaned (img->cache, &d[i]);
   if (release_freed (img, freed) == -1)
     return failed (img);
+  /* Delayed copy-on-write entries that zeroes and trims dropped go once
+   * no read that found their old mapping can be under way (owed.c). */
+  if (qcow2_owed_forget_begin (img)) {
+    qcow2_io_wait_older (img);
+    qcow2_owed_forget_end (img);
+  }
   return 0;
 }
 

@@ -42,7 +42,15 @@
  *    read takes, and never waits for a change or a commit; so meta_lock holders (qcow2_owed_drop) and
  *    the committer (which holds off changes) may wait for claims.
  *
- * 5. At most owed_max entries, reserved slots included: past that, a new
+ * 5. A zero or trim of the whole cluster (D5) drops its entry: nothing is
+ *    owed any more, and it is never filled.  But a read that found the
+ *    old mapping before the change may still be about to look here:
+ *    the entry stays, marked dropped, and keeps sending such reads to
+ *    the source, until a checkpoint has waited for every read begun
+ *    before the drop (grace.c; qcow2_owed_forget_begin, _end).  Writes
+ *    and fills ignore dropped entries (their cluster is mapped no more).
+ *
+ * 6. At most owed_max entries, reserved slots included: past that, a new
  *    cluster is copied at once, and writers fill the oldest entries early
  *    (owed-fill.c).  Memory is one bitmap per slot, allocated once.
  *
@@ -65,6 +73,8 @@ struct owed_cluster {
   bool used;
   bool busy;                    /* claimed */
   bool filling;                 /* claimed by qcow2_owed_claim_next */
+  bool dropped;                 /* D5: owes nothing (invariant 5) */
+  bool forgettable;             /* dropped before a checkpoint's wait */
   uint64_t guest, host, source;
   uint64_t age;                 /* order of creation */
   uint64_t owed;                /* sectors owed */
@@ -87,19 +97,26 @@ qcow2_owed_destroy (struct qcow2_image *img)
   free (img->owed_bits);
 }
 
-/* Under owed_lock: the slot of the guest cluster (any host, if host is
- * UINT64_MAX), or NULL. */
+/* Under owed_lock: the slot of the guest cluster mapped at host (any
+ * host, if host is UINT64_MAX) that owes, or NULL; or if dropped_too and
+ * there is none, one dropped (invariant 5). */
 static struct owed_cluster *
-find (struct qcow2_image *img, uint64_t guest, uint64_t host)
+find (struct qcow2_image *img, uint64_t guest, uint64_t host,
+      bool dropped_too)
 {
+  struct owed_cluster *dropped = NULL;
+
   for (unsigned i = 0; img->owed && i < img->owed_max; i++) {
     struct owed_cluster *c = &img->owed[i];
 
-    if (c->used && c->guest == guest &&
-        (host == UINT64_MAX || c->host == host))
+    if (!c->used || c->guest != guest ||
+        (host != UINT64_MAX && c->host != host))
+      continue;
+    if (!c->dropped)
       return c;
+    dropped = c;
   }
-  return NULL;
+  return dropped_too ? dropped : NULL;
 }
 
 static uint64_t *
@@ -170,7 +187,8 @@ qcow2_owed_add (struct qcow2_image *img, uint64_t guest, uint64_t host,
   uint64_t *bits;
 
   ASSERT_META_LOCKED (img);
-  assert (img->owed_reserved > 0 && find (img, guest, UINT64_MAX) == NULL);
+  assert (img->owed_reserved > 0 &&
+          find (img, guest, UINT64_MAX, false) == NULL);
   assert (from % OWED_SECTOR == 0 && to % OWED_SECTOR == 0 && from < to &&
           to <= img->hdr.cluster_size);
   img->owed_reserved--;
@@ -199,7 +217,7 @@ qcow2_owed_peek (struct qcow2_image *img, uint64_t guest, uint64_t host,
                  struct owed_view *v)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->owed_lock);
-  struct owed_cluster *c = find (img, guest, host);
+  struct owed_cluster *c = find (img, guest, host, true);
 
   if (c == NULL)
     return false;
@@ -215,7 +233,7 @@ qcow2_owed_claim (struct qcow2_image *img, uint64_t guest, uint64_t host,
   struct owed_cluster *c;
 
   /* The slot may be filled and reused meanwhile: look again each time. */
-  while ((c = find (img, guest, host)) != NULL && c->busy)
+  while ((c = find (img, guest, host, false)) != NULL && c->busy)
     pthread_cond_wait (&img->owed_idle, &img->owed_lock);
   if (c == NULL)
     return false;
@@ -239,7 +257,7 @@ qcow2_owed_claim_next (struct qcow2_image *img, bool all,
     for (unsigned i = 0; img->owed && i < img->owed_max; i++) {
       struct owed_cluster *c = &img->owed[i];
 
-      if (!c->used)
+      if (!c->used || c->dropped)
         continue;
       any = true;
       if (!c->busy && (pick == NULL || c->age < pick->age))
@@ -262,7 +280,7 @@ qcow2_owed_done (struct qcow2_image *img, const struct owed_view *v,
                  uint64_t from, uint64_t to)
 {
   ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->owed_lock);
-  struct owed_cluster *c = find (img, v->guest, v->host);
+  struct owed_cluster *c = find (img, v->guest, v->host, false);
   uint64_t *bits;
 
   assert (c != NULL && c->busy);
@@ -289,10 +307,38 @@ qcow2_owed_drop (struct qcow2_image *img, uint64_t guest)
   struct owed_cluster *c;
 
   ASSERT_META_LOCKED (img);
-  while ((c = find (img, guest, UINT64_MAX)) != NULL && c->busy)
+  while ((c = find (img, guest, UINT64_MAX, false)) != NULL && c->busy)
     pthread_cond_wait (&img->owed_idle, &img->owed_lock);
-  if (c != NULL) {
-    release_slot (img, c);
-    pthread_cond_broadcast (&img->owed_idle);
+  if (c != NULL)
+    c->dropped = true;
+}
+
+bool
+qcow2_owed_forget_begin (struct qcow2_image *img)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->owed_lock);
+  bool any = false;
+
+  for (unsigned i = 0; img->owed && i < img->owed_max; i++) {
+    struct owed_cluster *c = &img->owed[i];
+
+    if (c->used && c->dropped) {
+      c->forgettable = true;
+      any = true;
+    }
+  }
+  return any;
+}
+
+void
+qcow2_owed_forget_end (struct qcow2_image *img)
+{
+  ACQUIRE_LOCK_FOR_CURRENT_SCOPE (&img->owed_lock);
+
+  for (unsigned i = 0; img->owed && i < img->owed_max; i++) {
+    struct owed_cluster *c = &img->owed[i];
+
+    if (c->used && c->forgettable)
+      release_slot (img, c);
   }
 }

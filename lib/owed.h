@@ -77,7 +77,14 @@ extern void qcow2_owed_done (struct qcow2_image *img,
 
 /* Under meta_lock, inside the change that replaced the mapping of the
  * guest cluster (a zero or trim of all of it, D5): it owes nothing any
- * more.  Waits for a claim on it to end. */
+ * more, and is never filled.  Waits for a claim on it to end.  The entry
+ * stays for reads that found the old mapping (owed.c, invariant 5). */
 extern void qcow2_owed_drop (struct qcow2_image *img, uint64_t guest);
+
+/* Under checkpoint_lock: mark the entries dropped so far, and say if
+ * there are any; once every read begun before this has ended
+ * (qcow2_io_wait_older), qcow2_owed_forget_end removes them. */
+extern bool qcow2_owed_forget_begin (struct qcow2_image *img);
+extern void qcow2_owed_forget_end (struct qcow2_image *img);
 
 #endif /* QCOW2J_OWED_H */

@@ -88,6 +88,7 @@
 #include "journal-format.h"
 #include "log.h"
 #include "map.h"
+#include "owed.h"
 #include "powercut.h"
 #include "qemu-check.h"
 #include "run-shell.h"
@@ -2471,7 +2472,8 @@ UNIT_CASE (bitmaps)
  * caught: the old content is the backing file's).  A sample is checked
  * by qemu-img.  Every trial must have delayed copies, and commits must
  * have filled owed clusters (so the crash states tested what D1 and D2
- * protect).
+ * protect).  And one fill fails (an injected EIO): the flush fails,
+ * writes stop, and nothing maps the cluster it was to complete.
  */
 
 static const struct config dcow_configs[] = {
@@ -2596,6 +2598,35 @@ run_dcow_trial (uint64_t seed, unsigned samples, unsigned stride)
   trial_free (t);
 }
 
+/* A fill that fails (its write of the new cluster) fails the flush that
+ * asked for it and stops writes: the transaction mapping the cluster is
+ * never sealed, and the file, and any crash of it, reads the flushed
+ * piece and old content or the client's data elsewhere. */
+static void
+run_dcow_fill_failure (void)
+{
+  struct trial *t = trial_new (8999, dcow_configs[0]);
+  struct qcow2_open_options opts = { .writable = true };
+  uint8_t buf[4096] = { 1 };
+
+  load_base (t);
+  t->img = qcow2_open_hostio (&t->tap.io, dir, &opts);
+  REQUIRE (t->img != NULL);
+  CHECK (qcow2_prepare_writable (t->img) == 0);
+  /* Past the top image's own data (make_base): over the backing file. */
+  do_write_at (t, 2 * MiB, 4 * KiB);
+  do_flush_t (t);
+  do_write_at (t, 3 * MiB + 8 * KiB, 4 * KiB);
+  CHECK (qcow2_owed_any (t->img));
+  /* The next host write is the fill's (DIRTY is durable already). */
+  powercut_fail_at (t->pc, 'w', 0, EIO);
+  CHECK (qcow2_flush (t->img) == -1);
+  CHECK (qcow2_pwrite (t->img, buf, sizeof buf, 4 * MiB) == -1);
+  check_moment (t, powercut_moment (t->pc), true, RANDOM);
+  qemu_check_wait_all ();
+  trial_free (t);
+}
+
 UNIT_CASE (delayedcow)
 {
   const char *slow = getenv ("QCOW2J_SLOW");
@@ -2618,6 +2649,7 @@ UNIT_CASE (delayedcow)
     for (unsigned i = 0; i < trials; i++)
       run_dcow_trial (9000 + i, unit_quick () ? 60 : 200,
                       unit_quick () ? 16 : 4);
+  run_dcow_fill_failure ();
   qemu_check_wait_all ();
   printf ("unit-image-powercut delayedcow: %u trials, %" PRIu64 " crash "
           "states, %" PRIu64 " qemu-img checks, %u failures\n", trials,
