@@ -27,6 +27,7 @@
 #include "log.h"
 #include "metamap.h"
 #include "overlap.h"
+#include "owed.h"
 #include "space.h"
 #include "state.h"
 
@@ -261,7 +262,17 @@ checkpoint (struct qcow2_image *img, struct freed *freed)
     mcache_cleaned (img->cache, &d[i]);
   if (release_freed (img, freed) == -1)
     return failed (img);
+  qcow2_forget_dropped_owed (img);
   return 0;
+}
+
+void
+qcow2_forget_dropped_owed (struct qcow2_image *img)
+{
+  if (qcow2_owed_forget_begin (img)) {
+    qcow2_io_wait_older (img);
+    qcow2_owed_forget_end (img);
+  }
 }
 
 int

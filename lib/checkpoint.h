@@ -29,6 +29,10 @@ extern int qcow2_write_home (struct qcow2_image *img,
 extern int qcow2_release_clusters (struct qcow2_image *img, uint64_t *v,
                                    size_t n);
 
+/* Delayed copy-on-write entries that zeroes and trims dropped go, once
+ * no read that found their old mapping can be under way (owed.c). */
+extern void qcow2_forget_dropped_owed (struct qcow2_image *img);
+
 /* Ask the background thread (checkpointer.c) to look now. */
 extern void qcow2_checkpoint_wake (struct qcow2_image *img);
 

@@ -12,8 +12,10 @@
  * guest data in an external data file is flushed first (8.3 step 2: data
  * before the transaction that maps it; E3 denies such batches the
  * one-flush commit), DIRTY is written before the first transaction
- * (dirty.c), and the metadata cache snapshots what a sealed transaction
- * holds and promotes it to committed state once durable (rule R1).
+ * (dirty.c), sectors of new clusters still owed their old content are
+ * copied before the seal (owed-fill.c: delayed copy-on-write, D1), and
+ * the metadata cache snapshots what a sealed transaction holds and
+ * promotes it to committed state once durable (rule R1).
  */
 #include <config.h>
 
@@ -23,6 +25,7 @@
 #include "commit.h"
 #include "dirty.h"
 #include "log.h"
+#include "owed-fill.h"
 #include "state.h"
 
 void
@@ -109,6 +112,12 @@ pre_commit (void *opaque)
   return qcow2_dirty_before_commit (img);
 }
 
+static int
+pre_seal (void *opaque)
+{
+  return qcow2_owed_fill_all (opaque);
+}
+
 static void
 sealed (void *opaque)
 {
@@ -131,8 +140,8 @@ qcow2_commit_hooks_install (struct qcow2_image *img,
                             int (*write_back) (void *, uint64_t))
 {
   const struct journal_hooks hooks = {
-    .pre_commit = pre_commit, .sealed = sealed, .durable = durable,
-    .write_back = write_back,
+    .pre_commit = pre_commit, .pre_seal = pre_seal, .sealed = sealed,
+    .durable = durable, .write_back = write_back,
   };
 
   journal_set_hooks (img->journal, &hooks, img);

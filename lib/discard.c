@@ -31,6 +31,7 @@
 #include "map.h"
 #include "minmax.h"
 #include "overlap.h"
+#include "owed.h"
 #include "refcount.h"
 #include "write.h"
 
@@ -131,6 +132,10 @@ change_entry (struct qcow2_image *img, uint64_t offset, uint64_t count,
     r = qcow2_l2_set (img, entry_offset, new_entry, new_bitmap);
   if (r == 0 && release)
     r = qcow2_release_host (img, entry);
+  /* The whole cluster changed: what its new cluster owed is owed no more
+   * (delayed copy-on-write, D5; only standard entries have any). */
+  if (r == 0 && !extl2)
+    qcow2_owed_drop (img, cluster);
   qcow2_change_end (img, r);
 
  out:

@@ -25,6 +25,7 @@
 #include "log.h"
 #include "map.h"
 #include "minmax.h"
+#include "owed.h"
 
 /* Bound the work of one call: nbdkit accepts fewer extents than asked. */
 #define MAX_RUNS_PER_CALL 65536
@@ -56,7 +57,8 @@ data_extents (struct qcow2_image *img, uint64_t count, uint64_t offset,
 {
   uint64_t done = 0;
 
-  if (!img->holes_read_zero)
+  /* An owed sector may be a hole yet read as its source (owed.c). */
+  if (!img->holes_read_zero || qcow2_owed_any (img))
     return emit (st, offset, count, 0);
   while (done < count && !st->done) {
     bool is_data;

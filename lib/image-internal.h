@@ -16,7 +16,9 @@
  *                  (tables written home in order: version 2)
  *   commit         commit.c (changes bracketed, commits, journal hooks),
  *                  checkpoint.c, dirty.c (the "journal dirty" bit),
- *                  overlap.c (refusing I/O onto metadata)
+ *                  overlap.c (refusing I/O onto metadata), owed-fill.c
+ *                  (delayed copy-on-write: writes into owed sectors,
+ *                  and the fill before a seal)
  *   words          metadata.c (journalled 8-byte words), header-write.c
  *                  (cluster 0 written in place), tables.c (L1 and refcount
  *                  table read into memory), state.c (the session state
@@ -26,7 +28,9 @@
  *                  snapshot.c, bitmaps.c, backing.c, header.c,
  *                  journal-ext.c (the Q2JL extension), walk.c (every
  *                  table of the metadata, visited), metamap.c (where
- *                  the metadata is), grace.c (host I/O in flight)
+ *                  the metadata is), grace.c (host I/O in flight),
+ *                  owed.c (sectors of new clusters still owed their
+ *                  old content)
  *   below          journal.c, journal-replay.c, metacache.c, hostio*.c,
  *                  lock.c, compress.c, crc32c.c, log.c, rangemap.c
  *
@@ -55,6 +59,15 @@
  *                        under any of the above, nothing taken under it
  *   -  thread_lock       the checkpointer thread's state: a leaf, nothing
  *                        is taken under it
+ *   -  owed_lock         the owed table (owed.c): a leaf, taken under
+ *                        meta_lock or no lock.  A claim on an owed
+ *                        cluster (owed.c) is held over one write's or
+ *                        one fill's host I/O with no lock held; its
+ *                        holder takes no lock but owed_lock and those a
+ *                        read takes (cache shards, map_lock), and never
+ *                        waits for a change or a commit, so that
+ *                        meta_lock holders and a committer holding
+ *                        changes off may wait for it.
  *
  * Each field below says what guards it: "const" (set at open, then only
  * read), "atomic" (read without a lock, with __atomic loads), or a lock.
@@ -270,6 +283,24 @@ struct qcow2_image {
   bool thread_running, thread_stop;  /* thread_lock */
   pthread_t thread;             /* thread_lock */
   uint64_t last_change;         /* atomic: monotonic ns of the last write */
+
+  /* Delayed copy-on-write (owed.c, docs/journal-format.md 8.6): new
+   * clusters of the open transaction whose sectors still owe their old
+   * content. */
+  pthread_mutex_t owed_lock;
+  pthread_cond_t owed_idle;     /* with owed_lock: a claim ended */
+  struct owed_cluster *owed;    /* owed_lock: owed_max slots (NULL until
+                                   first needed) */
+  uint64_t *owed_bits;          /* owed_lock: owed_words per slot */
+  unsigned nr_owed;             /* atomic, changed under owed_lock: slots
+                                   in use */
+  unsigned owed_reserved;       /* owed_lock: slots promised to changes
+                                   under way */
+  unsigned owed_max, owed_words;  /* const */
+  uint64_t owed_age;            /* owed_lock: creation counter */
+  /* owed_lock, observational only (for the tests): clusters whose copy
+   * was delayed, and those a fill completed (at a seal, or early). */
+  uint64_t stat_owed_delayed, stat_owed_filled;
   uint64_t ring_high_water;     /* const once JOURNALLED: ring bytes that
                                    call for a checkpoint */
 };

@@ -25,6 +25,7 @@
 #include "lock.h"
 #include "log.h"
 #include "minmax.h"
+#include "owed.h"
 #include "session.h"
 #include "snapshot.h"
 #include "tables.h"
@@ -83,6 +84,8 @@ open_layer (struct hostio *io, const char *dir, struct mcache *cache,
   pthread_rwlock_init (&img->map_lock, NULL);
   pthread_cond_init (&img->inflight_done, NULL);
   pthread_cond_init (&img->thread_cond, NULL);
+  pthread_mutex_init (&img->owed_lock, NULL);
+  pthread_cond_init (&img->owed_idle, NULL);
   img->lock_files = opts->lock;
   if (dir != NULL && (img->dir = strdup (dir)) == NULL) {
     qerror ("strdup: %m");
@@ -108,6 +111,7 @@ open_layer (struct hostio *io, const char *dir, struct mcache *cache,
   img->csize_shift = 62 - (h->cluster_bits - 8);
   img->csize_mask = (1ULL << (h->cluster_bits - 8)) - 1;
   img->coffset_mask = (1ULL << img->csize_shift) - 1;
+  qcow2_owed_init (img);
 
   if (cache == NULL) {
     cache = mcache_new (opts->l2_cache_bytes ? opts->l2_cache_bytes
@@ -240,6 +244,9 @@ qcow2_close (struct qcow2_image *img)
   pthread_rwlock_destroy (&img->map_lock);
   pthread_cond_destroy (&img->inflight_done);
   pthread_cond_destroy (&img->thread_cond);
+  qcow2_owed_destroy (img);
+  pthread_mutex_destroy (&img->owed_lock);
+  pthread_cond_destroy (&img->owed_idle);
   free (img);
   errno = saved_errno;
   return r;

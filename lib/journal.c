@@ -797,6 +797,16 @@ journal_commit (struct journal *j, uint64_t *seq_out)
     j->sealing = true;
     while (j->active_changes > 0)
       pthread_cond_wait (&j->cond, &j->lock);
+    /* What the records promise, done while changes still wait: none can
+     * add to the transaction between this and the seal. */
+    if (!j->error && j->hooks.pre_seal) {
+      pthread_mutex_unlock (&j->lock);
+      r = j->hooks.pre_seal (opaque);
+      err = errno;
+      pthread_mutex_lock (&j->lock);
+      if (r == -1 && !j->error)
+        j->error = err ? err : EIO;
+    }
     /* A change that failed half way poisons the journal (journal_fail)
      * before it ends: its records must never be sealed. */
     if (j->error) {

@@ -30,6 +30,12 @@ struct journal;
  * Returns 1 if it wrote something that must be durable before the
  * transaction (the journal then flushes first), 0 if not, -1 with errno.
  *
+ * pre_seal: called by the committing thread, with no lock held, once
+ * no change is half made and while new changes wait (journal_begin),
+ * just before it seals the open transaction: the image completes here
+ * what the transaction's records promise (delayed copy-on-write).
+ * 0, or -1 with errno: the transaction is not sealed, the journal fails.
+ *
  * sealed: the open transaction has just been sealed, at a moment when no
  * change is half made (see journal_begin): the image snapshots what it
  * changed.  Called with the journal's lock held: it must not call back.
@@ -45,6 +51,7 @@ struct journal;
  * commit). */
 struct journal_hooks {
   int (*pre_commit) (void *opaque);
+  int (*pre_seal) (void *opaque);
   void (*sealed) (void *opaque);
   void (*durable) (void *opaque);
   int (*write_back) (void *opaque, uint64_t seq);

@@ -6,9 +6,18 @@
  * grace.c); zero runs are memset;
  * unallocated runs are read from the backing file (zeroes past its end or
  * without one); compressed clusters are read whole and inflated.
+ *
+ * Delayed copy-on-write (owed.c): sectors of a new cluster still owed
+ * their old content are read from where the old entry named it, the
+ * source.  The owed bits are copied before the new cluster is read: a
+ * bit is cleared only once the host holds the sector (owed.c, invariant
+ * 2), so every sector comes either from the host, written, or from the
+ * source, which nothing frees before the read's I/O section ends
+ * (grace.c; owed.c, invariant 3).
  */
 #include <config.h>
 
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -23,6 +32,8 @@
 #include "log.h"
 #include "map.h"
 #include "minmax.h"
+#include "owed.h"
+#include "read.h"
 
 /* Read a range the image leaves unallocated: from the backing file, and
  * zeroes past its end. */
@@ -95,6 +106,81 @@ read_compressed (struct qcow2_image *img, uint64_t e, void *buf,
 }
 
 int
+qcow2_read_source (struct qcow2_image *img, uint64_t source, void *buf,
+                   uint64_t count, uint64_t offset)
+{
+  const uint64_t in_cluster = offset & (img->hdr.cluster_size - 1);
+
+  assert (in_cluster + count <= img->hdr.cluster_size);
+  switch (qcow2_entry_type (img, source)) {
+  case ENTRY_UNALLOCATED:
+    return read_backing (img, buf, count, offset);
+  case ENTRY_COMPRESSED:
+    return read_compressed (img, source, buf, count, offset);
+  case ENTRY_NORMAL:
+    if (hostio_pread (img->data, buf, count,
+                      qcow2_entry_host (source) + in_cluster) == -1) {
+      qerror ("%s: read at 0x%" PRIx64 ": %m", img->data->name,
+              qcow2_entry_host (source) + in_cluster);
+      return -1;
+    }
+    return 0;
+  default:
+    abort ();                   /* owed.c never holds zero sources */
+  }
+}
+
+static int
+read_host (struct qcow2_image *img, void *buf, uint64_t count, uint64_t host)
+{
+  if (hostio_pread (img->data, buf, count, host) == -1) {
+    qerror ("%s: read at 0x%" PRIx64 ": %m", img->data->name, host);
+    return -1;
+  }
+  return 0;
+}
+
+/* A data run: count bytes at host for guest offset.  A run the image
+ * owns alone (copied) may cover owed sectors: those come from the
+ * source, a cluster at a time. */
+static int
+read_data (struct qcow2_image *img, char *buf, uint64_t count,
+           uint64_t offset, uint64_t host, bool copied)
+{
+  const uint64_t cs = img->hdr.cluster_size;
+
+  if (!copied || !qcow2_owed_any (img))
+    return read_host (img, buf, count, host);
+  while (count > 0) {
+    const uint64_t cluster = ROUND_DOWN (offset, cs);
+    const uint64_t n = MIN (count, cluster + cs - offset);
+    struct owed_view v;
+    /* The bits first, then the host (invariant 2 of owed.c). */
+    bool owed = qcow2_owed_peek (img, cluster, host - (offset - cluster), &v);
+
+    if (read_host (img, buf, n, host) == -1)
+      return -1;
+    /* Each run of owed sectors in [offset, offset+n) from the source. */
+    for (uint64_t a = offset, end = offset + n; owed && a < end; ) {
+      uint64_t b = a;
+
+      while (b < end && qcow2_owed_sector (&v, (b - cluster) / OWED_SECTOR))
+        b = MIN (ROUND_DOWN (b, OWED_SECTOR) + OWED_SECTOR, end);
+      if (b > a &&
+          qcow2_read_source (img, v.source, buf + (a - offset), b - a,
+                             a) == -1)
+        return -1;
+      a = b == a ? MIN (ROUND_DOWN (a, OWED_SECTOR) + OWED_SECTOR, end) : b;
+    }
+    buf += n;
+    offset += n;
+    host += n;
+    count -= n;
+  }
+  return 0;
+}
+
+int
 qcow2_pread (struct qcow2_image *img, void *buf, uint64_t count,
              uint64_t offset)
 {
@@ -108,10 +194,8 @@ qcow2_pread (struct qcow2_image *img, void *buf, uint64_t count,
     if (r == 0) {
       switch (run.type) {
       case RUN_DATA:
-        r = hostio_pread (img->data, p, run.length, run.host_offset);
-        if (r == -1)
-          qerror ("%s: read at 0x%" PRIx64 ": %m",
-                  img->data->name, run.host_offset);
+        r = read_data (img, p, run.length, offset, run.host_offset,
+                       run.copied);
         break;
       case RUN_ZERO:
         memset (p, 0, run.length);

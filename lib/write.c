@@ -12,6 +12,12 @@
  * Allocating writes to one guest cluster are serialized by marking the
  * cluster in flight; the metadata lock is not held over the data I/O.
  *
+ * A write smaller than a cluster whose old content is data (backing
+ * chain, compressed, shared) maps its new cluster holding only the
+ * client's sectors; the rest is owed (owed.c) and paid by later writes
+ * or by the fill before the commit seals (owed-fill.c: delayed
+ * copy-on-write, docs/journal-format.md 8.6).
+ *
  * With persistent dirty bitmaps to keep, each piece first sets its bits
  * (bitmaps-live.c), and commits them before writing if any was clear.
  */
@@ -35,6 +41,8 @@
 #include "map.h"
 #include "minmax.h"
 #include "overlap.h"
+#include "owed.h"
+#include "owed-fill.h"
 #include "refcount.h"
 #include "state.h"
 #include "write.h"
@@ -66,8 +74,12 @@ write_in_place (struct qcow2_image *img, const void *buf, uint64_t count,
   unsigned io = qcow2_io_begin (img);  /* the cluster stays ours */
   int r = qcow2_map (img, offset, count, &run);
 
-  if (r == 0 && run.type == RUN_DATA && run.copied && run.length >= count)
-    r = write_data (img, buf, count, run.host_offset) == -1 ? -1 : 1;
+  if (r == 0 && run.type == RUN_DATA && run.copied && run.length >= count) {
+    /* A new cluster may still owe sectors (owed-fill.c). */
+    r = qcow2_owed_write (img, buf, count, offset, run.host_offset);
+    if (r == 0)
+      r = write_data (img, buf, count, run.host_offset) == -1 ? -1 : 1;
+  }
   qcow2_io_end (img, io);
   return r;
 }
@@ -84,6 +96,34 @@ reads_zero_without_data (struct qcow2_image *img, uint64_t cluster_start,
   case ENTRY_UNALLOCATED:
     return img->backing.kind == BACKING_NONE ||
       cluster_start >= img->backing.size;
+  default:
+    return false;
+  }
+}
+
+/* May the cluster's old content (its L2 entry) stay where it is while a
+ * new cluster takes its place (delayed copy-on-write, docs/journal-
+ * format.md 8.6)?  For a source that holds data: the backing chain, a
+ * compressed cluster, a cluster shared with a snapshot (a normal one
+ * that is not ours: we would write in place).  Zeroes are not delayed
+ * (fresh space gives them for free).  Nor with extended L2 entries,
+ * where a write allocates only the subclusters it touches and the others
+ * keep reading the backing file: no copy to save; nor with an external
+ * data file, where the new cluster is the guest offset itself. */
+static bool
+delayable_source (struct qcow2_image *img, uint64_t cluster_start,
+                  uint64_t entry)
+{
+  if (img->hdr.l2_entry_size == 16 || img->hdr.data_file != NULL)
+    return false;
+  switch (qcow2_entry_type (img, entry)) {
+  case ENTRY_UNALLOCATED:
+    return img->backing.kind != BACKING_NONE &&
+      cluster_start < img->backing.size;
+  case ENTRY_COMPRESSED:
+    return true;
+  case ENTRY_NORMAL:
+    return !(entry & QCOW_OFLAG_COPIED);
   default:
     return false;
   }
@@ -163,7 +203,7 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   const bool extl2 = h->l2_entry_size == 16;
   uint64_t entry_offset, entry, bitmap, host, new_entry, new_bitmap;
   uint64_t write_from, write_to, target;
-  bool new_cluster, fill_all, ordered, fresh, covered;
+  bool new_cluster, fill_all, ordered, fresh, covered, delayed = false;
   int r;
 
   /* Bits of the dirty bitmaps first, durable before data may change in
@@ -175,6 +215,9 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   if (r != 0)
     return r;
 
+  /* Owed clusters past the bound are paid before another is added. */
+  if (qcow2_owed_fill_early (img) == -1)
+    return -1;
   qcow2_meta_lock (img);
   qcow2_cluster_lock (img, cluster);
   /* Someone may have allocated it while we waited. */
@@ -236,6 +279,18 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
      * content (in place, it is not fresh space). */
     fill_all = fill_all || !new_cluster;
   }
+  else if (fill_all &&
+           ROUND_UP (offset + count, OWED_SECTOR) -
+           ROUND_DOWN (offset, OWED_SECTOR) < cs &&
+           delayable_source (img, cluster, entry) &&
+           qcow2_owed_reserve (img)) {
+    /* Delayed copy-on-write: the client's sectors now (the rest of a
+     * sector it writes in part from the old content), the others owed
+     * from the old entry, the source (owed.c). */
+    delayed = true;
+    write_from = ROUND_DOWN (offset, OWED_SECTOR);
+    write_to = ROUND_UP (offset + count, OWED_SECTOR);
+  }
   else if (fill_all) {
     write_from = cluster;
     write_to = cluster + cs;
@@ -253,7 +308,9 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
    * written here): fill_all is false exactly then.  E4 (DIRTY durable,
    * ring space) is the journal's and dirty.c's to keep.  Anything else
    * asks for the two-flush commit (8.3): the data must be durable (F1)
-   * before the transaction is written. */
+   * before the transaction is written.  Delayed copy-on-write too (D2):
+   * its source is data (fill_all), and the fill before the seal writes
+   * the rest of the cluster, which F1 makes durable (owed-fill.c). */
   ordered = fill_all || !new_cluster;
   qcow2_meta_unlock (img);
 
@@ -271,6 +328,8 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
   if (r == -1) {
     if (new_cluster && h->data_file == NULL)
       qcow2_alloc_unused (img, target, 1);
+    if (delayed)
+      qcow2_owed_unreserve (img);
     goto out;
   }
   if (img->data != img->file &&
@@ -284,6 +343,13 @@ write_piece (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
     r = h->data_file ? 0 : qcow2_refcount_set (img, target, 1);
     if (r == 0)
       r = qcow2_l2_prepare (img, offset, &entry_offset);
+    /* Owed sectors are known before the mapping is published (owed.c,
+     * invariant 1); a failed change stops writes, the entry unused. */
+    if (delayed && r == 0)
+      qcow2_owed_add (img, cluster, target, entry, write_from - cluster,
+                      write_to - cluster);
+    else if (delayed)
+      qcow2_owed_unreserve (img);
     if (r == 0)
       r = qcow2_l2_set (img, entry_offset, new_entry, extl2 ? new_bitmap : 0);
     if (r == 0 && (h->data_file == NULL || host != target))

@@ -211,5 +211,6 @@ qcow2_write_back (void *opaque, uint64_t seq)
     return qcow2_stop_writes (img, "writing the tables home failed (the "
                               "image holds the last complete write-back, "
                               "at worst with leaked clusters)");
+  qcow2_forget_dropped_owed (img);
   return 0;
 }

@@ -56,6 +56,10 @@
  * alone; QCOW2J_SEED=N repeats one of its trials, QCOW2J_EVENTS=1 lists
  * the host I/O of its second session.
  *
+ * The "delayedcow" case (see "Power cuts and delayed copy-on-write"
+ * below) writes small pieces into clusters over old content (a backing
+ * file, compressed or shared clusters) and checks every flush moment.
+ *
  * The "bitmaps" case (see "Power cuts and persistent dirty bitmaps"
  * below) runs two sessions on images with persistent bitmaps made by
  * QEMU, cuts the power at every moment, and checks that the recovered
@@ -90,6 +94,7 @@
 #include "journal-format.h"
 #include "log.h"
 #include "map.h"
+#include "owed.h"
 #include "powercut.h"
 #include "qemu-check.h"
 #include "run-shell.h"
@@ -219,6 +224,9 @@ struct trial {
    * b1, b2: see "Power cuts and persistent dirty bitmaps"), NULL in the
    * others. */
   struct bm *bm;
+  /* The library's delayed copy-on-write counters when the workload
+   * ended (image-internal.h; observational only). */
+  uint64_t owed_delayed, owed_filled;
 };
 
 static bool check_bitmaps (struct trial *t, const uint8_t *file,
@@ -974,7 +982,7 @@ load_base (struct trial *t)
  * refcount blocks with the others), so that commits from several threads
  * meet checkpoints of the thread that runs in the plugin. */
 static void
-run_workers (struct trial *t, unsigned nops)
+run_workers (struct trial *t, unsigned nops, void *(*worker) (void *))
 {
   struct worker w[4];
   const unsigned nw = t->cfg.threads;
@@ -988,11 +996,11 @@ run_workers (struct trial *t, unsigned nops)
     w[i].nops = nops / nw;
   }
   if (nw == 1)
-    run_worker (&w[0]);
+    worker (&w[0]);
   else {
     CHECK (qcow2_start_checkpointer (t->img) == 0);
     for (unsigned i = 0; i < nw; i++)
-      REQUIRE (pthread_create (&w[i].thread, NULL, run_worker, &w[i]) == 0);
+      REQUIRE (pthread_create (&w[i].thread, NULL, worker, &w[i]) == 0);
     for (unsigned i = 0; i < nw; i++)
       CHECK (pthread_join (w[i].thread, NULL) == 0);
     qcow2_stop_checkpointer (t->img);
@@ -1000,7 +1008,7 @@ run_workers (struct trial *t, unsigned nops)
 }
 
 static void
-run_workload (struct trial *t, unsigned nops)
+run_workload (struct trial *t, unsigned nops, void *(*worker) (void *))
 {
   struct qcow2_open_options opts = { .writable = true };
 
@@ -1013,10 +1021,14 @@ run_workload (struct trial *t, unsigned nops)
   REQUIRE (t->img != NULL);
   CHECK (qcow2_prepare_writable (t->img) == 0);
   check_live (t);
-  run_workers (t, nops);
+  run_workers (t, nops, worker);
   check_live (t);
+  t->owed_delayed = t->img->stat_owed_delayed;
+  t->owed_filled = t->img->stat_owed_filled;
   if (t->close_at_end) {
     uint32_t op = begin_op (t, OP_CLOSE, 0, 0);
+    /* Anything still owed is filled by the close's commit. */
+    t->owed_filled += __atomic_load_n (&t->img->nr_owed, __ATOMIC_RELAXED);
     CHECK (qcow2_close (t->img) == 0);
     end_op (t, op);
     t->img = NULL;
@@ -1501,7 +1513,7 @@ run_trial (uint64_t seed, unsigned samples)
 
   nops = t->cfg.long_run ? 5000 : 150 + pc_rand (&t->rng) % 150;
   clock_gettime (CLOCK_MONOTONIC, &t0);
-  run_workload (t, nops);
+  run_workload (t, nops, run_worker);
   clock_gettime (CLOCK_MONOTONIC, &t1);
   nr_trials++;
   threaded_trials += t->cfg.threads > 1;
@@ -2842,7 +2854,7 @@ run_v2_trial (uint64_t seed, unsigned samples, unsigned flush_every1)
   write_region (t, 2 * q, fill, true);
   if (vc->grow)
     v2_fill (t, t->cfg.size / 2, t->cfg.size / 4);
-  run_workers (t, 30 + pc_rand (&t->rng) % 30);
+  run_workers (t, 30 + pc_rand (&t->rng) % 30, run_worker);
   check_live (t);
   reused += v2_reuse_count (t);
   end2 = pc_rand (&t->rng) % 3;
@@ -2927,11 +2939,223 @@ UNIT_CASE (v2)
   }
 }
 
+/* Power cuts and delayed copy-on-write ----------------------------------
+ *
+ * The "delayedcow" case: small writes into clusters whose content comes
+ * from a backing file, a compressed cluster or a cluster shared with a
+ * snapshot.  Such a write maps a new cluster at once, holding only the
+ * client's sectors, and the rest of it is owed from the old content
+ * (lib/owed.c) until a later write fills it or the commit copies it
+ * before it seals (docs/journal-format.md 8.6: D1, the fill before the
+ * seal; D2, the two-flush commit, so that the fill is durable before the
+ * transaction that maps the cluster).  The workload writes 4 KiB pieces
+ * in sequential runs (each cluster filled by several calls, flushes
+ * falling in the middle of clusters), 4 KiB pieces, runs of sectors and
+ * pieces of sectors at random, overwrites, zeroes and trims of whole
+ * clusters and of parts, with a flush every few calls; one or two worker
+ * threads (two: the checkpoint thread runs too, and commits of old
+ * changes meet the writes).  Every flush moment is cut, and a stride of
+ * the others; each crash state is checked as in "trials": a sector holds
+ * what the last acknowledged flush covered or a version written since,
+ * never anything else (zeroes where the backing file had data are
+ * caught: the old content is the backing file's).  A sample is checked
+ * by qemu-img.  Every trial must have delayed copies, and commits must
+ * have filled owed clusters (so the crash states tested what D1 and D2
+ * protect).  And one fill fails (an injected EIO): the flush fails,
+ * writes stop, and nothing maps the cluster it was to complete.
+ */
+
+static const struct config dcow_configs[] = {
+  { 64 * KiB, 8 * MiB, false, false, BASE_BACKING, true, 1, 0, false },
+  { 64 * KiB, 8 * MiB, false, false, BASE_BACKING, false, 2, 0, false },
+  { 16 * KiB, 8 * MiB, false, false, BASE_COMPRESSED, true, 1, 0, false },
+  { 32 * KiB, 8 * MiB, false, false, BASE_SNAPSHOT, false, 1, 0, false },
+  { 4 * KiB, 8 * MiB, false, false, BASE_BACKING, false, 1, 0, false },
+  { 128 * KiB, 8 * MiB, false, false, BASE_BACKING, true, 2, 0, false },
+};
+#define NR_DCOW_CONFIGS (sizeof dcow_configs / sizeof dcow_configs[0])
+
+static uint64_t dcow_delayed, dcow_filled;
+
+/* A cluster of the worker's part of the disk (its stripes when there are
+ * several workers). */
+static uint64_t
+dcow_cluster (struct worker *w)
+{
+  const struct trial *t = w->t;
+  const uint64_t cs = t->cfg.cs;
+
+  if (w->n > 1) {
+    uint64_t owned = t->cfg.size / STRIPE / w->n;
+    uint64_t stripe = pc_rand (&w->rng) % owned * w->n + w->id;
+    return stripe * STRIPE + pc_rand (&w->rng) % (STRIPE / cs) * cs;
+  }
+  return pc_rand (&w->rng) % (t->cfg.size / cs) * cs;
+}
+
+static void *
+dcow_worker (void *arg)
+{
+  struct worker *w = arg;
+  struct trial *t = w->t;
+  const uint64_t cs = t->cfg.cs;
+  const uint64_t piece = cs > 4 * KiB ? 4 * KiB : cs / 2;
+  uint64_t pos = dcow_cluster (w), run_end = pos + cs;
+
+  for (unsigned i = 0; i < w->nops; i++) {
+    uint64_t r = pc_rand (&w->rng) % 100, c, n;
+
+    if (r < 45) {
+      /* The next piece of a sequential run through a few clusters. */
+      if (pos >= run_end) {
+        pos = dcow_cluster (w);
+        run_end = pos + cs * (1 + pc_rand (&w->rng) % 3);
+        if (run_end > t->cfg.size ||
+            (w->n > 1 && (run_end - 1) / STRIPE != pos / STRIPE))
+          run_end = pos + cs;
+      }
+      do_write_at (t, pos, piece);
+      pos += piece;
+    }
+    else if (r < 70) {
+      /* Somewhere in a cluster: a piece, sectors, or bytes. */
+      c = dcow_cluster (w);
+      switch (pc_rand (&w->rng) % 3) {
+      case 0:
+        do_write_at (t, c + pc_rand (&w->rng) % (cs / piece) * piece, piece);
+        break;
+      case 1:
+        n = SECTOR * (1 + pc_rand (&w->rng) % (cs / SECTOR < 8 ? cs / SECTOR
+                                                 : 8));
+        do_write_at (t, c + pc_rand (&w->rng) % ((cs - n) / SECTOR + 1) *
+                     SECTOR, n);
+        break;
+      default:
+        n = 1 + pc_rand (&w->rng) % (cs < 3000 ? cs : 3000);
+        do_write_at (t, c + pc_rand (&w->rng) % (cs - n + 1), n);
+        break;
+      }
+    }
+    else if (r < 76) {
+      /* A whole cluster (D5) or a part (a write of zeroes). */
+      c = dcow_cluster (w);
+      if (pc_rand (&w->rng) & 1)
+        do_zero_at (t, c, cs, pc_rand (&w->rng) & 1, false);
+      else
+        do_zero_at (t, c + cs / 4, cs / 4, true, false);
+    }
+    else if (r < 80)
+      do_trim_at (t, dcow_cluster (w), cs);
+    else
+      do_flush_t (t);
+  }
+  return NULL;
+}
+
+static void
+run_dcow_trial (uint64_t seed, unsigned samples, unsigned stride)
+{
+  unsigned before = unit_failed ();
+  struct trial *t = trial_new (seed, dcow_configs[seed % NR_DCOW_CONFIGS]);
+  uint64_t moments, states0 = states;
+
+  t->close_at_end = t->cfg.close;
+  run_workload (t, 200 + pc_rand (&t->rng) % 100, dcow_worker);
+  nr_trials++;
+  moments = powercut_moment (t->pc);
+  check_moments (t, 0, moments, samples, 1, stride);
+  check_moment (t, moments, true, RANDOM);
+  qemu_check_wait_all ();
+  if (getenv ("QCOW2J_VERBOSE"))
+    fprintf (stderr, "delayedcow seed %" PRIu64 ": cs %" PRIu64 " %s, %u "
+             "thread%s, %" PRIu32 " calls%s, %" PRIu64 " moments, %" PRIu64
+             " crash states; %" PRIu64 " copies delayed, %" PRIu64
+             " filled\n", seed, t->cfg.cs,
+             t->cfg.base == BASE_COMPRESSED ? "compressed"
+             : t->cfg.base == BASE_SNAPSHOT ? "snapshot" : "backing",
+             t->cfg.threads, t->cfg.threads > 1 ? "s" : "", t->nops,
+             t->close_at_end ? " + close" : "", moments, states - states0,
+             t->owed_delayed, t->owed_filled);
+  if (unit_failed () > before)
+    fprintf (stderr, "delayedcow trial with seed %" PRIu64 " failed "
+             "(QCOW2J_SEED=%" PRIu64 " tests/unit-image-powercut delayedcow "
+             "repeats it)\n", seed, seed);
+  dcow_delayed += t->owed_delayed;
+  dcow_filled += t->owed_filled;
+  /* Every trial delays copies (what the case is about). */
+  CHECK (t->owed_delayed > 0);
+  trial_free (t);
+}
+
+/* A fill that fails (its write of the new cluster) fails the flush that
+ * asked for it and stops writes: the transaction mapping the cluster is
+ * never sealed, and the file, and any crash of it, reads the flushed
+ * piece and old content or the client's data elsewhere. */
+static void
+run_dcow_fill_failure (void)
+{
+  struct trial *t = trial_new (8999, dcow_configs[0]);
+  struct qcow2_open_options opts = { .writable = true };
+  uint8_t buf[4096] = { 1 };
+
+  load_base (t);
+  t->img = qcow2_open_hostio (&t->tap.io, dir, &opts);
+  REQUIRE (t->img != NULL);
+  CHECK (qcow2_prepare_writable (t->img) == 0);
+  /* Past the top image's own data (make_base): over the backing file. */
+  do_write_at (t, 2 * MiB, 4 * KiB);
+  do_flush_t (t);
+  do_write_at (t, 3 * MiB + 8 * KiB, 4 * KiB);
+  CHECK (qcow2_owed_any (t->img));
+  /* The next host write is the fill's (DIRTY is durable already). */
+  powercut_fail_at (t->pc, 'w', 0, EIO);
+  CHECK (qcow2_flush (t->img) == -1);
+  CHECK (qcow2_pwrite (t->img, buf, sizeof buf, 4 * MiB) == -1);
+  check_moment (t, powercut_moment (t->pc), true, RANDOM);
+  qemu_check_wait_all ();
+  trial_free (t);
+}
+
+UNIT_CASE (delayedcow)
+{
+  const char *slow = getenv ("QCOW2J_SLOW");
+  const char *seed_env = getenv ("QCOW2J_SEED");
+  unsigned trials = (slow && *slow == '1' ? 10 : 2) * NR_DCOW_CONFIGS;
+  uint64_t states0 = states, checks0 = qemu_check_started ();
+  unsigned failed0 = unit_failed ();
+
+  if (!have_qemu_img) {
+    /* QEMU makes the backing file, compressed and shared clusters. */
+    printf ("unit-image-powercut delayedcow: skipped: no qemu-img\n");
+    return;
+  }
+  dcow_delayed = dcow_filled = 0;
+  if (seed_env) {
+    run_dcow_trial (strtoull (seed_env, NULL, 0), 400, 1);
+    trials = 1;
+  }
+  else
+    for (unsigned i = 0; i < trials; i++)
+      run_dcow_trial (9000 + i, unit_quick () ? 60 : 200,
+                      unit_quick () ? 16 : 4);
+  run_dcow_fill_failure ();
+  qemu_check_wait_all ();
+  printf ("unit-image-powercut delayedcow: %u trials, %" PRIu64 " crash "
+          "states, %" PRIu64 " qemu-img checks, %u failures\n", trials,
+          states - states0, qemu_check_started () - checks0,
+          unit_failed () - failed0);
+  printf ("unit-image-powercut delayedcow: %" PRIu64 " copies delayed, %"
+          PRIu64 " owed clusters filled by a commit, early or at "
+          "close\n", dcow_delayed, dcow_filled);
+  CHECK (dcow_filled > 0);
+}
+
 static const struct unit_case cases[] = {
   UNIT_ENTRY (trials),
   UNIT_ENTRY (reuse),
   UNIT_ENTRY (bitmaps),
   UNIT_ENTRY (v2),
+  UNIT_ENTRY (delayedcow),
 };
 
 int

@@ -1,8 +1,9 @@
 /* Many threads on one writable image.
  *
  * For each configuration (4 KiB and 64 KiB clusters, 64 KiB with
- * extended L2 entries, and, when qemu-img is there, 4 KiB and 32 KiB
- * extended-L2 images over a qcow2 backing file holding a known pattern)
+ * extended L2 entries, and, when qemu-img is there, 4 KiB, 64 KiB and
+ * 32 KiB extended-L2 images over a qcow2 backing file holding a known
+ * pattern: writes smaller than a cluster there delay their copy)
  * the test creates an image, opens it writable with the checkpoint thread
  * running, and lets NWORKERS threads issue random qcow2_pwrite,
  * qcow2_zero (may_trim both ways, sometimes fast), qcow2_trim,
@@ -100,6 +101,7 @@ static const struct config configs[] = {
   { "64k", 65536, false, false },
   { "64k-extl2", 65536, true, false },
   { "4k-backing", 4096, false, true },
+  { "64k-backing", 65536, false, true },
   { "32k-extl2-backing", 32768, true, true },
 };
 
@@ -1000,6 +1002,7 @@ UNIT_CASE (c4k) { run_named ("4k"); }
 UNIT_CASE (c64k) { run_named ("64k"); }
 UNIT_CASE (c64k_extl2) { run_named ("64k-extl2"); }
 UNIT_CASE (c4k_backing) { run_named ("4k-backing"); }
+UNIT_CASE (c64k_backing) { run_named ("64k-backing"); }
 UNIT_CASE (c32k_extl2_backing) { run_named ("32k-extl2-backing"); }
 
 static const struct unit_case cases[] = {
@@ -1007,6 +1010,7 @@ static const struct unit_case cases[] = {
   UNIT_ENTRY (c64k),
   UNIT_ENTRY (c64k_extl2),
   UNIT_ENTRY (c4k_backing),
+  UNIT_ENTRY (c64k_backing),
   UNIT_ENTRY (c32k_extl2_backing),
 };
 
