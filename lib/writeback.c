@@ -115,7 +115,8 @@ flush_file (struct hostio *io)
   return 0;
 }
 
-/* V1 to V5, under checkpoint_lock. */
+/* V1 to V5, under checkpoint_lock; then the delayed copy-on-write
+ * entries dropped before, as a checkpoint does. */
 static int
 write_tables (struct qcow2_image *img, uint64_t seq)
 {
@@ -146,7 +147,10 @@ write_tables (struct qcow2_image *img, uint64_t seq)
   }
   for (ssize_t i = 0; i < n; i++)
     mcache_cleaned (img->cache, &d[i]);
-  return journal_checkpointed (img->journal, seq);
+  if (journal_checkpointed (img->journal, seq) == -1)
+    return -1;
+  qcow2_forget_dropped_owed (img);
+  return 0;
 }
 
 /* Decrements made per change (each is consistent by itself): a bound on
@@ -211,6 +215,5 @@ qcow2_write_back (void *opaque, uint64_t seq)
     return qcow2_stop_writes (img, "writing the tables home failed (the "
                               "image holds the last complete write-back, "
                               "at worst with leaked clusters)");
-  qcow2_forget_dropped_owed (img);
   return 0;
 }
