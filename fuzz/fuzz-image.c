@@ -28,7 +28,9 @@
  * 3. after a clean close, reopens the result read-only: it must open
  *    (lib wrote it) with no dirty journal, and reads; and checks two
  *    oracles: every byte the requests of pass 2 wrote or zeroed (in the
- *    first WRITE_WINDOW bytes of the disk) reads back as written, and no
+ *    first WRITE_WINDOW bytes of the disk) reads back as written (unless
+ *    the input's refcounts leave a cluster its entries name at 0: lib
+ *    trusts refcounts, refcounts_cover_data says why), and no
  *    sector of the image's metadata (all walk_metadata finds in the
  *    result) starts with the tag every written guest sector starts with:
  *    a guest write never lands on metadata;
@@ -1705,6 +1707,60 @@ check_metadata (const uint8_t *data, uint64_t size)
   walk_metadata (data, size, no_tag_in_meta, &f);
 }
 
+/* Does every host cluster an active L2 entry names (inside the file)
+ * have a refcount other than 0?  lib trusts the refcounts to find free
+ * space, as QEMU does; in an image where one does not (qemu-img check
+ * calls it corrupt) a new cluster may be handed out over data an entry
+ * still names, and the content oracle would judge the input, not lib.
+ * Extended L2 entries are 16 bytes; compressed entries are left out. */
+static bool
+refcounts_cover_data (const uint8_t *data, uint64_t size)
+{
+  const uint64_t omask = 0x00fffffffffffe00ULL;
+  struct hdr h;
+  uint64_t l1, l1n, rt, rtn, order, per_block, esize;
+
+  if (!parse_header (data, size, &h, NULL, NULL))
+    return true;
+  l1n = be (data + 36, 4);
+  l1 = be (data + 40, 8);
+  rt = be (data + 48, 8);
+  rtn = be (data + 56, 4) * h.cs / 8;
+  order = h.version == 3 ? be (data + 96, 4) : 4;
+  esize = h.version == 3 && (be (data + 72, 8) & (1ULL << 4)) ? 16 : 8;
+  if (order > 6)
+    return true;
+  per_block = h.cs * 8 >> order;
+  for (uint64_t i = 0; i < l1n && l1 < size && i < (size - l1) / 8; i++) {
+    uint64_t l2 = be (data + l1 + 8 * i, 8) & omask;
+
+    if (l2 == 0 || l2 >= size || h.cs > size - l2)
+      continue;
+    for (uint64_t j = 0; j < h.cs / esize; j++) {
+      uint64_t e = be (data + l2 + j * esize, 8), host = e & omask;
+      uint64_t c, ti, rb, bit, rc = 0;
+
+      if ((e & (1ULL << 62)) || host == 0 || host >= size)
+        continue;
+      c = host / h.cs;
+      ti = c / per_block;
+      if (ti >= rtn || rt >= size || ti >= (size - rt) / 8)
+        return false;
+      rb = be (data + rt + 8 * ti, 8) & ~511ULL;
+      if (rb == 0 || rb >= size || h.cs > size - rb)
+        return false;
+      bit = (c % per_block) << order;
+      if (order < 3)
+        rc = data[rb + bit / 8] >> (bit % 8) & ((1u << (1u << order)) - 1);
+      else
+        rc = be (data + rb + bit / 8, 1u << (order - 3));
+      if (rc == 0)
+        return false;
+    }
+  }
+  return true;
+}
+
 /* Every byte pass 2 wrote or zeroed reads so from what its clean close
  * left. */
 static void
@@ -1799,7 +1855,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
      * as written, with no guest data in its metadata (unless the input
      * held the tag already). */
     read_only_pass (out, out_size, &rng, true);
-    check_content (out, out_size);
+    if (refcounts_cover_data (data, size))
+      check_content (out, out_size);
     if (memmem (data, size, tag, sizeof tag) == NULL)
       check_metadata (out, out_size);
   }
