@@ -135,13 +135,16 @@ static int
 write_filled (struct qcow2_image *img, const uint8_t *buf, uint64_t count,
               uint64_t offset, uint64_t from, uint64_t to, uint64_t host)
 {
-  CLEANUP_FREE uint8_t *cbuf = malloc (to - from);
+  CLEANUP_FREE uint8_t *cbuf = NULL;
 
+  if (to - from == count)       /* nothing around them: no copy */
+    return write_data (img, buf, count, host);
+  cbuf = malloc (to - from);
   if (cbuf == NULL) {
     qerror ("malloc: %m");
     return -1;
   }
-  if (to - from != count && qcow2_pread (img, cbuf, to - from, from) == -1)
+  if (qcow2_pread (img, cbuf, to - from, from) == -1)
     return -1;
   memcpy (cbuf + (offset - from), buf, count);
   return write_data (img, cbuf, to - from, host);
