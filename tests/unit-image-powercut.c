@@ -1205,11 +1205,13 @@ check_disk (struct trial *t, uint64_t moment)
   return bad;
 }
 
-/* Open, make writable (replaying), read the whole disk into t->disk. */
+/* Open (writable: and make writable, replaying a dirty journal), read
+ * the whole disk into t->disk, close. */
 static bool
-recover (struct trial *t, struct hostio *io, const char *what)
+open_and_read (struct trial *t, struct hostio *io, bool writable,
+               const char *what)
 {
-  struct qcow2_open_options opts = { .writable = true,
+  struct qcow2_open_options opts = { .writable = writable,
                                      .l2_cache_bytes = 1 * MiB };
   struct qcow2_image *img = qcow2_open_hostio (io, dir, &opts);
 
@@ -1217,7 +1219,7 @@ recover (struct trial *t, struct hostio *io, const char *what)
     fprintf (stderr, "%s: qcow2_open_hostio failed: %m\n", what);
     return false;
   }
-  if (qcow2_make_writable (img) == -1) {
+  if (writable && qcow2_make_writable (img) == -1) {
     fprintf (stderr, "%s: qcow2_make_writable failed: %m\n", what);
     qcow2_close (img);
     return false;
@@ -1297,7 +1299,7 @@ check_moment (struct trial *t, uint64_t moment, bool final, uint64_t subset)
   states++;
   t->states++;
 
-  ok = recover (t, target_io (&tg), what);
+  ok = open_and_read (t, target_io (&tg), true, what);
   if (ok) {
     bad = check_disk (t, moment);
     if (bad > 0) {
@@ -1348,7 +1350,7 @@ check_moment (struct trial *t, uint64_t moment, bool final, uint64_t subset)
     powercut_crash_state (tg.pc, m2, &t->rng, &crash2, &crash2_size);
     target_init (&tg2, crash2, crash2_size, false);
     recovery_cuts++;
-    ok = recover (t, target_io (&tg2), what2);
+    ok = open_and_read (t, target_io (&tg2), true, what2);
     for (uint64_t s = 0; s < t->nsect && ok; s++)
       if (hash_sector (t->disk + s * SECTOR) != t->first_hash[s]) {
         fprintf (stderr, "%s: sector %" PRIu64 " differs from the first "
@@ -1933,12 +1935,19 @@ run_reuse_trial (uint64_t seed, unsigned stride)
   trial_free (t);
 }
 
-UNIT_CASE (reuse)
+/* Trials a case runs: one per configuration (ten with QCOW2J_SLOW=1). */
+static unsigned
+case_trials (unsigned per_run)
 {
   const char *slow = getenv ("QCOW2J_SLOW");
+
+  return slow && *slow == '1' ? 10 * per_run : per_run;
+}
+
+UNIT_CASE (reuse)
+{
   const char *seed_env = getenv ("QCOW2J_SEED");
-  unsigned trials = slow && *slow == '1' ? 10 * NR_REUSE_CONFIGS
-    : NR_REUSE_CONFIGS;
+  unsigned trials = case_trials (NR_REUSE_CONFIGS);
   uint64_t checks0 = qemu_check_started ();
   unsigned failed0 = unit_failed ();
 
@@ -1948,7 +1957,7 @@ UNIT_CASE (reuse)
   }
   else
     for (unsigned i = 0; i < trials; i++)
-      run_reuse_trial (5000 + i, slow && *slow == '1' ? 1
+      run_reuse_trial (5000 + i, trials > NR_REUSE_CONFIGS ? 1
                        : unit_quick () ? 16 : 2);
   qemu_check_wait_all ();
   printf ("unit-image-powercut reuse: %u trials of 3 sessions, %" PRIu64
@@ -1967,9 +1976,8 @@ UNIT_CASE (reuse)
 
 UNIT_CASE (trials)
 {
-  const char *slow = getenv ("QCOW2J_SLOW");
   const char *seed_env = getenv ("QCOW2J_SEED");
-  unsigned trials = slow && *slow == '1' ? 10 * NR_CONFIGS : NR_CONFIGS;
+  unsigned trials = case_trials (NR_CONFIGS);
 
   if (seed_env) {
     run_trial (strtoull (seed_env, NULL, 0), 2000);
@@ -2442,10 +2450,8 @@ run_bitmap_trial (uint64_t seed, unsigned flush_every, unsigned stride)
 
 UNIT_CASE (bitmaps)
 {
-  const char *slow = getenv ("QCOW2J_SLOW");
   const char *seed_env = getenv ("QCOW2J_SEED");
-  unsigned trials = slow && *slow == '1' ? 10 * NR_BM_CONFIGS
-    : NR_BM_CONFIGS;
+  unsigned trials = case_trials (NR_BM_CONFIGS);
   uint64_t states0 = states, checks0 = qemu_check_started ();
   unsigned failed0 = unit_failed (), qemu_every0 = qemu_every;
 
@@ -2585,25 +2591,6 @@ v2_header_ok (const uint8_t *d, uint64_t size, uint64_t cs, const char *what)
   return true;
 }
 
-/* Open io read-only and read the whole disk into t->disk. */
-static bool
-v2_read (struct trial *t, struct hostio *io, const char *what)
-{
-  struct qcow2_open_options opts = { .l2_cache_bytes = 1 * MiB };
-  struct qcow2_image *img = qcow2_open_hostio (io, dir, &opts);
-  bool ok;
-
-  if (img == NULL) {
-    fprintf (stderr, "%s: qcow2_open_hostio (read-only) failed: %m\n", what);
-    return false;
-  }
-  ok = qcow2_pread (img, t->disk, t->cfg.size, 0) == 0;
-  if (!ok)
-    fprintf (stderr, "%s: reading the disk failed: %m\n", what);
-  qcow2_close (img);
-  return ok;
-}
-
 /* A random sector-aligned range of 1 to 64 KiB. */
 static void
 v2_range (struct trial *t, uint64_t *offset, uint64_t *len)
@@ -2632,7 +2619,7 @@ v2_check_recut (struct trial *t, struct target *tg, uint64_t m2,
   ok = v2_header_ok (crash, size, t->cfg.cs, what);
   if (ok && qemu)
     qemu_check_start_leaks (dir, crash, size, what, &v2_after_tally);
-  ok = ok && v2_read (t, target_io (&tg2), what);
+  ok = ok && open_and_read (t, target_io (&tg2), false, what);
   for (uint64_t s = 0; s < t->nsect && ok; s++) {
     uint64_t h = hash_sector (t->disk + s * SECTOR);
 
@@ -2721,7 +2708,7 @@ v2_session_after (struct trial *t, uint8_t *crash, uint64_t crash_size,
   /* Last: it overwrites t->disk. */
   if (ok) {
     snprintf (what2, sizeof what2, "%s, after a session", what);
-    ok = v2_read (t, target_io (&tg), what2);
+    ok = open_and_read (t, target_io (&tg), false, what2);
     for (uint64_t s = 0; s < t->nsect && ok; s++)
       if (memcmp (t->disk + s * SECTOR, after + s * SECTOR, SECTOR) != 0) {
         fprintf (stderr, "%s: sector %" PRIu64 " is not what the session "
@@ -2766,7 +2753,7 @@ check_v2_moment (struct trial *t, uint64_t moment, bool final, uint64_t subset)
     REQUIRE (copy != NULL);
     memcpy (copy, crash, crash_size);
     target_init (&tg, copy, crash_size, false);
-    ok = v2_read (t, target_io (&tg), what);
+    ok = open_and_read (t, target_io (&tg), false, what);
     target_free (&tg);
   }
   if (ok) {
@@ -2893,10 +2880,8 @@ run_v2_trial (uint64_t seed, unsigned samples, unsigned flush_every1)
 
 UNIT_CASE (v2)
 {
-  const char *slow = getenv ("QCOW2J_SLOW");
   const char *seed_env = getenv ("QCOW2J_SEED");
-  unsigned trials = slow && *slow == '1' ? 10 * NR_V2_CONFIGS
-    : NR_V2_CONFIGS;
+  unsigned trials = case_trials (NR_V2_CONFIGS);
   uint64_t checks0 = qemu_check_started ();
   unsigned failed0 = unit_failed ();
   const struct qemu_check_tally *c = &v2_crash_tally, *a = &v2_after_tally;
@@ -3118,9 +3103,8 @@ run_dcow_fill_failure (void)
 
 UNIT_CASE (delayedcow)
 {
-  const char *slow = getenv ("QCOW2J_SLOW");
   const char *seed_env = getenv ("QCOW2J_SEED");
-  unsigned trials = (slow && *slow == '1' ? 10 : 2) * NR_DCOW_CONFIGS;
+  unsigned trials = case_trials (2 * NR_DCOW_CONFIGS);
   uint64_t states0 = states, checks0 = qemu_check_started ();
   unsigned failed0 = unit_failed ();
 
