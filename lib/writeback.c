@@ -29,7 +29,7 @@
  *           alloc.c), are durable before anything names them;
  *       V2  refcount blocks (rises, and decrements of earlier rounds);
  *       V3  refcount table pages, then the header's words if the table
- *           moved (one sector);
+ *           moved (one sector; the table it replaced is not written);
  *       V4  L2 tables;
  *       V5  the L1 table;
  *       V6  the decrements deferred by the changes just written are made
