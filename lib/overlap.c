@@ -60,3 +60,16 @@ qcow2_overlap_check (struct qcow2_image *img, uint64_t host, uint64_t len,
     return 0;
   return qcow2_overlap_refuse (img, what, host, kind, where);
 }
+
+int
+qcow2_write_guest_data (struct qcow2_image *img, const void *buf,
+                        uint64_t count, uint64_t host, const char *what)
+{
+  if (qcow2_overlap_check (img, host, count, what) == -1)
+    return -1;
+  if (hostio_pwrite (img->data, buf, count, host) == -1) {
+    qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name, host);
+    return -1;
+  }
+  return 0;
+}

@@ -21,4 +21,11 @@ extern int qcow2_overlap_refuse (struct qcow2_image *img, const char *what,
                                  uint64_t host, enum meta_kind kind,
                                  uint64_t where);
 
+/* Guest bytes to host offset 'host' of the data file, never onto the
+ * image's metadata (qcow2_overlap_check, naming 'what').  0, or -1 after
+ * reporting. */
+extern int qcow2_write_guest_data (struct qcow2_image *img, const void *buf,
+                                   uint64_t count, uint64_t host,
+                                   const char *what);
+
 #endif /* QCOW2J_OVERLAP_H */

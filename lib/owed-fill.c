@@ -42,21 +42,6 @@
 #include "read.h"
 #include "state.h"
 
-/* Guest bytes to host offset host of the data file, never onto the
- * image's metadata (overlap.c). */
-static int
-write_host (struct qcow2_image *img, const void *buf, uint64_t count,
-            uint64_t host)
-{
-  if (qcow2_overlap_check (img, host, count, "a copy-on-write") == -1)
-    return -1;
-  if (hostio_pwrite (img->data, buf, count, host) == -1) {
-    qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name, host);
-    return -1;
-  }
-  return 0;
-}
-
 int
 qcow2_owed_write (struct qcow2_image *img, const void *buf, uint64_t count,
                   uint64_t offset, uint64_t host)
@@ -93,7 +78,8 @@ qcow2_owed_write (struct qcow2_image *img, const void *buf, uint64_t count,
     memcpy (merged + (a - from), buf, count);
     buf = merged;
   }
-  if (write_host (img, buf, to - from, v.host + from) == -1)
+  if (qcow2_write_guest_data (img, buf, to - from, v.host + from,
+                              "a copy-on-write") == -1)
     goto fail;
   /* Only sectors written whole are paid. */
   paid_from = ROUND_UP (from, OWED_SECTOR);
@@ -126,8 +112,10 @@ fill (struct qcow2_image *img, const struct owed_view *v)
     for (e = s; e < sectors && qcow2_owed_sector (v, e); e++)
       ;
     if (e > s &&
-        write_host (img, buf + s * OWED_SECTOR, (e - s) * OWED_SECTOR,
-                    v->host + s * OWED_SECTOR) == -1)
+        qcow2_write_guest_data (img, buf + s * OWED_SECTOR,
+                                (e - s) * OWED_SECTOR,
+                                v->host + s * OWED_SECTOR,
+                                "a copy-on-write") == -1)
       goto fail;
     e += e == s;
   }

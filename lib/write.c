@@ -49,19 +49,12 @@
 
 /* Writing one piece (inside one cluster) ---------------------------------- */
 
-/* Guest bytes to host offset 'host' of the data file, never onto the
- * image's metadata (overlap.c). */
+/* Guest bytes to host offset 'host' of the data file (overlap.c). */
 static int
 write_data (struct qcow2_image *img, const void *buf, uint64_t count,
             uint64_t host)
 {
-  if (qcow2_overlap_check (img, host, count, "a guest write") == -1)
-    return -1;
-  if (hostio_pwrite (img->data, buf, count, host) == -1) {
-    qerror ("%s: write at 0x%" PRIx64 ": %m", img->data->name, host);
-    return -1;
-  }
-  return 0;
+  return qcow2_write_guest_data (img, buf, count, host, "a guest write");
 }
 
 /* Write in place if the piece lies in clusters the image owns alone.

@@ -1205,6 +1205,23 @@ check_disk (struct trial *t, uint64_t moment)
   return bad;
 }
 
+/* One of the first n moments of pc just before a flush completes, chosen
+ * at random (or otherwise, if there is none). */
+static uint64_t
+random_flush_moment (struct trial *t, struct powercut *pc, uint64_t n,
+                     uint64_t otherwise)
+{
+  uint64_t nf = 0, k;
+
+  for (uint64_t i = 0; i < n; i++)
+    nf += powercut_is_flush (pc, i);
+  k = nf ? pc_rand (&t->rng) % nf : 0;
+  for (uint64_t i = 0; i < n && nf; i++)
+    if (powercut_is_flush (pc, i) && k-- == 0)
+      return i;
+  return otherwise;
+}
+
 /* Open (writable: and make writable, replaying a dirty journal), read
  * the whole disk into t->disk, close. */
 static bool
@@ -1334,17 +1351,8 @@ check_moment (struct trial *t, uint64_t moment, bool final, uint64_t subset)
 
     /* Half the time just before one of the recovery's flushes
      * completes. */
-    if (pc_rand (&t->rng) & 1) {
-      uint64_t nf = 0, k;
-      for (uint64_t i = 0; i < n2; i++)
-        nf += powercut_is_flush (tg.pc, i);
-      k = nf ? pc_rand (&t->rng) % nf : 0;
-      for (uint64_t i = 0; i < n2 && nf; i++)
-        if (powercut_is_flush (tg.pc, i) && k-- == 0) {
-          m2 = i;
-          break;
-        }
-    }
+    if (pc_rand (&t->rng) & 1)
+      m2 = random_flush_moment (t, tg.pc, n2, m2);
     snprintf (what2, sizeof what2, "%s, recovery cut at %" PRIu64 "/%"
               PRIu64, what, m2, n2);
     powercut_crash_state (tg.pc, m2, &t->rng, &crash2, &crash2_size);
@@ -2689,18 +2697,8 @@ v2_session_after (struct trial *t, uint8_t *crash, uint64_t crash_size,
   if (ok && cut_again) {
     uint64_t n2 = powercut_moment (tg.pc), m2 = pc_rand (&t->rng) % (n2 + 1);
 
-    if (pc_rand (&t->rng) & 1) {
-      uint64_t nf = 0, k;
-
-      for (uint64_t i = 0; i < n2; i++)
-        nf += powercut_is_flush (tg.pc, i);
-      k = nf ? pc_rand (&t->rng) % nf : 0;
-      for (uint64_t i = 0; i < n2 && nf; i++)
-        if (powercut_is_flush (tg.pc, i) && k-- == 0) {
-          m2 = i;
-          break;
-        }
-    }
+    if (pc_rand (&t->rng) & 1)
+      m2 = random_flush_moment (t, tg.pc, n2, m2);
     snprintf (what2, sizeof what2, "%s, cut again at %" PRIu64 "/%" PRIu64
               " of a session", what, m2, n2);
     ok = v2_check_recut (t, &tg, m2, after, buf, woff, wlen, qemu, what2);
