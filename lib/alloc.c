@@ -67,6 +67,53 @@ extend (struct qcow2_image *img, uint64_t n, uint64_t *offset)
   return 0;
 }
 
+/* Data is written a few KiB at a time into the clusters it takes.
+ * Where they are holes in the file, the file system allocates blocks
+ * under each of those writes (ext4: under the inode's lock, which every
+ * write to the file takes), and random 4 KiB writes into new space cost
+ * the server markedly more CPU and latency than writes into allocated
+ * blocks (bench/run.sh, randwrite).  So the clean free space at the end
+ * of the file (the gap below the journal), where new data goes, is given
+ * host blocks ahead of the allocator, DATA_AHEAD at a time.  They read as zeroes until written, in every crash outcome
+ * (docs/journal-format.md 1.3, M6): the clusters stay fresh (E2).  Only
+ * at the end of the file, so that the clean close (session.c) cuts the
+ * unused rest off with the free space there, and free space inside the
+ * file (holes that trims punched) keeps costing the host nothing.  If
+ * the host is too full for that much, only the clusters taken; if not
+ * even those, ENOSPC now, before anything changed. */
+#define DATA_AHEAD (8ULL << 20)
+
+static int
+reserve_ahead (struct qcow2_image *img, uint64_t offset, uint64_t len)
+{
+  uint64_t end, to;
+  int r;
+
+  if ((offset >= img->ahead_start && offset + len <= img->ahead_end) ||
+      img->file->fixed_size || img->cannot_reserve)
+    return 0;
+  end = qcow2_space_clean_from (img, offset + len);
+  if (end != img->journal_start && end != img->next_free)
+    return 0;                   /* not the end of the file */
+  to = MIN (end, offset + len + DATA_AHEAD);
+  r = hostio_reserve (img->file, offset, to - offset);
+  if (r == -1 && errno == ENOSPC) {
+    to = offset + len;
+    r = hostio_reserve (img->file, offset, len);
+  }
+  if (r == -1) {
+    if (errno == ENOTSUP) {
+      img->cannot_reserve = true;
+      return 0;
+    }
+    qerror ("%s: reserve space for new clusters: %m", img->file->name);
+    return -1;
+  }
+  img->ahead_start = offset;
+  img->ahead_end = to;
+  return 0;
+}
+
 /* A table in free space: host blocks for a clean range, zeroes written
  * over a stale one.  0, or -1 to take space past the end instead (the
  * range was given back) or on a failed write. */
@@ -116,6 +163,11 @@ qcow2_alloc_clusters (struct qcow2_image *img, uint64_t n, uint64_t hint,
   else {
     clean = true;
     reused = false;
+  }
+  if (fresh != NULL && clean && reused &&
+      reserve_ahead (img, *offset, len) == -1) {
+    qcow2_space_give (img, *offset, len, SPACE_CLEAN);
+    return -1;
   }
   if (fresh != NULL)
     *fresh = clean;

@@ -258,6 +258,9 @@ struct qcow2_image {
   uint64_t stat_data_clean, stat_data_stale, stat_data_new;
   uint64_t stat_table_reused;
   bool cannot_reserve;          /* meta_lock: the host cannot reserve */
+  uint64_t ahead_start, ahead_end;  /* meta_lock: clean free space at the
+                                   end of the file given host blocks ahead
+                                   of data allocations (alloc.c) */
   uint64_t *reftable;           /* meta_lock: refcount table, host order */
   uint64_t reftable_entries;    /* meta_lock */
   uint64_t refblock_entries;    /* const: refcounts per refcount block */

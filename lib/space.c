@@ -189,6 +189,17 @@ qcow2_space_free_tail (struct qcow2_image *img, uint64_t end)
   return m->v[i].start;
 }
 
+uint64_t
+qcow2_space_clean_from (struct qcow2_image *img, uint64_t start)
+{
+  const struct rangemap *m = &img->space;
+  size_t i = rangemap_first_after (m, start);
+
+  if (i == m->len || m->v[i].start != start || m->v[i].kind != SPACE_CLEAN)
+    return start;
+  return m->v[i].end;
+}
+
 /* Learning ---------------------------------------------------------------- */
 
 /* A run of free clusters without metadata: clean where the host file has

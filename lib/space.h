@@ -51,4 +51,9 @@ extern uint64_t qcow2_space_free_bytes (struct qcow2_image *img);
  * cluster before it is not free). */
 extern uint64_t qcow2_space_free_tail (struct qcow2_image *img, uint64_t end);
 
+/* Where the run of clean free space that starts at 'start' ends ('start'
+ * if none starts there).  Under meta_lock. */
+extern uint64_t qcow2_space_clean_from (struct qcow2_image *img,
+                                        uint64_t start);
+
 #endif /* QCOW2J_SPACE_H */
