@@ -78,9 +78,13 @@ extend (struct qcow2_image *img, uint64_t n, uint64_t *offset)
  * (docs/journal-format.md 1.3, M6): the clusters stay fresh (E2).  Only
  * at the end of the file, so that the clean close (session.c) cuts the
  * unused rest off with the free space there, and free space inside the
- * file (holes that trims punched) keeps costing the host nothing.  If
- * the host is too full for that much, only the clusters taken; if not
- * even those, ENOSPC now, before anything changed. */
+ * file (holes that trims punched) keeps costing the host nothing.  A
+ * cluster taken this way holds host blocks for all of it, as QEMU's new
+ * clusters do (qemu-nbd leaves as many blocks allocated after random
+ * 4 KiB writes), where a cluster written a few KiB at a time into a hole
+ * would hold only those.  If the
+ * host is too full for that much, only the clusters taken; if not even
+ * those, the data write into the hole may still find room, as before. */
 #define DATA_AHEAD (8ULL << 20)
 
 static int
@@ -102,12 +106,13 @@ reserve_ahead (struct qcow2_image *img, uint64_t offset, uint64_t len)
     r = hostio_reserve (img->file, offset, len);
   }
   if (r == -1) {
-    if (errno == ENOTSUP) {
+    if (errno == ENOTSUP)
       img->cannot_reserve = true;
-      return 0;
+    else if (errno != ENOSPC) {
+      qerror ("%s: reserve space for new clusters: %m", img->file->name);
+      return -1;
     }
-    qerror ("%s: reserve space for new clusters: %m", img->file->name);
-    return -1;
+    return 0;
   }
   img->ahead_start = offset;
   img->ahead_end = to;
