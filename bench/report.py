@@ -3,8 +3,10 @@
 
   report.py RESULT.csv "machine description"
 
-Ratios compare a server with the raw ceiling (nbdkit file on a raw file)
-and with the faster of the two qemu-nbd modes on the same row.
+Ratios compare a server with the raw ceiling (nbdkit file on a raw file
+written full once), with a raw file written into new space (nbdkit file on
+a new sparse raw file, rows into new space only) and with the faster of
+the two qemu-nbd modes on the same row.
 """
 import csv
 import sys
@@ -14,6 +16,7 @@ NAMES = {
     "qemu-wb": "qemu-nbd writeback",
     "qemu-uring": "qemu-nbd none+io_uring",
     "raw": "nbdkit file (raw)",
+    "raw-new": "nbdkit file (raw, new space)",
 }
 
 
@@ -42,9 +45,9 @@ def main():
 
     print(sys.argv[2])
     print()
-    print("| row | server | result | vs raw | vs qemu-nbd | host flushes / client flush "
-          "| bytes written / client byte | qemu-img check |")
-    print("|---|---|--:|--:|--:|--:|--:|---|")
+    print("| row | server | result | vs raw | vs raw new space | vs qemu-nbd "
+          "| host flushes / client flush | bytes written / client byte | qemu-img check |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|---|")
     for r in rows:
         if r["row"].startswith("scale"):
             continue
@@ -53,6 +56,7 @@ def main():
         row = r["row"].replace("@slow", f" (flush +{int(r['flush_delay_us']) // 1000} ms)")
         print(f"| {row} | {NAMES[r['server']]} | {result} "
               f"| {ratio(v, ref(r['row'], ['raw']))} "
+              f"| {ratio(v, ref(r['row'], ['raw-new']))} "
               f"| {ratio(v, ref(r['row'], ['qemu-wb', 'qemu-uring']))} "
               f"| {per_client(r['host_flushes'], r['client_flushes'])} "
               f"| {per_client(r['server_write_bytes'], r['client_bytes'])} "

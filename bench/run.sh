@@ -7,8 +7,11 @@
 #   qemu-wb     qemu-nbd --cache=writeback
 #   qemu-uring  qemu-nbd --cache=none --aio=io_uring --discard=unmap (its
 #               best mode; -e 0: any number of connections, multi-conn)
-#   raw         nbdkit's file plugin on a raw file: the ceiling of the NBD
-#               path on this machine
+#   raw         nbdkit's file plugin on a raw file written full once: the
+#               ceiling of the NBD path on this machine
+#   raw-new     nbdkit's file plugin on a new sparse raw file, in the rows
+#               into new space: what the file system charges any server
+#               for giving new space host blocks (a raw file pays it too)
 # It prints, per row and server: IOPS (MB/s for 1 MiB writes), the ratio to
 # the raw ceiling and to the faster qemu-nbd mode, host flushes per client
 # flush, bytes the server wrote per byte the client wrote, and whether
@@ -31,7 +34,7 @@ export PATH=/usr/bin:/bin:/usr/sbin:/sbin:$PATH   # Debian's python3 and tools f
 here=$(cd "$(dirname "$0")" && pwd)
 plugin=$here/../.libs/nbdkit-qcow2j-plugin.so
 runtime=20 size_gib=4 scale_runtime=10
-rows_re=. servers=qcow2j,qemu-wb,qemu-uring,raw flush_delay_us=2000
+rows_re=. servers=qcow2j,qemu-wb,qemu-uring,raw,raw-new flush_delay_us=2000
 dir=/var/tmp out=$here/last
 
 all_rows=(randwrite randwrite-fsync1 seqwrite-1m overwrite randread
@@ -123,15 +126,19 @@ fixture_backing() {
 # Prints the path of an image of that kind for the server.  The raw server
 # always gets the filled file, fully allocated, made once per run: freeing a
 # file written at random offsets costs minutes on an ext4 mounted with
-# -o discard, and a ceiling should pay no block allocation anyway.
+# -o discard, and a ceiling should pay no block allocation anyway.  The
+# raw-new server gets a new sparse raw file (only in rows into new space).
 prepare_image() {   # server kind
   local img=$images/image.qcow2 size=${size_gib}G
   [ "$2" = huge ] && size=1T
-  if [ "$1" = raw ]; then
+  rm -f "$img" "$images/image.raw"   # the scratch file system holds one
+  if [ "$1" = raw-new ]; then
+    img=$images/image.raw
+    truncate -s "$size" "$img"
+  elif [ "$1" = raw ]; then
     if [ "$2" = huge ]; then img=$images/huge.raw; truncate -s 1T "$img"
     else img=$(fixture_filled_raw); fi
   else
-    rm -f "$img"
     case $2 in
       new|huge) qemu-img create -q -f qcow2 "$img" "$size" ;;
       filled)   qemu-img convert -O qcow2 "$(fixture_filled_raw)" "$img" ;;
@@ -164,7 +171,7 @@ server_cmd() {   # server image
     qcow2j)     echo nbdkit -f -U "$sock" "$plugin" file="$2" ;;
     qemu-wb)    echo qemu-nbd -t -e 0 -k "$sock" -f qcow2 --cache=writeback "$2" ;;
     qemu-uring) echo qemu-nbd -t -e 0 -k "$sock" -f qcow2 --cache=none --aio=io_uring --discard=unmap "$2" ;;
-    raw)        echo nbdkit -f -U "$sock" file file="$2" ;;
+    raw|raw-new) echo nbdkit -f -U "$sock" file file="$2" ;;
     *)          die "unknown server $1" ;;
   esac
 }
@@ -198,7 +205,7 @@ stop_server() {   # waits: qemu-nbd may write back its cache for seconds
 count() { awk -v k="$1" '$1 == k { print $2 }' "$counts"; }
 
 check_image() {   # server image -> ok, FAILED or - (raw)
-  if [ "$1" = raw ]; then echo -
+  if [[ $1 = raw* ]]; then echo -
   elif qemu-img check -q "$2" >>"$work/check.log" 2>&1; then echo ok
   else echo FAILED; fi
 }
@@ -252,8 +259,11 @@ EOF
 # ---- one measurement ---------------------------------------------------
 csv_header="row,server,flush_delay_us,metric,value,client_bytes,client_flushes,host_flushes,sync_file_range,server_write_bytes,server_wchar,open_ms,vmhwm_kib,cpu_ms,check"
 
+# raw-new runs only in the rows into new space (new, overlay): over a
+# filled image it would be the raw row again.
 measure() {   # row server
   local row=$1 server=$2 delay=0 img fio_out check
+  case $server:$(row_image "$row") in raw-new:filled|raw-new:huge) return 0 ;; esac
   [[ $row = *@slow ]] && delay=$flush_delay_us
   img=$(prepare_image "$server" "$(row_image "$row")")
   [ "$(row_image "$row")" != filled ] || settle_cache "$row" "$img"
