@@ -74,17 +74,18 @@ extend (struct qcow2_image *img, uint64_t n, uint64_t *offset)
  * the server markedly more CPU and latency than writes into allocated
  * blocks (bench/run.sh, randwrite).  So the clean free space at the end
  * of the file (the gap below the journal), where new data goes, is given
- * host blocks ahead of the allocator, DATA_AHEAD at a time.  They read as zeroes until written, in every crash outcome
- * (docs/journal-format.md 1.3, M6): the clusters stay fresh (E2).  Only
- * at the end of the file, so that the clean close (session.c) cuts the
- * unused rest off with the free space there, and free space inside the
- * file (holes that trims punched) keeps costing the host nothing.  A
- * cluster taken this way holds host blocks for all of it, as QEMU's new
- * clusters do (qemu-nbd leaves as many blocks allocated after random
- * 4 KiB writes), where a cluster written a few KiB at a time into a hole
- * would hold only those.  If the
- * host is too full for that much, only the clusters taken; if not even
- * those, the data write into the hole may still find room, as before. */
+ * host blocks ahead of the allocator, DATA_AHEAD at a time.  They read as
+ * zeroes until written, in every crash outcome (docs/journal-format.md
+ * 1.3, M6): the clusters stay fresh (E2).  Only at the end of the file,
+ * so that the clean close (session.c) cuts the unused rest off with the
+ * free space there, and free space inside the file (holes that trims
+ * punched) keeps costing the host nothing.  A cluster taken this way
+ * holds host blocks for all of it, as QEMU's new clusters do (qemu-nbd
+ * leaves as many blocks allocated after random 4 KiB writes), where a
+ * cluster written a few KiB at a time into a hole would hold only those.
+ * If the host is too full for that much, only the clusters taken; if not
+ * even those, the data write into the hole may still find room, as
+ * before. */
 #define DATA_AHEAD (8ULL << 20)
 
 static int
