@@ -20,6 +20,7 @@ top=$PWD
 # (run under TSan too).
 THREADED_TESTS="tests/unit-metacache tests/unit-journal tests/unit-image-threads"
 THREADED_TESTS+=" tests/test-write-multiconn.sh tests/test-write-fio.sh"
+THREADED_TESTS+=" tests/test-write-delayed-cow-race.sh"
 
 status=0
 rm -f tests/*.trs tests/*.log
