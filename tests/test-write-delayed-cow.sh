@@ -154,7 +154,9 @@ for trimming in (False, True):
 # 4. Pieces left owed at the end: the close's commit fills them.
 base = next(u) * span
 for c in range(base, base + span, cs):
-    write(c + cs // 2, 512)
+    # (512 B clusters: the piece crosses into the next cluster, or the
+    # end of the disk.)
+    write(c + cs // 2, min(512, size - (c + cs // 2)))
 region_check(base, span)
 
 open(modelf, 'wb').write(model)
