@@ -95,7 +95,7 @@ reserve_ahead (struct qcow2_image *img, uint64_t offset, uint64_t len)
   int r;
 
   if ((offset >= img->ahead_start && offset + len <= img->ahead_end) ||
-      img->file->fixed_size || img->cannot_reserve)
+      img->file->fixed_size || img->cannot_reserve || img->ahead_full)
     return 0;
   end = qcow2_space_clean_from (img, offset + len);
   if (end != img->journal_start && end != img->next_free)
@@ -103,6 +103,15 @@ reserve_ahead (struct qcow2_image *img, uint64_t offset, uint64_t len)
   to = MIN (end, offset + len + DATA_AHEAD);
   r = hostio_reserve (img->file, offset, to - offset);
   if (r == -1 && errno == ENOSPC) {
+    /* The host is full.  A file system may keep what a reservation got
+     * before it failed (ext4 does), which would leave no room for the
+     * tables and the checkpoint: give back what lies past the clusters
+     * taken (free clean space, which reads as zeroes punched or not;
+     * best effort), and reserve nothing ahead for the rest of the
+     * session, so that data writes get their own blocks again. */
+    img->ahead_full = true;
+    if (to > offset + len)
+      (void) hostio_punch (img->file, offset + len, to - (offset + len));
     to = offset + len;
     r = hostio_reserve (img->file, offset, len);
   }

@@ -261,6 +261,8 @@ struct qcow2_image {
   uint64_t ahead_start, ahead_end;  /* meta_lock: clean free space at the
                                    end of the file given host blocks ahead
                                    of data allocations (alloc.c) */
+  bool ahead_full;              /* meta_lock: a reservation ahead found the
+                                   host full: none more this session */
   uint64_t *reftable;           /* meta_lock: refcount table, host order */
   uint64_t reftable_entries;    /* meta_lock */
   uint64_t refblock_entries;    /* const: refcounts per refcount block */

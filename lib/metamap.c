@@ -120,6 +120,20 @@ qcow2_metamap_next_gap (struct qcow2_image *img, uint64_t start, uint64_t end,
   return *from < *to;
 }
 
+/* Metadata that the checkpoint (or a v2 write-back) writes in place. */
+static bool
+written_back (enum meta_kind kind)
+{
+  switch (kind) {
+  case META_HEADER: case META_L1: case META_L2: case META_SNAPSHOT_L2:
+  case META_REFTABLE: case META_REFBLOCK: case META_FREEING:
+  case META_BITMAP_TABLE: case META_BITMAP_DATA:
+    return true;
+  default:
+    return false;
+  }
+}
+
 bool
 qcow2_metamap_is_table (struct qcow2_image *img, uint64_t start, uint64_t len)
 {
@@ -129,19 +143,30 @@ qcow2_metamap_is_table (struct qcow2_image *img, uint64_t start, uint64_t len)
   pthread_rwlock_rdlock (&img->map_lock);
   i = rangemap_first_after (&img->map, start);
   if (i < img->map.len && img->map.v[i].start <= start &&
-      start + len <= img->map.v[i].end) {
-    switch (img->map.v[i].kind) {
-    case META_HEADER: case META_L1: case META_L2: case META_SNAPSHOT_L2:
-    case META_REFTABLE: case META_REFBLOCK: case META_FREEING:
-    case META_BITMAP_TABLE: case META_BITMAP_DATA:
-      ok = true;
-      break;
-    default:
-      break;
-    }
-  }
+      start + len <= img->map.v[i].end)
+    ok = written_back (img->map.v[i].kind);
   pthread_rwlock_unlock (&img->map_lock);
   return ok;
+}
+
+int
+qcow2_metamap_reserve_tables (struct qcow2_image *img)
+{
+  if (img->file->fixed_size)
+    return 0;
+  for (size_t i = 0; i < img->map.len; i++) {
+    const struct range *r = &img->map.v[i];
+
+    if (written_back (r->kind) &&
+        hostio_reserve (img->file, r->start, r->end - r->start) == -1) {
+      if (errno == ENOTSUP)
+        return 0;
+      qerror ("%s: reserve host space for the %s at 0x%" PRIx64 ": %m",
+              img->file->name, qcow2_meta_kind_name (r->kind), r->start);
+      return -1;
+    }
+  }
+  return 0;
 }
 
 /* Building ---------------------------------------------------------------- */

@@ -40,6 +40,13 @@ extern bool qcow2_metamap_next_gap (struct qcow2_image *img, uint64_t start,
 extern bool qcow2_metamap_is_table (struct qcow2_image *img, uint64_t start,
                                     uint64_t len);
 
+/* Give host blocks to every table the checkpoint writes in place, where
+ * the file has none yet (a table qemu-img left partly a hole), so that no
+ * checkpoint fails for want of host space on a full file system, as O5
+ * does for the journal.  At the set-up, after qcow2_metamap_build.  0, or
+ * -1 with errno (ENOSPC: the host is full). */
+extern int qcow2_metamap_reserve_tables (struct qcow2_image *img);
+
 /* What a kind is called in messages. */
 extern const char *qcow2_meta_kind_name (enum meta_kind kind);
 

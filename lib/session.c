@@ -395,6 +395,8 @@ set_up (struct qcow2_image *img)
   img->next_free = ROUND_UP (MAX (img->file_size, cs), cs);
   if (!stale_refcounts && learn_free_space (img) == -1)
     return -1;
+  if (qcow2_metamap_reserve_tables (img) == -1)
+    return -1;
   /* Entries may name what this session allocates from here on. */
   alloc_start = img->next_free;
   if (qcow2_no_journal (img))
