@@ -3,6 +3,9 @@
 every read returned.
 
   check-races.py URI OLD_SIZE OFF SPAN CS NCONN NOPS SEED LOGDIR
+  check-races.py old FILE SIZE        write the old content the checks expect
+  check-races.py at-rest RAW LOGDIR   the image at rest (converted to RAW)
+                                      must hold what the final read saw
 
 NCONN processes, each with its own connection, make NOPS random requests
 on the clusters of [OFF, OFF+SPAN): reads (a cluster, across a cluster
@@ -175,7 +178,29 @@ def check(logs, old_size, final):
     return bad
 
 
+def write_old(path, size):
+    with open(path, 'wb') as f:
+        for s in range(size // SEC):
+            f.write(struct.pack('<QQ', OLD_TAG, s) * 32)
+
+
+def check_at_rest(raw, logdir):
+    rest = open(raw, 'rb').read()
+    for _, s0, _, _, _, vals in pickle.load(open(os.path.join(logdir, 'final'),
+                                                 'rb')):
+        for i, v in enumerate(vals):
+            b = rest[(s0 + i) * SEC:(s0 + i + 1) * SEC]
+            tag = 0 if b == bytes(SEC) else struct.unpack_from('<Q', b)[0]
+            if not isinstance(v, int) or tag != v:
+                sys.exit('check-races: at rest, sector %d holds %#x, the last '
+                         'read saw %s' % (s0 + i, tag, v))
+
+
 def main():
+    if sys.argv[1] == 'old':
+        return write_old(sys.argv[2], int(sys.argv[3]))
+    if sys.argv[1] == 'at-rest':
+        return check_at_rest(sys.argv[2], sys.argv[3])
     uri = sys.argv[1]
     old_size, off, span, cs, nconn, nops, seed = map(int, sys.argv[2:9])
     logdir = sys.argv[9]

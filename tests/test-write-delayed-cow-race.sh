@@ -22,17 +22,7 @@ seeds=3 nops=400
 [ "${QCOW2J_QUICK:-0}" = 1 ] && seeds=2 nops=200
 span_cl=8
 
-# old_content FILE SIZE: every sector (OLD_TAG, sector number), as
-# check-races.py expects.
-old_content ()
-{
-    python3 - "$1" "$2" <<'PY'
-import struct, sys
-with open(sys.argv[1], 'wb') as f:
-    for s in range(int(sys.argv[2]) // 512):
-        f.write(struct.pack('<QQ', 0xBACC0000BACC0000, s) * 32)
-PY
-}
+races=$SRCDIR/tests/check-races.py
 
 # make_image KIND CS IMG: the image and its old content.
 make_image ()
@@ -40,7 +30,7 @@ make_image ()
     local kind=$1 cs=$2 img=$3 old=$tmp/old.raw
     local size=$((cs * (span_cl + 4)))
     rm -f "$img" "$tmp"/mid.qcow2 "$old"
-    old_content "$old" "$size"
+    python3 "$races" old "$old" "$size"
     case $kind in
     raw-backing)
         qemu-img create -q -f qcow2 -o cluster_size="$cs" -b "$old" -F raw \
@@ -74,7 +64,7 @@ for cs in 65536 4096 512; do
             serve_start "$img"
             # The span starts at cluster 0, 1 or 2.
             off=$(( (seed % 3) * cs ))
-            if ! python3 "$SRCDIR/tests/check-races.py" "$uri" "$old_size" \
+            if ! python3 "$races" "$uri" "$old_size" \
                     "$off" $((span_cl * cs)) "$cs" 4 "$nops" "$seed" \
                     "$tmp/logs" >"$tmp/races.out" 2>&1; then
                 cat "$tmp/races.out" >&2
@@ -84,17 +74,7 @@ for cs in 65536 4096 512; do
             serve_stop
             qcheck "$img"
             to_raw "$img" "$tmp/rest.raw"
-            python3 - "$tmp/rest.raw" "$tmp/logs/final" <<'PY' ||
-import pickle, struct, sys
-rest = open(sys.argv[1], 'rb').read()
-for _, s0, n, _, _, vals in pickle.load(open(sys.argv[2], 'rb')):
-    for i, v in enumerate(vals):
-        b = rest[(s0 + i) * 512:(s0 + i + 1) * 512]
-        tag = 0 if b == bytes(512) else struct.unpack_from('<Q', b)[0]
-        if not isinstance(v, int) or tag != v:
-            sys.exit('at rest: sector %d holds %#x, the last read saw %s'
-                     % (s0 + i, tag, v))
-PY
+            python3 "$races" at-rest "$tmp/rest.raw" "$tmp/logs" ||
                 fail "$what: the image at rest differs from the last reads"
             if [ $kind = snapshot ]; then
                 qemu-img convert -O raw -l snapshot.name=s1 "$img" "$tmp/snap.raw"
